@@ -1,0 +1,464 @@
+//! `LoopCore`: the native half of `tokioloop.Loop` — scheduling, the turn, fd readiness.
+//!
+//! The Python class `tokioloop.Loop` subclasses this and `asyncio.AbstractEventLoop`; it keeps
+//! the per-run and per-connection logic (run_until_complete, tasks, executor, exception
+//! handler, signals) while everything per-callback lives here. State that `call_soon` and the
+//! turn share sits behind one short-held lock: it is never held while Python code runs or a
+//! Python object is dropped, because either may re-enter the loop. The loop is driven only by
+//! the thread inside `_run_native`; other threads reach it through `call_soon_threadsafe`.
+
+pub mod ready;
+pub mod timers;
+mod turn;
+pub mod wake;
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+use tokio::runtime::Runtime;
+
+use crate::clock;
+use crate::handles::{Callback, Handle, TimerHandle};
+use crate::io::registry::{Direction, Registry};
+use crate::runtime;
+use ready::Ready;
+use timers::Timers;
+use wake::Wake;
+
+struct State {
+    ready: VecDeque<Ready>,
+    timers: Timers,
+}
+
+#[pyclass(subclass, frozen, module = "tokioloop._tokioloop")]
+pub struct LoopCore {
+    state: Mutex<State>,
+    io: Mutex<Registry>,
+    wake: Arc<Wake>,
+    stopping: AtomicBool,
+    running: AtomicBool,
+    closed: AtomicBool,
+    debug: AtomicBool,
+    /// `threading.get_ident()` of the thread running the loop, 0 when not running.
+    thread_ident: AtomicU64,
+    /// The process that made this loop: its runtime does not survive a fork.
+    creator_pid: u32,
+    runtime: Option<Runtime>,
+}
+
+fn current_thread_ident() -> u64 {
+    // SAFETY: pthread_self has no preconditions. CPython's threading.get_ident() is this value.
+    unsafe { libc::pthread_self() as u64 }
+}
+
+impl LoopCore {
+    fn check_open(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(PyRuntimeError::new_err("Event loop is closed"));
+        }
+        Ok(())
+    }
+
+    fn check_same_process(&self) -> PyResult<()> {
+        if std::process::id() != self.creator_pid {
+            return Err(PyRuntimeError::new_err(
+                "this event loop was created in another process and cannot be used after fork(); \
+                 create a new one with tokioloop.new_event_loop()",
+            ));
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn debug(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    /// asyncio's debug-mode guard against calling non-threadsafe methods from another thread.
+    fn check_thread(&self) -> PyResult<()> {
+        let owner = self.thread_ident.load(Ordering::Relaxed);
+        if owner != 0 && owner != current_thread_ident() {
+            return Err(PyRuntimeError::new_err(
+                "Non-thread-safe operation invoked on an event loop other than the current one",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Debug-mode checks and the creation stack, as asyncio records them.
+    fn debug_prologue(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        method: &str,
+        check_thread: bool,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        let this = slf.get();
+        if !this.debug() {
+            return Ok(None);
+        }
+        if check_thread {
+            this.check_thread()?;
+        }
+        slf.call_method1(intern!(slf.py(), "_check_callback"), (callback, method))?;
+        Ok(Some(slf.call_method0(intern!(slf.py(), "_extract_stack"))?.unbind()))
+    }
+
+    fn has_work(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed) || !self.state.lock().ready.is_empty() || self.io.lock().has_edges()
+    }
+
+    fn take_stopping(&self) -> bool {
+        self.stopping.swap(false, Ordering::Relaxed)
+    }
+
+    /// The earliest live timer's deadline, after dropping cancelled ones from the top.
+    fn next_deadline(&self, _py: Python<'_>) -> Option<f64> {
+        let mut garbage = Vec::new();
+        let deadline = {
+            let mut state = self.state.lock();
+            state.timers.prune(&mut garbage);
+            state.timers.next_deadline()
+        };
+        drop(garbage);
+        deadline
+    }
+
+    fn dispatch_io(&self, py: Python<'_>) {
+        let mut ready = Vec::new();
+        self.io.lock().dispatch(py, &mut ready);
+        if !ready.is_empty() {
+            self.state.lock().ready.extend(ready.into_iter().map(Ready::Soon));
+        }
+    }
+
+    /// Moves due timers to the ready queue, then hands the whole queue to `batch`.
+    fn take_ready(&self, _py: Python<'_>, batch: &mut VecDeque<Ready>) {
+        let mut garbage = Vec::new();
+        {
+            let mut state = self.state.lock();
+            let State { ready, timers } = &mut *state;
+            timers.prune(&mut garbage);
+            if timers.next_deadline().is_some() {
+                timers.pop_due(clock::now(), ready, &mut garbage);
+            }
+            std::mem::swap(ready, batch);
+        }
+        drop(garbage);
+    }
+
+    /// Puts back, in front, what a turn left unrun when an exception cut it short.
+    fn requeue_front(&self, batch: &mut VecDeque<Ready>) {
+        let mut state = self.state.lock();
+        while let Some(item) = batch.pop_back() {
+            state.ready.push_front(item);
+        }
+    }
+
+    fn push_ready(&self, item: Ready) {
+        self.state.lock().ready.push_back(item);
+    }
+
+    fn schedule_timer(
+        slf: &Bound<'_, Self>,
+        when: f64,
+        when_object: Py<PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_open()?;
+        let traceback = Self::debug_prologue(slf, &callback, "call_at", true)?;
+        let counter = this.state.lock().timers.cancel_counter();
+        let callback = Callback::new(py, callback, args, context, traceback)?;
+        let handle = Py::new(py, TimerHandle::new(callback, when, when_object, counter))?;
+        this.state.lock().timers.push(when, handle.clone_ref(py));
+        Ok(handle)
+    }
+
+    fn set_fd_callback(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        direction: Direction,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_open()?;
+        this.check_same_process()?;
+        let handle = Py::new(py, Handle::new(Callback::new(py, callback, args, None, None)?))?;
+        let runtime = this.runtime()?;
+        let _context = runtime.enter();
+        let old = this.io.lock().set(fd, direction, handle)?;
+        if let Some(old) = old {
+            old.get().cancel_now();
+        }
+        Ok(())
+    }
+
+    fn remove_fd_callback(&self, fd: RawFd, direction: Direction) -> bool {
+        if self.closed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let old = self.io.lock().remove(fd, direction);
+        match old {
+            Some(handle) => {
+                handle.get().cancel_now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn runtime(&self) -> PyResult<&Runtime> {
+        self.runtime.as_ref().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))
+    }
+}
+
+#[pymethods]
+impl LoopCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let wake = Arc::new(Wake::default());
+        Ok(LoopCore {
+            state: Mutex::new(State { ready: VecDeque::new(), timers: Timers::new() }),
+            io: Mutex::new(Registry::new(wake.clone())),
+            wake,
+            stopping: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
+            thread_ident: AtomicU64::new(0),
+            creator_pid: std::process::id(),
+            runtime: Some(runtime::build()?),
+        })
+    }
+
+    /// Schedules `callback(*args)` for the next turn, in `context` (a copy of the current one
+    /// by default).
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_open()?;
+        let traceback = Self::debug_prologue(slf, &callback, "call_soon", true)?;
+        let handle = Py::new(py, Handle::new(Callback::new(py, callback, args, context, traceback)?))?;
+        this.push_ready(Ready::Soon(handle.clone_ref(py)));
+        Ok(handle)
+    }
+
+    /// `call_soon` from any thread: wakes the loop if it is parked.
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_open()?;
+        let traceback = Self::debug_prologue(slf, &callback, "call_soon_threadsafe", false)?;
+        let handle = Py::new(py, Handle::new(Callback::new(py, callback, args, context, traceback)?))?;
+        this.push_ready(Ready::Soon(handle.clone_ref(py)));
+        this.wake.notify();
+        Ok(handle)
+    }
+
+    /// Schedules `callback(*args)` `delay` seconds from now; never runs earlier.
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(
+        slf: &Bound<'_, Self>,
+        delay: Option<f64>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let delay = delay.ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
+        let when = clock::now() + delay;
+        let when_object = when.into_pyobject(slf.py())?.into_any().unbind();
+        Self::schedule_timer(slf, when, when_object, callback, args, context)
+    }
+
+    /// Schedules `callback(*args)` at `when` on the loop's clock; never runs earlier.
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(
+        slf: &Bound<'_, Self>,
+        when: Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let when_value: f64 = when.extract()?;
+        Self::schedule_timer(slf, when_value, when.unbind(), callback, args, context)
+    }
+
+    /// The loop's clock: `time.monotonic()`'s clock, in seconds.
+    fn time(&self) -> f64 {
+        clock::now()
+    }
+
+    /// Ends `run_forever` after the current turn (or after one turn, if not running).
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    fn is_running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    fn get_debug(&self) -> bool {
+        self.debug()
+    }
+
+    fn _set_native_debug(&self, enabled: bool) {
+        self.debug.store(enabled, Ordering::Relaxed);
+    }
+
+    /// `threading.get_ident()` of the thread running the loop, or None.
+    #[getter]
+    fn _thread_id(&self) -> Option<u64> {
+        match self.thread_ident.load(Ordering::Relaxed) {
+            0 => None,
+            ident => Some(ident),
+        }
+    }
+
+    /// Runs turns until `stop()`. The Python wrapper does asyncio's per-run bookkeeping.
+    fn _run_native(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        this.check_open()?;
+        this.check_same_process()?;
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(PyRuntimeError::new_err("Cannot run the event loop while another loop is running"));
+        }
+        if this.running.swap(true, Ordering::SeqCst) {
+            return Err(PyRuntimeError::new_err("This event loop is already running"));
+        }
+        this.thread_ident.store(current_thread_ident(), Ordering::Relaxed);
+        let result = {
+            let _armed = runtime::ParkGuard::arm();
+            this.runtime()?.block_on(turn::drive(slf))
+        };
+        this.wake.set_waker(None);
+        this.stopping.store(false, Ordering::Relaxed);
+        this.thread_ident.store(0, Ordering::Relaxed);
+        this.running.store(false, Ordering::SeqCst);
+        result
+    }
+
+    /// Runs one handle as the turn would (debug mode's timed path calls this).
+    fn _run_handle(slf: &Bound<'_, Self>, handle: &Bound<'_, PyAny>) -> PyResult<()> {
+        let item = Ready::from_object(handle)?;
+        if item.is_cancelled() {
+            return Ok(());
+        }
+        turn::run_handle(slf, &item)
+    }
+
+    /// Forgets every pending callback, timer and fd registration. Refuses while running.
+    fn _close_native(&self) -> PyResult<()> {
+        if self.running.load(Ordering::SeqCst) {
+            return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
+        }
+        self.closed.store(true, Ordering::SeqCst);
+        let (ready, timers) = {
+            let mut state = self.state.lock();
+            (std::mem::take(&mut state.ready), state.timers.drain())
+        };
+        let fd_handles = self.io.lock().drain();
+        drop((ready, timers, fd_handles));
+        Ok(())
+    }
+
+    fn _add_reader(slf: &Bound<'_, Self>, fd: RawFd, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+        Self::set_fd_callback(slf, fd, Direction::Read, callback, args)
+    }
+
+    fn _add_writer(slf: &Bound<'_, Self>, fd: RawFd, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+        Self::set_fd_callback(slf, fd, Direction::Write, callback, args)
+    }
+
+    fn _remove_reader(&self, fd: RawFd) -> bool {
+        self.remove_fd_callback(fd, Direction::Read)
+    }
+
+    fn _remove_writer(&self, fd: RawFd) -> bool {
+        self.remove_fd_callback(fd, Direction::Write)
+    }
+
+    /// Pending work, for leak checks: ready handles, live timers, fd callbacks.
+    fn _native_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let (ready, timers) = {
+            let state = self.state.lock();
+            (state.ready.len(), state.timers.live())
+        };
+        let (readers, writers) = self.io.lock().counts();
+        let counts = PyDict::new(py);
+        counts.set_item("ready", ready)?;
+        counts.set_item("timers", timers)?;
+        counts.set_item("readers", readers)?;
+        counts.set_item("writers", writers)?;
+        Ok(counts)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(state) = self.state.try_lock() {
+            for item in &state.ready {
+                visit.call(item.as_any())?;
+            }
+            for handle in state.timers.references() {
+                visit.call(handle)?;
+            }
+        }
+        if let Some(io) = self.io.try_lock() {
+            for handle in io.references() {
+                visit.call(handle)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let (ready, timers) = {
+            let mut state = self.state.lock();
+            (std::mem::take(&mut state.ready), state.timers.drain())
+        };
+        let fd_handles = self.io.lock().drain();
+        drop((ready, timers, fd_handles));
+    }
+}
+
+impl Drop for LoopCore {
+    fn drop(&mut self) {
+        // Registrations deregister through the runtime's reactor: drop them first. Then let
+        // the runtime go without blocking — this may run inside another loop's block_on.
+        drop(self.io.get_mut().drain());
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}

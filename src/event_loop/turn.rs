@@ -1,0 +1,104 @@
+//! The turn: what `run_forever` does, natively, inside one tokio `block_on`.
+//!
+//! Each turn mirrors asyncio's `_run_once`: (1) park until the earliest timer, an fd edge or a
+//! wake-up if nothing is ready — or, if work is ready, poll the reactor without blocking, but
+//! only every [`BUSY_TURNS_PER_POLL`] turns or [`BUSY_POLL_INTERVAL`], since each poll is an
+//! `epoll_wait`; (2) queue the callbacks of ready fds; (3) move due timers to the ready queue;
+//! (4) run exactly the handles that were ready at that point — what they schedule runs next
+//! turn. Pending signals are checked every turn, so Ctrl+C leaves promptly whether the loop is
+//! idle or busy. Only `LoopCore::_run_native` calls [`drive`].
+
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use pyo3::intern;
+use pyo3::prelude::*;
+
+use super::ready::Ready;
+use super::LoopCore;
+use crate::clock;
+use crate::handles::is_fatal;
+
+const BUSY_TURNS_PER_POLL: u32 = 61;
+const BUSY_POLL_INTERVAL: Duration = Duration::from_micros(200);
+
+/// Runs turns until `stop()` or an exception that must leave `run_forever`.
+pub async fn drive(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+    let py = slf.py();
+    let core = slf.get();
+    let waker = poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+    core.wake.set_waker(Some(waker));
+    let mut sleep = Box::pin(tokio::time::sleep(Duration::from_secs(86_400)));
+    let mut batch: VecDeque<Ready> = VecDeque::new();
+    let mut busy_turns = 0u32;
+    let mut last_poll = Instant::now();
+
+    loop {
+        py.check_signals()?;
+
+        if core.has_work() {
+            busy_turns += 1;
+            if busy_turns >= BUSY_TURNS_PER_POLL || last_poll.elapsed() >= BUSY_POLL_INTERVAL {
+                tokio::task::yield_now().await;
+                busy_turns = 0;
+                last_poll = Instant::now();
+            }
+        } else {
+            let deadline = core.next_deadline(py);
+            if let Some(deadline) = deadline {
+                sleep.as_mut().reset(clock::instant_at(deadline).into());
+            }
+            poll_fn(|cx| {
+                if deadline.is_some() && sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+                core.wake.set_idle(true);
+                if core.has_work() {
+                    core.wake.set_idle(false);
+                    return Poll::Ready(());
+                }
+                Poll::Pending
+            })
+            .await;
+            core.wake.set_idle(false);
+            busy_turns = 0;
+            last_poll = Instant::now();
+        }
+
+        core.dispatch_io(py);
+        core.take_ready(py, &mut batch);
+        while let Some(item) = batch.pop_front() {
+            if item.is_cancelled() {
+                continue;
+            }
+            let outcome = if core.debug() {
+                slf.call_method1(intern!(py, "_run_handle_debug"), (item.object(py),)).map(drop)
+            } else {
+                run_handle(slf, &item)
+            };
+            if let Err(err) = outcome {
+                drop(item);
+                core.requeue_front(&mut batch);
+                return Err(err);
+            }
+        }
+        if core.take_stopping() {
+            return Ok(());
+        }
+    }
+}
+
+/// Runs one handle: an ordinary exception goes to the loop's exception handler as asyncio
+/// reports it; `KeyboardInterrupt`/`SystemExit` (and errors of the handler itself) come back.
+pub fn run_handle(slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
+    let py = slf.py();
+    match item.callback().invoke(py) {
+        Ok(()) => Ok(()),
+        Err(err) if is_fatal(py, &err) => Err(err),
+        Err(err) => slf
+            .call_method1(intern!(py, "_callback_error"), (item.object(py), err.into_value(py)))
+            .map(drop),
+    }
+}

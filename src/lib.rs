@@ -1,0 +1,19 @@
+//! The `tokioloop._tokioloop` extension module: registration of the native types only.
+//!
+//! The public API is the Python package `tokioloop`; this module is private to it.
+
+mod clock;
+mod event_loop;
+mod handles;
+mod io;
+mod runtime;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<event_loop::LoopCore>()?;
+    m.add_class::<handles::Handle>()?;
+    m.add_class::<handles::TimerHandle>()?;
+    Ok(())
+}
