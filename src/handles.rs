@@ -5,9 +5,9 @@
 //! between. Handles are immutable but for their cancelled/scheduled flags, so they need no lock;
 //! they are created by `event_loop` and run only by the loop thread's turn.
 //!
-//! Both types take part in the cyclic GC (`__traverse__`): `self._timer = loop.call_later(1,
-//! self.on_timeout)` makes a cycle through the handle, and it must be collectable.
+//! Handles are not GC-tracked; see [`Callback`] for why that is safe.
 
+use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -18,13 +18,29 @@ use pyo3::types::PyTuple;
 use pyo3::{ffi, PyTraverseError, PyVisit};
 
 /// The callable, its arguments and the context it runs in.
-pub struct Callback {
+pub struct Parts {
     pub function: Py<PyAny>,
     pub args: Py<PyTuple>,
     pub context: Py<PyAny>,
     /// `traceback.StackSummary` of where the handle was made; only in debug mode.
     pub source_traceback: Option<Py<PyAny>>,
 }
+
+/// A handle's callback, released by the loop once the handle has run or was cancelled.
+///
+/// Handles are not tracked by the cyclic GC (that cost a fifth of `call_soon`'s instructions
+/// under callgrind: every handle is a young object at each gen-0 collection). Cycles through a
+/// handle (`self._h = loop.call_soon(self.cb)`) are broken instead by releasing the parts as
+/// soon as the loop is done with the handle, which is what makes not tracking them safe.
+pub struct Callback {
+    parts: UnsafeCell<Option<Parts>>,
+}
+
+// SAFETY: the cell is written only by `release`, which the loop calls on its own thread with
+// the GIL held and never while `invoke` of the same handle is on the stack; every read is also
+// made with the GIL held. The GIL therefore serialises all access (the module does not declare
+// free-threaded support).
+unsafe impl Sync for Callback {}
 
 impl Callback {
     pub fn new(
@@ -41,23 +57,38 @@ impl Callback {
                 unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? }.unbind()
             }
         };
-        Ok(Callback { function: function.unbind(), args: args.unbind(), context, source_traceback })
+        let parts = Parts { function: function.unbind(), args: args.unbind(), context, source_traceback };
+        Ok(Callback { parts: UnsafeCell::new(Some(parts)) })
+    }
+
+    #[inline]
+    pub fn parts(&self) -> Option<&Parts> {
+        // SAFETY: see the `Sync` impl; a shared borrow never outlives a GIL-held section in
+        // which `release` cannot run.
+        unsafe { (*self.parts.get()).as_ref() }
+    }
+
+    /// Takes the parts out; the caller drops them where re-entering the loop is safe.
+    pub fn release(&self) -> Option<Parts> {
+        // SAFETY: see the `Sync` impl: loop thread, GIL held, not during `invoke`.
+        unsafe { (*self.parts.get()).take() }
     }
 
     /// Calls the function inside its context. The error, if any, is the callback's.
     pub fn invoke(&self, py: Python<'_>) -> PyResult<()> {
-        let ctx = self.context.as_ptr();
-        // SAFETY: all pointers are owned by `self` and alive; the GIL is held. Enter and exit
+        let Some(parts) = self.parts() else { return Ok(()) };
+        let ctx = parts.context.as_ptr();
+        // SAFETY: all pointers are owned by `parts` and alive; the GIL is held. Enter and exit
         // are paired on every path, and the callback's error is fetched before exiting.
         unsafe {
             if ffi::PyContext_Enter(ctx) < 0 {
                 return Err(PyErr::fetch(py));
             }
-            let args = self.args.as_ptr();
+            let args = parts.args.as_ptr();
             let result = if ffi::PyTuple_GET_SIZE(args) == 0 {
-                ffi::PyObject_CallNoArgs(self.function.as_ptr())
+                ffi::PyObject_CallNoArgs(parts.function.as_ptr())
             } else {
-                ffi::PyObject_Call(self.function.as_ptr(), args, std::ptr::null_mut())
+                ffi::PyObject_Call(parts.function.as_ptr(), args, std::ptr::null_mut())
             };
             let outcome = if result.is_null() {
                 Err(PyErr::fetch(py))
@@ -73,14 +104,33 @@ impl Callback {
         }
     }
 
-    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.function)?;
-        visit.call(&self.args)?;
-        visit.call(&self.context)?;
-        if let Some(tb) = &self.source_traceback {
-            visit.call(tb)?;
+    /// For the loop's own GC traversal: the objects a pending handle keeps alive.
+    pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(parts) = self.parts() {
+            visit.call(&parts.function)?;
+            visit.call(&parts.args)?;
+            visit.call(&parts.context)?;
+            if let Some(tb) = &parts.source_traceback {
+                visit.call(tb)?;
+            }
         }
         Ok(())
+    }
+
+    fn function(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.parts().map(|p| p.function.clone_ref(py))
+    }
+
+    fn args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.parts().map(|p| p.args.clone_ref(py))
+    }
+
+    fn context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.parts().map(|p| p.context.clone_ref(py))
+    }
+
+    fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.parts().and_then(|p| p.source_traceback.as_ref().map(|tb| tb.clone_ref(py)))
     }
 
     /// `<Name [when=..] [cancelled] callback-source [created at file:line]>`, as asyncio shows.
@@ -89,22 +139,37 @@ impl Callback {
         if cancelled {
             parts.push("cancelled".to_owned());
         }
-        let source = py
-            .import("asyncio.format_helpers")?
-            .getattr("_format_callback_source")?
-            .call1((self.function.bind(py), self.args.bind(py)))?;
-        parts.push(source.extract::<String>()?);
-        if let Some(tb) = &self.source_traceback {
-            let tb = tb.bind(py);
-            if tb.len()? > 0 {
-                let frame = tb.get_item(-1)?;
-                let file: String = frame.getattr("filename")?.extract()?;
-                let line: i64 = frame.getattr("lineno")?.extract()?;
-                parts.push(format!("created at {file}:{line}"));
+        if let Some(own) = self.parts() {
+            let source = py
+                .import("asyncio.format_helpers")?
+                .getattr("_format_callback_source")?
+                .call1((own.function.bind(py), own.args.bind(py)))?;
+            parts.push(source.extract::<String>()?);
+            if let Some(tb) = &own.source_traceback {
+                let tb = tb.bind(py);
+                if tb.len()? > 0 {
+                    let frame = tb.get_item(-1)?;
+                    let file: String = frame.getattr("filename")?.extract()?;
+                    let line: i64 = frame.getattr("lineno")?.extract()?;
+                    parts.push(format!("created at {file}:{line}"));
+                }
             }
         }
         Ok(format!("<{}>", parts.join(" ")))
     }
+}
+
+/// Allocates a handle and takes it off the cyclic GC's lists (pyo3 makes every class GC-aware;
+/// a handle has nothing to traverse, see [`Callback`]), so gen-0 collections skip it.
+pub fn new_untracked<T>(py: Python<'_>, value: T) -> PyResult<Py<T>>
+where
+    T: pyo3::PyClass + Into<pyo3::PyClassInitializer<T>>,
+{
+    let object = Py::new(py, value)?;
+    // SAFETY: a freshly made, fully initialised object of a GC type; untracking a tracked
+    // object is always allowed, and pyo3's dealloc untracks again harmlessly.
+    unsafe { ffi::PyObject_GC_UnTrack(object.as_ptr().cast()) };
+    Ok(object)
 }
 
 /// True for the exceptions that end `run_forever` instead of reaching the exception handler.
@@ -113,15 +178,26 @@ pub fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
 }
 
 /// A callback scheduled with `call_soon` or `call_soon_threadsafe`.
-#[pyclass(frozen, weakref, module = "tokioloop._tokioloop")]
+#[pyclass(frozen, weakref, freelist = 1024, module = "tokioloop._tokioloop")]
 pub struct Handle {
     pub callback: Callback,
     cancelled: AtomicBool,
+    /// Runs again and again (an fd callback): the loop keeps its parts after running it.
+    persistent: bool,
 }
 
 impl Handle {
     pub fn new(callback: Callback) -> Self {
-        Handle { callback, cancelled: AtomicBool::new(false) }
+        Handle { callback, cancelled: AtomicBool::new(false), persistent: false }
+    }
+
+    pub fn new_persistent(callback: Callback) -> Self {
+        Handle { callback, cancelled: AtomicBool::new(false), persistent: true }
+    }
+
+    #[inline]
+    pub fn is_persistent(&self) -> bool {
+        self.persistent
     }
 
     #[inline]
@@ -144,36 +220,32 @@ impl Handle {
         self.is_cancelled()
     }
 
-    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.callback.context.clone_ref(py)
+    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.callback.context(py)
     }
 
     #[getter]
-    fn _callback(&self, py: Python<'_>) -> Py<PyAny> {
-        self.callback.function.clone_ref(py)
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.callback.function(py)
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> Py<PyTuple> {
-        self.callback.args.clone_ref(py)
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.callback.args(py)
     }
 
     #[getter]
     fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.callback.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
+        self.callback.source_traceback(py)
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         self.callback.repr(py, "Handle", self.is_cancelled())
     }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.callback.traverse(&visit)
-    }
 }
 
 /// A callback scheduled for a point in time with `call_later` or `call_at`.
-#[pyclass(frozen, weakref, module = "tokioloop._tokioloop")]
+#[pyclass(frozen, weakref, freelist = 64, module = "tokioloop._tokioloop")]
 pub struct TimerHandle {
     pub callback: Callback,
     pub when: f64,
@@ -226,8 +298,8 @@ impl TimerHandle {
         self.when_object.clone_ref(py)
     }
 
-    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.callback.context.clone_ref(py)
+    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.callback.context(py)
     }
 
     #[getter]
@@ -241,18 +313,18 @@ impl TimerHandle {
     }
 
     #[getter]
-    fn _callback(&self, py: Python<'_>) -> Py<PyAny> {
-        self.callback.function.clone_ref(py)
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.callback.function(py)
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> Py<PyTuple> {
-        self.callback.args.clone_ref(py)
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.callback.args(py)
     }
 
     #[getter]
     fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.callback.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
+        self.callback.source_traceback(py)
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
@@ -271,11 +343,13 @@ impl TimerHandle {
             return Ok(py.NotImplemented());
         };
         let other = other.get();
+        let same_callback = match (self.callback.parts(), other.callback.parts()) {
+            (Some(a), Some(b)) => a.function.bind(py).eq(b.function.bind(py))? && a.args.bind(py).eq(b.args.bind(py))?,
+            (None, None) => true,
+            _ => false,
+        };
         let same = std::ptr::eq(self, other)
-            || (self.when == other.when
-                && self.callback.function.bind(py).eq(other.callback.function.bind(py))?
-                && self.callback.args.bind(py).eq(other.callback.args.bind(py))?
-                && self.is_cancelled() == other.is_cancelled());
+            || (self.when == other.when && same_callback && self.is_cancelled() == other.is_cancelled());
         let result = match op {
             CompareOp::Eq => same,
             CompareOp::Ne => !same,
@@ -285,10 +359,5 @@ impl TimerHandle {
             CompareOp::Ge => self.when > other.when || same,
         };
         Ok(result.into_pyobject(py)?.to_owned().into_any().unbind())
-    }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.when_object)?;
-        self.callback.traverse(&visit)
     }
 }

@@ -31,6 +31,9 @@ def run(main, *, debug=None, **run_kwargs):
 
     The loop is closed afterwards; extra keyword arguments go to ``asyncio.Runner``.
     """
+    if _asyncio.events._get_running_loop() is not None:
+        # Refuse before a loop exists, as asyncio.run does: nothing to clean up, nothing leaked.
+        raise RuntimeError("tokioloop.run() cannot be called from a running event loop")
     if "loop_factory" in run_kwargs:
         raise TypeError("tokioloop.run() chooses the loop itself; use asyncio.run() for another loop_factory")
     with _asyncio.Runner(debug=debug, loop_factory=new_event_loop, **run_kwargs) as runner:

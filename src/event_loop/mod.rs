@@ -26,7 +26,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use tokio::runtime::Runtime;
 
 use crate::clock;
-use crate::handles::{Callback, Handle, TimerHandle};
+use crate::handles::{new_untracked, Callback, Handle, TimerHandle};
 use crate::io::registry::{Direction, Registry};
 use crate::runtime;
 use ready::Ready;
@@ -112,7 +112,7 @@ impl LoopCore {
     }
 
     fn has_work(&self) -> bool {
-        self.stopping.load(Ordering::Relaxed) || !self.state.lock().ready.is_empty() || self.io.lock().has_edges()
+        self.stopping.load(Ordering::Relaxed) || !self.state.lock().ready.is_empty() || self.io.lock().has_pending()
     }
 
     fn take_stopping(&self) -> bool {
@@ -127,7 +127,7 @@ impl LoopCore {
             state.timers.prune(&mut garbage);
             state.timers.next_deadline()
         };
-        drop(garbage);
+        timers::discard(garbage);
         deadline
     }
 
@@ -151,7 +151,7 @@ impl LoopCore {
             }
             std::mem::swap(ready, batch);
         }
-        drop(garbage);
+        timers::discard(garbage);
     }
 
     /// Puts back, in front, what a turn left unrun when an exception cut it short.
@@ -180,7 +180,7 @@ impl LoopCore {
         let traceback = Self::debug_prologue(slf, &callback, "call_at", true)?;
         let counter = this.state.lock().timers.cancel_counter();
         let callback = Callback::new(py, callback, args, context, traceback)?;
-        let handle = Py::new(py, TimerHandle::new(callback, when, when_object, counter))?;
+        let handle = new_untracked(py, TimerHandle::new(callback, when, when_object, counter))?;
         this.state.lock().timers.push(when, handle.clone_ref(py));
         Ok(handle)
     }
@@ -196,7 +196,7 @@ impl LoopCore {
         let this = slf.get();
         this.check_open()?;
         this.check_same_process()?;
-        let handle = Py::new(py, Handle::new(Callback::new(py, callback, args, None, None)?))?;
+        let handle = new_untracked(py, Handle::new_persistent(Callback::new(py, callback, args, None, None)?))?;
         let runtime = this.runtime()?;
         let _context = runtime.enter();
         let old = this.io.lock().set(fd, direction, handle)?;
@@ -258,7 +258,7 @@ impl LoopCore {
         let this = slf.get();
         this.check_open()?;
         let traceback = Self::debug_prologue(slf, &callback, "call_soon", true)?;
-        let handle = Py::new(py, Handle::new(Callback::new(py, callback, args, context, traceback)?))?;
+        let handle = new_untracked(py, Handle::new(Callback::new(py, callback, args, context, traceback)?))?;
         this.push_ready(Ready::Soon(handle.clone_ref(py)));
         Ok(handle)
     }
@@ -275,7 +275,7 @@ impl LoopCore {
         let this = slf.get();
         this.check_open()?;
         let traceback = Self::debug_prologue(slf, &callback, "call_soon_threadsafe", false)?;
-        let handle = Py::new(py, Handle::new(Callback::new(py, callback, args, context, traceback)?))?;
+        let handle = new_untracked(py, Handle::new(Callback::new(py, callback, args, context, traceback)?))?;
         this.push_ready(Ready::Soon(handle.clone_ref(py)));
         this.wake.notify();
         Ok(handle)
@@ -390,7 +390,7 @@ impl LoopCore {
             (std::mem::take(&mut state.ready), state.timers.drain())
         };
         let fd_handles = self.io.lock().drain();
-        drop((ready, timers, fd_handles));
+        release_all(ready, timers, fd_handles);
         Ok(())
     }
 
@@ -428,15 +428,15 @@ impl LoopCore {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(state) = self.state.try_lock() {
             for item in &state.ready {
-                visit.call(item.as_any())?;
+                item.callback().traverse(&visit)?;
             }
             for handle in state.timers.references() {
-                visit.call(handle)?;
+                handle.get().callback.traverse(&visit)?;
             }
         }
         if let Some(io) = self.io.try_lock() {
             for handle in io.references() {
-                visit.call(handle)?;
+                handle.get().callback.traverse(&visit)?;
             }
         }
         Ok(())
@@ -448,7 +448,18 @@ impl LoopCore {
             (std::mem::take(&mut state.ready), state.timers.drain())
         };
         let fd_handles = self.io.lock().drain();
-        drop((ready, timers, fd_handles));
+        release_all(ready, timers, fd_handles);
+    }
+}
+
+/// Releases every pending handle's callback (close, GC clear); call with no lock held.
+fn release_all(ready: VecDeque<Ready>, timers: Vec<Py<TimerHandle>>, fd_handles: Vec<Py<Handle>>) {
+    for item in ready {
+        drop(item.callback().release());
+    }
+    timers::discard(timers);
+    for handle in fd_handles {
+        drop(handle.get().callback.release());
     }
 }
 

@@ -29,19 +29,24 @@ impl Ready {
         }
     }
 
+    /// Called once the turn is done with this item: drops the callback's references unless
+    /// the handle will run again (a live fd callback).
+    #[inline]
+    pub fn finish(self) {
+        let keep = match &self {
+            Ready::Soon(h) => h.get().is_persistent() && !h.get().is_cancelled(),
+            Ready::Timer(_) => false,
+        };
+        if !keep {
+            drop(self.callback().release());
+        }
+    }
+
     /// The Python handle object, for the exception handler's `handle` key and debug mode.
     pub fn object<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
         match self {
             Ready::Soon(h) => h.bind(py).clone().into_any(),
             Ready::Timer(t) => t.bind(py).clone().into_any(),
-        }
-    }
-
-    /// The handle as an untyped reference, for the garbage collector's traversal.
-    pub fn as_any(&self) -> &Py<PyAny> {
-        match self {
-            Ready::Soon(h) => h.as_any(),
-            Ready::Timer(t) => t.as_any(),
         }
     }
 

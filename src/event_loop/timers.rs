@@ -43,6 +43,13 @@ impl Ord for Entry {
     }
 }
 
+/// Releases the callbacks of timers that left the heap unrun; call with no lock held.
+pub fn discard(garbage: Vec<Py<TimerHandle>>) {
+    for handle in garbage {
+        drop(handle.get().callback.release());
+    }
+}
+
 pub struct Timers {
     heap: BinaryHeap<Entry>,
     next_seq: u64,

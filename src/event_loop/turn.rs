@@ -71,6 +71,7 @@ pub async fn drive(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         core.take_ready(py, &mut batch);
         while let Some(item) = batch.pop_front() {
             if item.is_cancelled() {
+                item.finish();
                 continue;
             }
             let outcome = if core.debug() {
@@ -78,8 +79,8 @@ pub async fn drive(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
             } else {
                 run_handle(slf, &item)
             };
+            item.finish();
             if let Err(err) = outcome {
-                drop(item);
                 core.requeue_front(&mut batch);
                 return Err(err);
             }

@@ -68,6 +68,8 @@ impl TaskWake for FdWaker {
 struct Interest1 {
     handle: Option<Py<Handle>>,
     hot: bool,
+    /// The dispatch round that last looked at this direction (no double queueing per turn).
+    checked_round: u64,
     waker: Waker,
 }
 
@@ -89,6 +91,9 @@ impl Registration {
 
 pub struct Registry {
     fds: HashMap<RawFd, Registration>,
+    /// Directions to re-check next turn (may hold stale entries; `hot` is the truth).
+    hot: Vec<(RawFd, Direction)>,
+    round: u64,
     next_id: u64,
     notices: Arc<Notices>,
 }
@@ -97,6 +102,8 @@ impl Registry {
     pub fn new(wake: Arc<Wake>) -> Self {
         Registry {
             fds: HashMap::new(),
+            hot: Vec::new(),
+            round: 0,
             next_id: 1,
             notices: Arc::new(Notices { edges: Mutex::new(Vec::new()), wake }),
         }
@@ -123,15 +130,18 @@ impl Registry {
             let registration = Registration {
                 id,
                 fd: fd_watch,
-                read: Interest1 { handle: None, hot: false, waker: waker_for(Direction::Read) },
-                write: Interest1 { handle: None, hot: false, waker: waker_for(Direction::Write) },
+                read: Interest1 { handle: None, hot: false, checked_round: 0, waker: waker_for(Direction::Read) },
+                write: Interest1 { handle: None, hot: false, checked_round: 0, waker: waker_for(Direction::Write) },
             };
             self.fds.insert(fd, registration);
         }
         let Some(registration) = self.fds.get_mut(&fd) else { return Ok(None) };
         let side = registration.side(direction);
         // Readiness may predate this callback: check it on the next turn.
-        side.hot = true;
+        if !side.hot {
+            side.hot = true;
+            self.hot.push((fd, direction));
+        }
         Ok(side.handle.replace(handle))
     }
 
@@ -161,6 +171,7 @@ impl Registry {
     /// Forgets every registration (loop close); the caller drops the handles outside its lock.
     pub fn drain(&mut self) -> Vec<Py<Handle>> {
         let mut handles = Vec::new();
+        self.hot.clear();
         for (_, mut registration) in self.fds.drain() {
             handles.extend(registration.read.handle.take());
             handles.extend(registration.write.handle.take());
@@ -172,21 +183,38 @@ impl Registry {
     /// Hot directions are re-checked first; fresh edges then cover the rest, so no callback
     /// is queued twice in one turn.
     pub fn dispatch(&mut self, py: Python<'_>, out: &mut Vec<Py<Handle>>) {
-        for registration in self.fds.values_mut() {
-            for direction in [Direction::Read, Direction::Write] {
-                if registration.side(direction).hot {
-                    Self::check(py, registration, direction, false, out);
+        self.round += 1;
+        let round = self.round;
+        let previously_hot = std::mem::take(&mut self.hot);
+        for (fd, direction) in previously_hot {
+            if let Some(registration) = self.fds.get_mut(&fd) {
+                let side = registration.side(direction);
+                if side.hot && side.checked_round != round {
+                    side.checked_round = round;
+                    if Self::check(py, registration, direction, false, out) {
+                        self.hot.push((fd, direction));
+                    }
                 }
             }
         }
         let edges = std::mem::take(&mut *self.notices.edges.lock());
         for (fd, id, direction) in edges {
             if let Some(registration) = self.fds.get_mut(&fd) {
-                if registration.id == id && !registration.side(direction).hot {
-                    Self::check(py, registration, direction, true, out);
+                let same_registration = registration.id == id;
+                let side = registration.side(direction);
+                if same_registration && !side.hot && side.checked_round != round {
+                    side.checked_round = round;
+                    if Self::check(py, registration, direction, true, out) {
+                        self.hot.push((fd, direction));
+                    }
                 }
             }
         }
+    }
+
+    /// True when the next dispatch may queue something: an edge arrived or a direction is hot.
+    pub fn has_pending(&self) -> bool {
+        !self.hot.is_empty() || self.has_edges()
     }
 
     /// True when an edge is waiting to be dispatched.
@@ -197,13 +225,16 @@ impl Registry {
     /// Decides one direction's readiness this turn and queues its callback if ready.
     /// `fresh`: an edge arrived since the last check, so tokio's readiness is current;
     /// otherwise the direction fired last turn and only `poll(2)` can tell if it still holds.
-    fn check(py: Python<'_>, registration: &mut Registration, direction: Direction, fresh: bool, out: &mut Vec<Py<Handle>>) {
+    fn check(py: Python<'_>, registration: &mut Registration, direction: Direction, fresh: bool, out: &mut Vec<Py<Handle>>) -> bool {
         let Registration { fd, read, write, .. } = registration;
         let side = match direction {
             Direction::Read => read,
             Direction::Write => write,
         };
-        let Some(handle) = side.handle.as_ref() else { return };
+        let Some(handle) = side.handle.as_ref() else {
+            side.hot = false;
+            return false;
+        };
         let waker = side.waker.clone();
         let mut cx = Context::from_waker(&waker);
         let poll = match direction {
@@ -230,6 +261,7 @@ impl Registry {
         if ready {
             out.push(handle.clone_ref(py));
         }
+        ready
     }
 }
 

@@ -1,0 +1,114 @@
+"""Child-process scenarios for the signal and debug tests.
+
+Usage: python _child.py KIND SCENARIO, KIND being "asyncio" or "tokioloop".
+Every scenario that waits for a signal prints "ready" (flushed) once its loop is running.
+"""
+
+import asyncio
+import os
+import sys
+import time
+
+
+def factory(kind):
+    if kind == "asyncio":
+        return asyncio.new_event_loop
+    if kind == "tokioloop":
+        import tokioloop
+
+        return tokioloop.new_event_loop
+    raise SystemExit(f"unknown kind {kind!r}")
+
+
+def say(text):
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def after_interrupt(loop):
+    say("got KeyboardInterrupt")
+    say(f"running={loop.is_running()}")
+    loop.close()
+    say(f"closed={loop.is_closed()}")
+    # A worker thread may still be sleeping; leave without joining it.
+    os._exit(0)
+
+
+def sigint_idle(make):
+    loop = make()
+    loop.call_soon(say, "ready")
+    try:
+        loop.run_until_complete(asyncio.sleep(60))
+    except KeyboardInterrupt:
+        after_interrupt(loop)
+    say("finished without interrupt")
+
+
+def sigint_busy(make):
+    loop = make()
+    count = [0]
+
+    def spin():
+        count[0] += 1
+        if count[0] == 1:
+            say("ready")
+        loop.call_soon(spin)
+
+    loop.call_soon(spin)
+    try:
+        loop.run_forever()
+    except KeyboardInterrupt:
+        after_interrupt(loop)
+    say("finished without interrupt")
+
+
+def sigint_executor(make):
+    loop = make()
+    loop.call_soon(say, "ready")
+    try:
+        loop.run_until_complete(loop.run_in_executor(None, time.sleep, 60))
+    except KeyboardInterrupt:
+        after_interrupt(loop)
+    say("finished without interrupt")
+
+
+def sigint_runner(make):
+    async def main():
+        say("ready")
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            say("main cancelled")
+            raise
+        say("main finished")
+
+    with asyncio.Runner(loop_factory=make) as runner:
+        try:
+            runner.run(main())
+        except KeyboardInterrupt:
+            say("got KeyboardInterrupt")
+        except asyncio.CancelledError:
+            say("got CancelledError")
+    say("runner closed")
+
+
+def debug_flag(make):
+    loop = make()
+    try:
+        say(f"debug={loop.get_debug()}")
+    finally:
+        loop.close()
+
+
+SCENARIOS = {
+    "sigint-idle": sigint_idle,
+    "sigint-busy": sigint_busy,
+    "sigint-executor": sigint_executor,
+    "sigint-runner": sigint_runner,
+    "debug-flag": debug_flag,
+}
+
+
+if __name__ == "__main__":
+    kind, scenario = sys.argv[1], sys.argv[2]
+    SCENARIOS[scenario](factory(kind))
