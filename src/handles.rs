@@ -249,7 +249,9 @@ impl Handle {
 pub struct TimerHandle {
     pub callback: Callback,
     pub when: f64,
-    when_object: Py<PyAny>,
+    /// What `call_at` was given, returned as is by `when()`; None for `call_later`, whose
+    /// float is made on demand (most timers never have `when()` called).
+    when_object: Option<Py<PyAny>>,
     cancelled: AtomicBool,
     /// True while the handle sits in the loop's timer heap.
     scheduled: AtomicBool,
@@ -258,7 +260,7 @@ pub struct TimerHandle {
 }
 
 impl TimerHandle {
-    pub fn new(callback: Callback, when: f64, when_object: Py<PyAny>, counter: Arc<AtomicUsize>) -> Self {
+    pub fn new(callback: Callback, when: f64, when_object: Option<Py<PyAny>>, counter: Arc<AtomicUsize>) -> Self {
         TimerHandle {
             callback,
             when,
@@ -294,8 +296,11 @@ impl TimerHandle {
     }
 
     /// The absolute time, on the loop's clock, the callback is scheduled for, as it was given.
-    fn when(&self, py: Python<'_>) -> Py<PyAny> {
-        self.when_object.clone_ref(py)
+    fn when(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match &self.when_object {
+            Some(when) => Ok(when.clone_ref(py)),
+            None => Ok(self.when.into_pyobject(py)?.into_any().unbind()),
+        }
     }
 
     fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -328,7 +333,7 @@ impl TimerHandle {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        let head = format!("TimerHandle when={}", self.when_object.bind(py).repr()?);
+        let head = format!("TimerHandle when={}", self.when(py)?.bind(py).repr()?);
         self.callback.repr(py, &head, self.is_cancelled())
     }
 

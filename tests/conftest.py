@@ -16,6 +16,12 @@ Contract
   collect garbage and fail if the exception handler recorded anything the test did not clear
   (a test that expects handler calls inspects ``exc_contexts`` and clears it).
 * If ``import tokioloop`` fails, every tokioloop test errors: nothing is skipped silently.
+* ``tokioloop_only`` (decorator): runs a test for the ``tokioloop`` id alone; kept for behaviour
+  with no stdlib counterpart (entry points, the 3.11 eager_start refusal).
+* ``pending_counts(loop)``: the leak counts above, from the stdlib loop's internals or from
+  tokioloop's ``loop._debug_counts()``.
+* Hang backstop: a test still running 30 s past its pytest-timeout limit (which needs the main
+  thread to get back to Python code to fire) makes faulthandler dump all stacks and exit.
 """
 
 import asyncio

@@ -74,6 +74,23 @@ def test_no_slow_callback_warning_without_debug(loop, caplog):
     assert not [r for r in caplog.records if r.getMessage().startswith("Executing")]
 
 
+def test_debug_coroutine_origin_tracking(loop):
+    """In debug mode the loop turns on coroutine origin tracking while it runs."""
+    before = sys.get_coroutine_origin_tracking_depth()
+    seen = []
+    loop.set_debug(True)
+    loop.call_soon(lambda: seen.append(sys.get_coroutine_origin_tracking_depth()))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen[0] > 0
+    assert sys.get_coroutine_origin_tracking_depth() == before
+    loop.set_debug(False)
+    loop.call_soon(lambda: seen.append(sys.get_coroutine_origin_tracking_depth()))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen[1] == before
+
+
 def test_slow_callback_duration_attribute(loop):
     assert loop.slow_callback_duration == 0.1
     loop.slow_callback_duration = 0.5

@@ -124,3 +124,17 @@ def test_close_after_default_executor_used(loop_factory):
     assert lp.is_closed()
     with pytest.raises(RuntimeError):
         lp.run_in_executor(None, print)
+
+
+def test_to_thread_uses_loop_and_context(loop):
+    import contextvars
+
+    var = contextvars.ContextVar("to_thread_var")
+
+    async def main():
+        var.set("copied")
+        return await asyncio.to_thread(lambda x: (x, var.get(), threading.get_ident()), 5)
+
+    x, value, ident = loop.run_until_complete(main())
+    assert (x, value) == (5, "copied")
+    assert ident != threading.get_ident()

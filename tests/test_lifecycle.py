@@ -165,6 +165,21 @@ def test_is_running_inside_callback(loop):
     assert not loop.is_running()
 
 
+def test_run_until_complete_already_done_future(loop):
+    fut = loop.create_future()
+    fut.set_result("early")
+    assert loop.run_until_complete(fut) == "early"
+
+
+def test_get_running_loop_in_callback(loop):
+    seen = []
+    loop.call_soon(lambda: seen.append(asyncio.get_running_loop()))
+    loop.call_soon(lambda: seen.append(asyncio.get_event_loop()))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == [loop, loop]
+
+
 def test_get_running_loop_inside(loop):
     async def probe():
         return asyncio.get_running_loop()

@@ -350,3 +350,30 @@ def test_call_soon_many_and_counts(loop):
         h.cancel()
     run_briefly(loop)
     assert pending_counts(loop)["ready"] == 0
+
+
+def test_huge_and_infinite_delays(loop):
+    out = []
+    huge = loop.call_later(1e10, out.append, "huge")
+    endless = loop.call_later(float("inf"), out.append, "inf")
+    assert endless.when() == float("inf")
+    loop.call_later(0.01, out.append, "soon")
+    loop.run_until_complete(asyncio.sleep(0.02))
+    assert out == ["soon"]
+    huge.cancel()
+    endless.cancel()
+
+
+def test_sleep_forever_cancelled(loop):
+    async def sleeper():
+        await asyncio.sleep(float("inf"))
+
+    async def main():
+        task = loop.create_task(sleeper())
+        loop.call_later(0.01, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+
+    assert loop.run_until_complete(main()) == "cancelled"

@@ -1,6 +1,5 @@
 """Unix signal handlers and KeyboardInterrupt (the latter in child processes)."""
 
-import asyncio
 import os
 import select
 import signal
@@ -65,6 +64,23 @@ def test_signal_handler_called_each_time(loop):
     finally:
         loop.remove_signal_handler(signal.SIGUSR1)
     assert calls == [1, 1, 1]
+
+
+def test_signal_handler_exception_goes_to_handler(loop, exc_contexts):
+    def handler():
+        loop.stop()
+        raise ValueError("in signal handler")
+
+    loop.add_signal_handler(signal.SIGUSR1, handler)
+    try:
+        loop.call_soon(os.kill, os.getpid(), signal.SIGUSR1)
+        loop.run_forever()
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
+    assert len(exc_contexts) == 1
+    ctx = exc_contexts.pop()
+    assert ctx["message"].startswith("Exception in callback")
+    assert isinstance(ctx["exception"], ValueError)
 
 
 def test_signal_handler_replaced(loop):

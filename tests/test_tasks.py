@@ -96,6 +96,13 @@ def test_context_flows_to_callbacks_from_task(loop):
     assert loop.run_until_complete(main()) == ("task value", "task value")
 
 
+def test_create_task_rejects_non_coroutine(loop):
+    with pytest.raises(TypeError):
+        loop.create_task(42)
+    with pytest.raises(TypeError):
+        loop.create_task(lambda: None)
+
+
 def test_task_factory(loop):
     created = []
 

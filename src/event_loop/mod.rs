@@ -169,7 +169,7 @@ impl LoopCore {
     fn schedule_timer(
         slf: &Bound<'_, Self>,
         when: f64,
-        when_object: Py<PyAny>,
+        when_object: Option<Py<PyAny>>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
@@ -291,9 +291,7 @@ impl LoopCore {
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         let delay = delay.ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
-        let when = clock::now() + delay;
-        let when_object = when.into_pyobject(slf.py())?.into_any().unbind();
-        Self::schedule_timer(slf, when, when_object, callback, args, context)
+        Self::schedule_timer(slf, clock::now() + delay, None, callback, args, context)
     }
 
     /// Schedules `callback(*args)` at `when` on the loop's clock; never runs earlier.
@@ -309,7 +307,7 @@ impl LoopCore {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
         let when_value: f64 = when.extract()?;
-        Self::schedule_timer(slf, when_value, when.unbind(), callback, args, context)
+        Self::schedule_timer(slf, when_value, Some(when.unbind()), callback, args, context)
     }
 
     /// The loop's clock: `time.monotonic()`'s clock, in seconds.
@@ -359,15 +357,9 @@ impl LoopCore {
             return Err(PyRuntimeError::new_err("This event loop is already running"));
         }
         this.thread_ident.store(current_thread_ident(), Ordering::Relaxed);
-        let result = {
-            let _armed = runtime::ParkGuard::arm();
-            this.runtime()?.block_on(turn::drive(slf))
-        };
-        this.wake.set_waker(None);
-        this.stopping.store(false, Ordering::Relaxed);
-        this.thread_ident.store(0, Ordering::Relaxed);
-        this.running.store(false, Ordering::SeqCst);
-        result
+        let _running = RunningGuard(this);
+        let _armed = runtime::ParkGuard::arm();
+        this.runtime()?.block_on(turn::drive(slf))
     }
 
     /// Runs one handle as the turn would (debug mode's timed path calls this).
@@ -449,6 +441,20 @@ impl LoopCore {
         };
         let fd_handles = self.io.lock().drain();
         release_all(ready, timers, fd_handles);
+    }
+}
+
+/// Resets the per-run state when `_run_native` ends, whether by return, error or panic.
+struct RunningGuard<'a>(&'a LoopCore);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        let core = self.0;
+        core.wake.set_waker(None);
+        core.wake.set_idle(false);
+        core.stopping.store(false, Ordering::Relaxed);
+        core.thread_ident.store(0, Ordering::Relaxed);
+        core.running.store(false, Ordering::SeqCst);
     }
 }
 

@@ -1,9 +1,10 @@
 //! Waking a parked loop from outside its turn: other threads, fd readiness, signals.
 //!
 //! The loop sets `idle` just before it parks and re-checks for work afterwards; a producer
-//! publishes its work first and wakes the loop only if it saw `idle`. So a busy loop costs its
-//! producers no syscall, and a parked one is woken exactly when needed. The waker is tokio's
-//! `block_on` waker: plain Rust, safe to call during a park and from any thread.
+//! publishes its work first and wakes the loop only if it is the one to clear `idle`. So a
+//! busy loop costs its producers no syscall, and a parked one is woken once, however many
+//! producers arrive while it retakes the GIL. The waker is tokio's `block_on` waker: plain
+//! Rust, safe to call during a park and from any thread.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Waker;
@@ -26,8 +27,10 @@ impl Wake {
     }
 
     /// Wakes the loop if it is parked or about to park; call after publishing the work.
+    /// Only the first producer after a park pays for the wake-up (an eventfd write): the
+    /// loop may take a while to get the GIL back, and producers keep coming meanwhile.
     pub fn notify(&self) {
-        if self.idle.load(Ordering::SeqCst) {
+        if self.idle.swap(false, Ordering::SeqCst) {
             if let Some(waker) = self.waker.lock().as_ref() {
                 waker.wake_by_ref();
             }
