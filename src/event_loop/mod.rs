@@ -42,6 +42,8 @@ struct State {
 pub struct LoopCore {
     state: Mutex<State>,
     io: Mutex<Registry>,
+    /// True while the fd registry may have callbacks to queue (see `Registry::pending_flag`).
+    io_pending: Arc<AtomicBool>,
     wake: Arc<Wake>,
     stopping: AtomicBool,
     running: AtomicBool,
@@ -112,7 +114,9 @@ impl LoopCore {
     }
 
     fn has_work(&self) -> bool {
-        self.stopping.load(Ordering::Relaxed) || !self.state.lock().ready.is_empty() || self.io.lock().has_pending()
+        self.stopping.load(Ordering::Relaxed)
+            || self.io_pending.load(Ordering::Acquire)
+            || !self.state.lock().ready.is_empty()
     }
 
     fn take_stopping(&self) -> bool {
@@ -132,6 +136,9 @@ impl LoopCore {
     }
 
     fn dispatch_io(&self, py: Python<'_>) {
+        if !self.io_pending.load(Ordering::Acquire) {
+            return;
+        }
         let mut ready = Vec::new();
         self.io.lock().dispatch(py, &mut ready);
         if !ready.is_empty() {
@@ -231,9 +238,11 @@ impl LoopCore {
     #[pyo3(signature = (*_args, **_kwargs))]
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
         let wake = Arc::new(Wake::default());
+        let registry = Registry::new(wake.clone());
         Ok(LoopCore {
             state: Mutex::new(State { ready: VecDeque::new(), timers: Timers::new() }),
-            io: Mutex::new(Registry::new(wake.clone())),
+            io_pending: registry.pending_flag(),
+            io: Mutex::new(registry),
             wake,
             stopping: AtomicBool::new(false),
             running: AtomicBool::new(false),

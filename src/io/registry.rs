@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake as TaskWake, Waker};
 
@@ -43,6 +44,9 @@ pub enum Direction {
 /// What the reactor's wakers report: (fd, registration id, direction) that saw an edge.
 pub struct Notices {
     edges: Mutex<Vec<(RawFd, u64, Direction)>>,
+    /// Set when an edge arrives or a direction turns hot: lets the turn skip the registry
+    /// entirely (no lock) while nothing fd-related is pending, the common case.
+    pending: Arc<AtomicBool>,
     wake: Arc<Wake>,
 }
 
@@ -60,6 +64,7 @@ impl TaskWake for FdWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.notices.edges.lock().push((self.fd, self.id, self.direction));
+        self.notices.pending.store(true, Ordering::Release);
         self.notices.wake.notify();
     }
 }
@@ -105,7 +110,7 @@ impl Registry {
             hot: Vec::new(),
             round: 0,
             next_id: 1,
-            notices: Arc::new(Notices { edges: Mutex::new(Vec::new()), wake }),
+            notices: Arc::new(Notices { edges: Mutex::new(Vec::new()), pending: Arc::new(AtomicBool::new(false)), wake }),
         }
     }
 
@@ -141,6 +146,7 @@ impl Registry {
         if !side.hot {
             side.hot = true;
             self.hot.push((fd, direction));
+            self.notices.pending.store(true, Ordering::Release);
         }
         Ok(side.handle.replace(handle))
     }
@@ -210,16 +216,14 @@ impl Registry {
                 }
             }
         }
+        // Wakers fire only inside the reactor, on this thread, never during a dispatch.
+        self.notices.pending.store(!self.hot.is_empty(), Ordering::Release);
     }
 
-    /// True when the next dispatch may queue something: an edge arrived or a direction is hot.
-    pub fn has_pending(&self) -> bool {
-        !self.hot.is_empty() || self.has_edges()
-    }
-
-    /// True when an edge is waiting to be dispatched.
-    pub fn has_edges(&self) -> bool {
-        !self.notices.edges.lock().is_empty()
+    /// The flag that is true while the next dispatch may queue something (an edge arrived or
+    /// a direction is hot); readable without taking the registry's lock.
+    pub fn pending_flag(&self) -> Arc<AtomicBool> {
+        self.notices.pending.clone()
     }
 
     /// Decides one direction's readiness this turn and queues its callback if ready.

@@ -1,0 +1,321 @@
+"""Child process of the CPython conformance run: one ``test.test_asyncio`` module, one loop.
+
+Usage (``cpython_conformance.py`` starts it; it is not meant to be run by hand)::
+
+    python tools/conformance_child.py --loop tokioloop|asyncio --module test_locks --out OUT.jsonl
+        [--exclude IDS_FILE] [--test-timeout SECONDS]
+
+What it does, in order:
+
+1. ``--loop tokioloop``: installs ``tokioloop.EventLoopPolicy()`` and makes it the policy that
+   asyncio re-creates whenever the policy is reset. CPython's test modules call
+   ``asyncio.set_event_loop_policy(None)`` in ``tearDownModule`` and in many ``tearDown``
+   methods; without this the next ``asyncio.new_event_loop()`` / ``asyncio.run()`` /
+   ``IsolatedAsyncioTestCase`` would silently be the stdlib loop again. ``--loop asyncio`` (the
+   baseline) leaves asyncio alone.
+2. Counts event loops as they are created (stdlib ``BaseEventLoop`` subclasses, ``TestLoop``
+   included, versus ``tokioloop.Loop``), per test: a test that ran on stdlib loops only while
+   tokioloop was installed is not testing tokioloop, and the parent classifies it as such.
+3. Imports the module and applies the ``drop``/``retarget`` rules of ``tests/cpython/rules.txt``:
+   mixin suites whose loop comes from ``create_event_loop()`` / ``new_loop()`` get one subclass
+   whose factory returns the loop under test (``tokioloop.new_event_loop()`` or, for the
+   baseline, ``asyncio.new_event_loop()``), with the same test ids in both runs.
+4. Runs the module's tests with unittest's loader and a recording ``TestResult``, writing one
+   JSON line per test to OUT as it goes: ``{"event": "start", "id"}`` then ``{"event": "result",
+   "id", "outcome", "reason", "seconds", "loops": {"tokioloop": n, "stdlib": n}}``. Outcomes:
+   passed, failed, error, skipped, expected-failure, unexpected-success. A per-test watchdog
+   (faulthandler) ends the process if one test outlives ``--test-timeout``; the parent then sees
+   a "start" without its "result", records a timeout and restarts the module without that test.
+5. Ends with ``{"event": "done"}`` and ``os._exit`` (tests may leave non-daemon threads behind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import asyncio.events
+import faulthandler
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conformance_rules import load_rules  # noqa: E402
+
+PACKAGE = "test.test_asyncio"
+REASON_CHARS = 240
+
+
+class LoopCounter:
+    """Counts loops created, by kind, by wrapping the two base ``__init__`` methods."""
+
+    def __init__(self):
+        self.counts = {"tokioloop": 0, "stdlib": 0}
+
+    def wrap(self, cls, kind):
+        original = cls.__init__
+        counts = self.counts
+
+        def __init__(self, *args, **kwargs):
+            counts[kind] += 1
+            original(self, *args, **kwargs)
+
+        __init__.__wrapped__ = original
+        cls.__init__ = __init__
+
+    def snapshot(self):
+        return dict(self.counts)
+
+
+def install_tokioloop():
+    """Make every policy-made loop a tokioloop loop, even after the policy is reset to None."""
+    import tokioloop
+
+    def init_tokioloop_policy():
+        with asyncio.events._lock:
+            if asyncio.events._event_loop_policy is None:
+                asyncio.events._event_loop_policy = tokioloop.EventLoopPolicy()
+
+    # get_event_loop_policy() calls this (looked up at call time) whenever no policy is set.
+    asyncio.events._init_event_loop_policy = init_tokioloop_policy
+    asyncio.set_event_loop_policy(tokioloop.EventLoopPolicy())
+
+    # Self-check: both the installed policy and one re-created after a reset give tokioloop.
+    for reset in (False, True):
+        if reset:
+            asyncio.set_event_loop_policy(None)
+        loop = asyncio.new_event_loop()
+        try:
+            if not isinstance(loop, tokioloop.Loop):
+                raise SystemExit(f"policy set-up failed: new_event_loop() gave {type(loop)}")
+        finally:
+            loop.close()
+    return tokioloop.new_event_loop
+
+
+def resolve(module, dotted):
+    obj = module
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def apply_class_rules(module, rules, make_loop):
+    """Drop and retarget classes of ``module`` in place, per the rules; returns notes."""
+    short = module.__name__.rsplit(".", 1)[1]
+    notes = []
+    for rule in rules.class_rules_for(short):
+        class_name = rule.pattern.split(".", 1)[1]
+        original = getattr(module, class_name, None)
+        if original is None:
+            notes.append(f"rules.txt:{rule.line}: {rule.pattern} not found (platform?)")
+            continue
+        delattr(module, class_name)
+        if rule.kind == "drop":
+            continue
+        method, new_name = rule.args
+        if "bases" in rule.options:
+            bases = tuple(resolve(module, name) for name in rule.options["bases"].split(","))
+        else:
+            bases = (original,)
+
+        def factory(self, _make=make_loop):
+            return _make()
+
+        factory.__name__ = method
+        namespace = {method: factory, "__module__": module.__name__, "__qualname__": new_name}
+        # Keep the original's class-level decorators' effects (skips) where bases= replaces it.
+        for attr in ("__unittest_skip__", "__unittest_skip_why__"):
+            if attr in vars(original):
+                namespace[attr] = vars(original)[attr]
+        setattr(module, new_name, type(new_name, bases, namespace))
+    return notes
+
+
+def short_id(test):
+    """``test_locks.LockTests.test_acquire`` for a test; fixtures get ``module.Class.setUpClass``."""
+    if isinstance(test, unittest.suite._ErrorHolder):
+        # "setUpClass (test.test_asyncio.test_x.Cls)" -> "test_x.Cls.setUpClass"
+        description = test.description
+        name, _, rest = description.partition(" (")
+        full = rest.rstrip(")") + "." + name
+    else:
+        full = test.id()
+    return full[len(PACKAGE) + 1:] if full.startswith(PACKAGE + ".") else full
+
+
+def summarize_exception(err):
+    """One line: exception type and first message line, plus the deepest test-file frame."""
+    exc_type, exc, tb = err
+    message = str(exc).strip().splitlines()
+    text = exc_type.__name__ + (f": {message[0]}" if message else "")
+    where = ""
+    for frame in traceback.extract_tb(tb):
+        if "test_asyncio" in frame.filename:
+            where = f" [{os.path.basename(frame.filename)}:{frame.lineno}]"
+    text = text + where
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
+
+
+class RecordingResult(unittest.TestResult):
+    """Writes one JSON line per test start and per test outcome to ``out``."""
+
+    def __init__(self, out, counter, test_timeout):
+        super().__init__()
+        self.out = out
+        self.counter = counter
+        self.test_timeout = test_timeout
+        self.current = None
+
+    def emit(self, record):
+        self.out.write(json.dumps(record) + "\n")
+        self.out.flush()
+
+    def startTest(self, test):
+        super().startTest(test)
+        test_id = short_id(test)
+        self.current = {
+            "id": test_id,
+            "outcome": "passed",
+            "reason": "",
+            "started": time.monotonic(),
+            "loops_before": self.counter.snapshot(),
+        }
+        self.emit({"event": "start", "id": test_id})
+        if self.test_timeout:
+            faulthandler.dump_traceback_later(self.test_timeout, exit=True)
+
+    def stopTest(self, test):
+        if self.test_timeout:
+            faulthandler.cancel_dump_traceback_later()
+        super().stopTest(test)
+        current, self.current = self.current, None
+        before = current.pop("loops_before")
+        now = self.counter.snapshot()
+        current["loops"] = {k: now[k] - before[k] for k in now}
+        current["seconds"] = round(time.monotonic() - current.pop("started"), 3)
+        self.emit({"event": "result", **current})
+
+    def _set(self, test, outcome, reason):
+        if self.current is None or self.current["id"] != short_id(test):
+            # A class- or module-level fixture error: its own record, outside startTest.
+            self.emit(
+                {"event": "result", "id": short_id(test), "outcome": outcome, "reason": reason,
+                 "seconds": 0.0, "loops": {"tokioloop": 0, "stdlib": 0}, "fixture": True}
+            )
+            return
+        # Keep the first failure's reason; an error after a failure stays a failure.
+        if self.current["outcome"] in ("passed", "skipped"):
+            self.current["outcome"] = outcome
+            self.current["reason"] = reason
+
+    def addSuccess(self, test):
+        super().addSuccess(test)
+
+    def addError(self, test, err):
+        super().addError(test, err)
+        self._set(test, "error", summarize_exception(err))
+
+    def addFailure(self, test, err):
+        super().addFailure(test, err)
+        self._set(test, "failed", summarize_exception(err))
+
+    def addSkip(self, test, reason):
+        super().addSkip(test, reason)
+        self._set(test, "skipped", str(reason)[:REASON_CHARS])
+
+    def addExpectedFailure(self, test, err):
+        super().addExpectedFailure(test, err)
+        self._set(test, "expected-failure", summarize_exception(err))
+
+    def addUnexpectedSuccess(self, test):
+        super().addUnexpectedSuccess(test)
+        self._set(test, "unexpected-success", "marked expectedFailure but passed")
+
+    def addSubTest(self, test, subtest, err):
+        super().addSubTest(test, subtest, err)
+        if err is not None:
+            kind = "failed" if issubclass(err[0], test.failureException) else "error"
+            self._set(test, kind, f"subtest {subtest._subDescription()}: {summarize_exception(err)}")
+
+
+def iter_tests(suite):
+    for item in suite:
+        if isinstance(item, unittest.TestSuite):
+            yield from iter_tests(item)
+        else:
+            yield item
+
+
+def filter_suite(suite, excluded):
+    """A copy of ``suite`` without the tests whose short ids are in ``excluded``."""
+    kept = unittest.TestSuite()
+    for item in suite:
+        if isinstance(item, unittest.TestSuite):
+            kept.addTest(filter_suite(item, excluded))
+        elif short_id(item) not in excluded:
+            kept.addTest(item)
+    return kept
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--loop", choices=("asyncio", "tokioloop"), required=True)
+    parser.add_argument("--module", required=True, help="e.g. test_locks")
+    parser.add_argument("--out", required=True, help="JSON-lines file to append records to")
+    parser.add_argument("--exclude", help="file of short test ids not to run (one per line)")
+    parser.add_argument("--test-timeout", type=float, default=60.0)
+    args = parser.parse_args(argv)
+
+    out = open(args.out, "a", encoding="utf-8")
+    counter = LoopCounter()
+    counter.wrap(asyncio.BaseEventLoop, "stdlib")
+    if args.loop == "tokioloop":
+        make_loop = install_tokioloop()
+        import tokioloop
+
+        counter.wrap(tokioloop.Loop, "tokioloop")
+    else:
+        make_loop = asyncio.new_event_loop
+
+    excluded = set()
+    if args.exclude:
+        with open(args.exclude, encoding="utf-8") as fh:
+            excluded = {line.strip() for line in fh if line.strip()}
+
+    def emit(record):
+        out.write(json.dumps(record) + "\n")
+        out.flush()
+
+    try:
+        module = importlib.import_module(f"{PACKAGE}.{args.module}")
+    except unittest.SkipTest as exc:
+        emit({"event": "module-skipped", "reason": str(exc)[:REASON_CHARS]})
+        out.close()
+        os._exit(0)
+    except Exception:
+        emit({"event": "import-error", "reason": traceback.format_exc()[-2000:]})
+        out.close()
+        os._exit(3)
+    notes = apply_class_rules(module, load_rules(), make_loop)
+    emit({"event": "begin", "loop": args.loop, "module": args.module, "notes": notes})
+
+    suite = unittest.TestLoader().loadTestsFromModule(module)
+    if excluded:
+        suite = filter_suite(suite, excluded)
+    result = RecordingResult(out, counter, args.test_timeout)
+    suite.run(result)
+    emit({"event": "done", "loops": counter.snapshot(),
+          "policy": type(asyncio.get_event_loop_policy()).__qualname__})
+    out.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

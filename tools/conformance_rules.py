@@ -1,0 +1,173 @@
+"""Rules and expectation files of the CPython conformance run (see ``cpython_conformance.py``).
+
+Two checked-in text files drive the run, both under ``tests/cpython/``:
+
+``rules.txt``: how each CPython ``test.test_asyncio`` test is treated. One rule a line,
+``KIND PATTERN [ARGS...] | REASON``; blank lines and ``#`` comments are ignored. PATTERN is an
+``fnmatch`` pattern over the short test id ``module.Class.test_name`` (``test.test_asyncio.``
+dropped). Kinds:
+
+* ``implementation PATTERN | reason``: the test inspects stdlib internals (a mocked selector,
+  private attributes, a specific stdlib loop class); it is listed, not scored.
+* ``area=NAME PATTERN | reason``: the test belongs to a loop feature area (``tls``, ``udp``...).
+  Areas named in ``BUILT_AREAS`` are tokioloop's built ones; any other area is "not built yet".
+  Tests matching no area rule are in area ``core``.
+* ``drop module.Class | reason``: the class is removed before the run (a duplicate of a
+  retargeted class that runs the same mixin on another stdlib selector).
+* ``retarget module.Class METHOD NEWNAME [bases=A,B,...] | reason``: the class is replaced by a
+  subclass named NEWNAME whose loop-factory METHOD (``create_event_loop``, ``new_loop``) returns
+  the loop under test. ``bases=`` names module attributes to derive from instead of the class.
+
+The first matching rule of each family (implementation, area, drop/retarget) wins.
+
+``expected_failures.txt``: ``TEST_ID | reason`` lines, one per core-area test known to fail
+on tokioloop; a ``[flaky]`` tag in the reason tolerates a pass.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass, field
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+RULES_FILE = os.path.join(REPO, "tests", "cpython", "rules.txt")
+EXPECTED_FILE = os.path.join(REPO, "tests", "cpython", "expected_failures.txt")
+
+#: Areas tokioloop has built; every test of these areas is checked by ``--check``.
+BUILT_AREAS = frozenset({"core"})
+
+#: Loop methods named by tokioloop's NotImplementedError, and the area each belongs to. Used as
+#: a fallback for tests that no area rule covers but that stopped at a method not built yet.
+UNBUILT_METHOD_AREAS = {
+    "getaddrinfo": "dns",
+    "getnameinfo": "dns",
+    "create_connection": "tcp",
+    "create_server": "servers",
+    "connect_accepted_socket": "tcp",
+    "sendfile": "sendfile",
+    "sock_sendfile": "sendfile",
+    "start_tls": "tls",
+    "create_unix_connection": "unix",
+    "create_unix_server": "unix",
+    "create_datagram_endpoint": "udp",
+    "connect_read_pipe": "pipes",
+    "connect_write_pipe": "pipes",
+    "subprocess_shell": "subprocess",
+    "subprocess_exec": "subprocess",
+    "sock_recv": "sockets",
+    "sock_recv_into": "sockets",
+    "sock_recvfrom": "sockets",
+    "sock_recvfrom_into": "sockets",
+    "sock_sendall": "sockets",
+    "sock_sendto": "sockets",
+    "sock_connect": "sockets",
+    "sock_accept": "sockets",
+}
+
+
+@dataclass
+class Rule:
+    kind: str  # "implementation", "area", "drop" or "retarget"
+    pattern: str
+    reason: str
+    area: str = ""
+    args: list = field(default_factory=list)
+    options: dict = field(default_factory=dict)
+    line: int = 0
+
+    def matches(self, test_id: str) -> bool:
+        return fnmatch.fnmatchcase(test_id, self.pattern)
+
+
+@dataclass
+class Rules:
+    implementation: list
+    areas: list
+    classes: list  # drop and retarget rules
+
+    def implementation_reason(self, test_id):
+        """The reason ``test_id`` is an implementation test, or None."""
+        for rule in self.implementation:
+            if rule.matches(test_id):
+                return rule.reason
+        return None
+
+    def area_of(self, test_id):
+        """``(area, reason)`` of the first matching area rule, or ``("core", "")``."""
+        for rule in self.areas:
+            if rule.matches(test_id):
+                return rule.area, rule.reason
+        return "core", ""
+
+    def class_rules_for(self, module):
+        """The drop/retarget rules whose class lives in ``module``."""
+        return [r for r in self.classes if r.pattern.split(".", 1)[0] == module]
+
+    def module_wide(self, module):
+        """The implementation or area rule covering all of ``module`` (pattern ``module.*``)."""
+        for rule in self.implementation + self.areas:
+            if rule.pattern == f"{module}.*":
+                return rule
+        return None
+
+
+def load_rules(path=RULES_FILE) -> Rules:
+    implementation, areas, classes = [], [], []
+    with open(path, encoding="utf-8") as fh:
+        for number, raw in enumerate(fh, 1):
+            text = raw.strip()
+            if not text or text.startswith("#"):
+                continue
+            if "|" not in text:
+                raise ValueError(f"{path}:{number}: rule without '| reason': {text!r}")
+            head, reason = (part.strip() for part in text.split("|", 1))
+            words = head.split()
+            if len(words) < 2 or not reason:
+                raise ValueError(f"{path}:{number}: expected 'KIND PATTERN ... | reason'")
+            kind, pattern, rest = words[0], words[1], words[2:]
+            options = dict(w.split("=", 1) for w in rest if "=" in w)
+            args = [w for w in rest if "=" not in w]
+            rule = Rule(kind, pattern, reason, args=args, options=options, line=number)
+            if kind == "implementation":
+                implementation.append(rule)
+            elif kind.startswith("area="):
+                rule.kind, rule.area = "area", kind.split("=", 1)[1]
+                areas.append(rule)
+            elif kind == "drop":
+                classes.append(rule)
+            elif kind == "retarget":
+                if len(args) != 2:
+                    raise ValueError(f"{path}:{number}: retarget needs METHOD NEWNAME")
+                classes.append(rule)
+            else:
+                raise ValueError(f"{path}:{number}: unknown rule kind {kind!r}")
+    return Rules(implementation, areas, classes)
+
+
+@dataclass
+class Expected:
+    reasons: dict  # test id -> reason
+    flaky: set
+
+    def __contains__(self, test_id):
+        return test_id in self.reasons
+
+
+def load_expected(path=EXPECTED_FILE) -> Expected:
+    reasons, flaky = {}, set()
+    with open(path, encoding="utf-8") as fh:
+        for number, raw in enumerate(fh, 1):
+            text = raw.strip()
+            if not text or text.startswith("#"):
+                continue
+            test_id, _, reason = (part.strip() for part in text.partition("|"))
+            if not reason:
+                raise ValueError(f"{path}:{number}: expected 'TEST_ID | reason'")
+            if test_id in reasons:
+                raise ValueError(f"{path}:{number}: {test_id} listed twice")
+            reasons[test_id] = reason
+            if "[flaky]" in reason:
+                flaky.add(test_id)
+    return Expected(reasons, flaky)
