@@ -54,7 +54,7 @@ class LoopCounter:
     """Counts loops created, by kind, by wrapping the two base ``__init__`` methods."""
 
     def __init__(self):
-        self.counts = {"tokioloop": 0, "stdlib": 0}
+        self.counts = {"tokioloop": 0, "stdlib": 0, "testloop": 0}
 
     def wrap(self, cls, kind):
         original = cls.__init__
@@ -104,8 +104,65 @@ def resolve(module, dotted):
     return obj
 
 
+# -- adapters: replacements for a test class's loop set-up, named by "adapt" rules -------------
+# Each takes (make_loop, cls, original) and returns the replacement method: ``make_loop`` makes
+# the loop under test, ``original`` is cls's own definition of the method (None if inherited).
+# The adapted tests then run unchanged on the loop under test, in both runs.
+
+
+def adapt_real_loop_unless_gen(make_loop, cls, original):
+    """new_test_loop(): the loop under test, unless a time generator asks for virtual time."""
+
+    def new_test_loop(self, gen=None):
+        if gen is not None:
+            if original is not None:
+                return original(self, gen)
+            return super(cls, self).new_test_loop(gen)  # a mixin: test_utils.TestCase's
+        loop = make_loop()
+        self.set_event_loop(loop)
+        return loop
+
+    return new_test_loop
+
+
+def adapt_loop_under_test_setup(make_loop, cls, original):
+    """setUp(): the loop under test instead of a BaseEventLoop with a mocked selector."""
+
+    def setUp(self):
+        super(cls, self).setUp()
+        self.loop = make_loop()
+        self.set_event_loop(self.loop)
+
+    return setUp
+
+
+def adapt_runners_new_loop(make_loop, cls, original):
+    """test_runners' new_loop(): the loop under test, recording that shutdown_asyncgens ran."""
+
+    def new_loop(self):
+        loop = make_loop()
+        loop.shutdown_ag_run = False
+        real_shutdown_asyncgens = loop.shutdown_asyncgens
+
+        async def shutdown_asyncgens():
+            await real_shutdown_asyncgens()
+            loop.shutdown_ag_run = True
+
+        loop.shutdown_asyncgens = shutdown_asyncgens
+        return loop
+
+    return new_loop
+
+
+ADAPTERS = {
+    "real_loop_unless_gen": adapt_real_loop_unless_gen,
+    "loop_under_test_setup": adapt_loop_under_test_setup,
+    "runners_new_loop": adapt_runners_new_loop,
+}
+
+
 def apply_class_rules(module, rules, make_loop):
-    """Drop and retarget classes of ``module`` in place, per the rules; returns notes."""
+    """Drop, retarget and adapt classes of ``module`` in place, per the rules; returns notes."""
     short = module.__name__.rsplit(".", 1)[1]
     notes = []
     for rule in rules.class_rules_for(short):
@@ -113,6 +170,12 @@ def apply_class_rules(module, rules, make_loop):
         original = getattr(module, class_name, None)
         if original is None:
             notes.append(f"rules.txt:{rule.line}: {rule.pattern} not found (platform?)")
+            continue
+        if rule.kind == "adapt":
+            method, adapter = rule.args
+            replacement = ADAPTERS[adapter](make_loop, original, vars(original).get(method))
+            replacement.__name__ = method
+            setattr(original, method, replacement)
             continue
         delattr(module, class_name)
         if rule.kind == "drop":
@@ -205,7 +268,7 @@ class RecordingResult(unittest.TestResult):
             # A class- or module-level fixture error: its own record, outside startTest.
             self.emit(
                 {"event": "result", "id": short_id(test), "outcome": outcome, "reason": reason,
-                 "seconds": 0.0, "loops": {"tokioloop": 0, "stdlib": 0}, "fixture": True}
+                 "seconds": 0.0, "loops": None, "fixture": True}
             )
             return
         # Keep the first failure's reason; an error after a failure stays a failure.
@@ -274,6 +337,9 @@ def main(argv=None):
     out = open(args.out, "a", encoding="utf-8")
     counter = LoopCounter()
     counter.wrap(asyncio.BaseEventLoop, "stdlib")
+    from test.test_asyncio import utils as test_utils
+
+    counter.wrap(test_utils.TestLoop, "testloop")  # also counted as "stdlib"
     if args.loop == "tokioloop":
         make_loop = install_tokioloop()
         import tokioloop

@@ -17,8 +17,12 @@ dropped). Kinds:
 * ``retarget module.Class METHOD NEWNAME [bases=A,B,...] | reason``: the class is replaced by a
   subclass named NEWNAME whose loop-factory METHOD (``create_event_loop``, ``new_loop``) returns
   the loop under test. ``bases=`` names module attributes to derive from instead of the class.
+* ``adapt module.Class METHOD ADAPTER | reason``: METHOD of the class (a base or mixin, so its
+  subclasses and test ids are unchanged) is replaced by the child's adapter ADAPTER, which gives
+  the tests the loop under test where they had a mocked stdlib loop (``conformance_child.py``).
 
-The first matching rule of each family (implementation, area, drop/retarget) wins.
+The first matching rule of each family (implementation, area) wins; drop, retarget and adapt
+rules all apply.
 
 ``expected_failures.txt``: ``TEST_ID | reason`` lines, one per core-area test known to fail
 on tokioloop; a ``[flaky]`` tag in the reason tolerates a pass.
@@ -69,7 +73,7 @@ UNBUILT_METHOD_AREAS = {
 
 @dataclass
 class Rule:
-    kind: str  # "implementation", "area", "drop" or "retarget"
+    kind: str  # "implementation", "area", "drop", "retarget" or "adapt"
     pattern: str
     reason: str
     area: str = ""
@@ -85,7 +89,7 @@ class Rule:
 class Rules:
     implementation: list
     areas: list
-    classes: list  # drop and retarget rules
+    classes: list  # drop, retarget and adapt rules
 
     def implementation_reason(self, test_id):
         """The reason ``test_id`` is an implementation test, or None."""
@@ -102,7 +106,7 @@ class Rules:
         return "core", ""
 
     def class_rules_for(self, module):
-        """The drop/retarget rules whose class lives in ``module``."""
+        """The drop/retarget/adapt rules whose class lives in ``module``."""
         return [r for r in self.classes if r.pattern.split(".", 1)[0] == module]
 
     def module_wide(self, module):
@@ -137,9 +141,9 @@ def load_rules(path=RULES_FILE) -> Rules:
                 areas.append(rule)
             elif kind == "drop":
                 classes.append(rule)
-            elif kind == "retarget":
+            elif kind in ("retarget", "adapt"):
                 if len(args) != 2:
-                    raise ValueError(f"{path}:{number}: retarget needs METHOD NEWNAME")
+                    raise ValueError(f"{path}:{number}: {kind} needs two arguments")
                 classes.append(rule)
             else:
                 raise ValueError(f"{path}:{number}: unknown rule kind {kind!r}")

@@ -219,6 +219,8 @@ def classify(test_id, tok, base, rules):
         return "implementation", "", reason
     if tok and tok.get("loops"):
         loops = tok["loops"]
+        if loops.get("testloop"):
+            return "implementation", "", "virtual time: runs on test_utils.TestLoop"
         if loops["stdlib"] and not loops["tokioloop"]:
             return ("implementation", "",
                     "ran on stdlib loops only with tokioloop installed (TestLoop or an explicit stdlib loop)")
