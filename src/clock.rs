@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 /// Seconds on the monotonic clock, nanosecond resolution.
 #[inline]
 pub fn now() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on our targets.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
@@ -24,5 +27,7 @@ pub fn instant_at(deadline: f64) -> Instant {
     // One microsecond of slack absorbs float rounding, so a wake-up is never before the deadline;
     // the park itself rounds up to the reactor's millisecond anyway.
     let wait = Duration::try_from_secs_f64(wait + 1e-6).unwrap_or(Duration::from_secs(86_400 * 365));
-    instant.checked_add(wait).unwrap_or(instant + Duration::from_secs(86_400 * 365))
+    instant
+        .checked_add(wait)
+        .unwrap_or(instant + Duration::from_secs(86_400 * 365))
 }

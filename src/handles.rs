@@ -90,7 +90,9 @@ impl Callback {
             source_traceback,
             owns_untracked_context,
         };
-        Ok(Callback { parts: UnsafeCell::new(Some(parts)) })
+        Ok(Callback {
+            parts: UnsafeCell::new(Some(parts)),
+        })
     }
 
     #[inline]
@@ -108,7 +110,9 @@ impl Callback {
 
     /// Calls the function inside its context. The error, if any, is the callback's.
     pub fn invoke(&self, py: Python<'_>) -> PyResult<()> {
-        let Some(parts) = self.parts() else { return Ok(()) };
+        let Some(parts) = self.parts() else {
+            return Ok(());
+        };
         let ctx = parts.context.as_ptr();
         // SAFETY: all pointers are owned by `parts` and alive; the GIL is held. Enter and exit
         // are paired on every path, and the callback's error is fetched before exiting.
@@ -162,7 +166,8 @@ impl Callback {
     }
 
     fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.parts().and_then(|p| p.source_traceback.as_ref().map(|tb| tb.clone_ref(py)))
+        self.parts()
+            .and_then(|p| p.source_traceback.as_ref().map(|tb| tb.clone_ref(py)))
     }
 
     /// `<Name [when=..] [cancelled] callback-source [created at file:line]>`, as asyncio shows.
@@ -220,11 +225,19 @@ pub struct Handle {
 
 impl Handle {
     pub fn new(callback: Callback) -> Self {
-        Handle { callback, cancelled: AtomicBool::new(false), persistent: false }
+        Handle {
+            callback,
+            cancelled: AtomicBool::new(false),
+            persistent: false,
+        }
     }
 
     pub fn new_persistent(callback: Callback) -> Self {
-        Handle { callback, cancelled: AtomicBool::new(false), persistent: true }
+        Handle {
+            callback,
+            cancelled: AtomicBool::new(false),
+            persistent: true,
+        }
     }
 
     #[inline]
@@ -292,7 +305,12 @@ pub struct TimerHandle {
 }
 
 impl TimerHandle {
-    pub fn new(callback: Callback, when: f64, when_object: Option<Py<PyAny>>, counter: Arc<AtomicUsize>) -> Self {
+    pub fn new(
+        callback: Callback,
+        when: f64,
+        when_object: Option<Py<PyAny>>,
+        counter: Arc<AtomicUsize>,
+    ) -> Self {
         TimerHandle {
             callback,
             when,
@@ -381,7 +399,9 @@ impl TimerHandle {
         };
         let other = other.get();
         let same_callback = match (self.callback.parts(), other.callback.parts()) {
-            (Some(a), Some(b)) => a.function.bind(py).eq(b.function.bind(py))? && a.args.bind(py).eq(b.args.bind(py))?,
+            (Some(a), Some(b)) => {
+                a.function.bind(py).eq(b.function.bind(py))? && a.args.bind(py).eq(b.args.bind(py))?
+            }
             (None, None) => true,
             _ => false,
         };

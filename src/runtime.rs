@@ -58,7 +58,9 @@ pub struct ParkGuard {
 
 impl ParkGuard {
     pub fn arm() -> Self {
-        ParkGuard { was_armed: ARMED.with(|a| a.replace(true)) }
+        ParkGuard {
+            was_armed: ARMED.with(|a| a.replace(true)),
+        }
     }
 }
 

@@ -19,7 +19,8 @@ What it does, in order:
 3. Imports the module and applies the ``drop``/``retarget`` rules of ``tests/cpython/rules.txt``:
    mixin suites whose loop comes from ``create_event_loop()`` / ``new_loop()`` get one subclass
    whose factory returns the loop under test (``tokioloop.new_event_loop()`` or, for the
-   baseline, ``asyncio.new_event_loop()``), with the same test ids in both runs.
+   baseline, ``asyncio.SelectorEventLoop()``), with the same test ids in both runs; ``adapt``
+   rules swap a mocked stdlib loop for the loop under test in a few more suites.
 4. Runs the module's tests with unittest's loader and a recording ``TestResult``, writing one
    JSON line per test to OUT as it goes: ``{"event": "start", "id"}`` then ``{"event": "result",
    "id", "outcome", "reason", "seconds", "loops": {"tokioloop": n, "stdlib": n}}``. Outcomes:
@@ -346,7 +347,9 @@ def main(argv=None):
 
         counter.wrap(tokioloop.Loop, "tokioloop")
     else:
-        make_loop = asyncio.new_event_loop
+        # Not asyncio.new_event_loop(): some suites install a test policy whose new_event_loop()
+        # calls back into the adapted factory. This is the stdlib policy's own loop class.
+        make_loop = asyncio.SelectorEventLoop
 
     excluded = set()
     if args.exclude:
@@ -368,7 +371,9 @@ def main(argv=None):
         out.close()
         os._exit(3)
     notes = apply_class_rules(module, load_rules(), make_loop)
-    emit({"event": "begin", "loop": args.loop, "module": args.module, "notes": notes})
+    under_test = sys.modules["tokioloop"].__file__ if args.loop == "tokioloop" else asyncio.__file__
+    emit({"event": "begin", "loop": args.loop, "module": args.module, "notes": notes,
+          "under_test": under_test})
 
     suite = unittest.TestLoader().loadTestsFromModule(module)
     if excluded:

@@ -92,6 +92,7 @@ class ModuleRun:
         self.notes = []
         self.seconds = 0.0
         self.restarts = 0
+        self.under_test = ""  # the file of the tokioloop (or asyncio) package the child imported
 
 
 def read_records(path):
@@ -147,7 +148,8 @@ def run_module(module, loop, timeout, test_timeout, max_restarts, workdir):
                 if record["id"] == pending:
                     pending = None
             elif kind == "begin":
-                run.notes.extend(event.get("notes", []))
+                run.notes.extend(n for n in event.get("notes", []) if n not in run.notes)
+                run.under_test = event.get("under_test", "")
             elif kind == "module-skipped":
                 run.status = "skipped"
                 run.notes.append(event["reason"])
@@ -445,6 +447,8 @@ def main(argv=None):
             print(f"note: {run.module} on {run.loop}: {note}")
     evidence = sanity(tests, runs)
     print(f"sanity: {evidence}")
+    for path in sorted({r.under_test for r in runs if r.loop == "tokioloop" and r.under_test}):
+        print(f"tokioloop under test: {path}")
 
     failures = sorted(
         (tid, e) for tid, e in tests.items()
@@ -474,7 +478,8 @@ def main(argv=None):
                 "sanity": evidence,
                 "problems": problems,
                 "runs": [{"module": r.module, "loop": r.loop, "status": r.status, "notes": r.notes,
-                          "seconds": r.seconds, "restarts": r.restarts} for r in runs],
+                          "seconds": r.seconds, "restarts": r.restarts, "under_test": r.under_test}
+                         for r in runs],
                 "tests": tests,
             }, fh, indent=1, sort_keys=True)
     print(f"wall time: {elapsed:.1f}s with {args.jobs} parallel jobs")

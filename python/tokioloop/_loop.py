@@ -45,7 +45,6 @@ class Loop(LoopCore, ExceptionHandling, ExecutorSupport, SignalSupport, NotYetBu
     """An asyncio event loop on a tokio current-thread runtime. Create with ``new_event_loop()``."""
 
     def __init__(self):
-        self._task_factory = None
         self._asyncgens = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
         self.slow_callback_duration = 0.1
@@ -168,44 +167,7 @@ class Loop(LoopCore, ExceptionHandling, ExecutorSupport, SignalSupport, NotYetBu
                     }
                 )
 
-    # -- futures and tasks ------------------------------------------------------------------
-
-    def create_future(self):
-        """A new ``asyncio.Future`` attached to this loop."""
-        return futures.Future(loop=self)
-
-    def create_task(self, coro, *, name=None, context=None, eager_start=None):
-        """Wrap ``coro`` in a Task (or the task factory's product) scheduled on this loop."""
-        self._check_closed()
-        extra = {}
-        if eager_start is not None:
-            if sys.version_info < (3, 12):
-                raise NotImplementedError(
-                    "create_task(eager_start=...) needs CPython 3.12+, whose asyncio.Task can start eagerly"
-                )
-            extra["eager_start"] = eager_start
-        if self._task_factory is None:
-            task = tasks.Task(coro, loop=self, name=name, context=context, **extra)
-            if task._source_traceback:
-                del task._source_traceback[-1]
-            return task
-        if context is None and not extra:
-            task = self._task_factory(self, coro)
-        else:
-            task = self._task_factory(self, coro, context=context, **extra)
-        if name is not None:
-            task.set_name(name)
-        return task
-
-    def set_task_factory(self, factory):
-        """Use ``factory(loop, coro[, context=])`` for create_task; None restores the default."""
-        if factory is not None and not callable(factory):
-            raise TypeError("task factory must be a callable or None")
-        self._task_factory = factory
-
-    def get_task_factory(self):
-        """The task factory, or None for the default."""
-        return self._task_factory
+    # -- futures and tasks: create_future, create_task and the task factory are native ------
 
     # -- readiness ------------------------------------------------------------------------
 

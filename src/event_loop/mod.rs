@@ -8,6 +8,7 @@
 //! the thread inside `_run_native`; other threads reach it through `call_soon_threadsafe`.
 
 pub mod ready;
+mod tasks;
 pub mod timers;
 mod turn;
 pub mod wake;
@@ -51,6 +52,8 @@ pub struct LoopCore {
     debug: AtomicBool,
     /// `threading.get_ident()` of the thread running the loop, 0 when not running.
     thread_ident: AtomicU64,
+    /// Set with `set_task_factory`; None for plain `asyncio.Task`s.
+    task_factory: Mutex<Option<Py<PyAny>>>,
     /// The process that made this loop: its runtime does not survive a fork.
     creator_pid: u32,
     runtime: Option<Runtime>,
@@ -110,7 +113,9 @@ impl LoopCore {
             this.check_thread()?;
         }
         slf.call_method1(intern!(slf.py(), "_check_callback"), (callback, method))?;
-        Ok(Some(slf.call_method0(intern!(slf.py(), "_extract_stack"))?.unbind()))
+        Ok(Some(
+            slf.call_method0(intern!(slf.py(), "_extract_stack"))?.unbind(),
+        ))
     }
 
     fn has_work(&self) -> bool {
@@ -203,7 +208,10 @@ impl LoopCore {
         let this = slf.get();
         this.check_open()?;
         this.check_same_process()?;
-        let handle = new_untracked(py, Handle::new_persistent(Callback::new(py, callback, args, None, None)?))?;
+        let handle = new_untracked(
+            py,
+            Handle::new_persistent(Callback::new(py, callback, args, None, None)?),
+        )?;
         let runtime = this.runtime()?;
         let _context = runtime.enter();
         let old = this.io.lock().set(fd, direction, handle)?;
@@ -228,7 +236,9 @@ impl LoopCore {
     }
 
     fn runtime(&self) -> PyResult<&Runtime> {
-        self.runtime.as_ref().ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))
+        self.runtime
+            .as_ref()
+            .ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))
     }
 }
 
@@ -240,7 +250,10 @@ impl LoopCore {
         let wake = Arc::new(Wake::default());
         let registry = Registry::new(wake.clone());
         Ok(LoopCore {
-            state: Mutex::new(State { ready: VecDeque::new(), timers: Timers::new() }),
+            state: Mutex::new(State {
+                ready: VecDeque::new(),
+                timers: Timers::new(),
+            }),
             io_pending: registry.pending_flag(),
             io: Mutex::new(registry),
             wake,
@@ -249,6 +262,7 @@ impl LoopCore {
             closed: AtomicBool::new(false),
             debug: AtomicBool::new(false),
             thread_ident: AtomicU64::new(0),
+            task_factory: Mutex::new(None),
             creator_pid: std::process::id(),
             runtime: Some(runtime::build()?),
         })
@@ -267,7 +281,10 @@ impl LoopCore {
         let this = slf.get();
         this.check_open()?;
         let traceback = Self::debug_prologue(slf, &callback, "call_soon", true)?;
-        let handle = new_untracked(py, Handle::new(Callback::new(py, callback, args, context, traceback)?))?;
+        let handle = new_untracked(
+            py,
+            Handle::new(Callback::new(py, callback, args, context, traceback)?),
+        )?;
         this.push_ready(Ready::Soon(handle.clone_ref(py)));
         Ok(handle)
     }
@@ -284,7 +301,10 @@ impl LoopCore {
         let this = slf.get();
         this.check_open()?;
         let traceback = Self::debug_prologue(slf, &callback, "call_soon_threadsafe", false)?;
-        let handle = new_untracked(py, Handle::new(Callback::new(py, callback, args, context, traceback)?))?;
+        let handle = new_untracked(
+            py,
+            Handle::new(Callback::new(py, callback, args, context, traceback)?),
+        )?;
         this.push_ready(Ready::Soon(handle.clone_ref(py)));
         this.wake.notify();
         Ok(handle)
@@ -317,6 +337,56 @@ impl LoopCore {
         }
         let when_value: f64 = when.extract()?;
         Self::schedule_timer(slf, when_value, Some(when.unbind()), callback, args, context)
+    }
+
+    /// A new `asyncio.Future` attached to this loop.
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        tasks::new_future(slf.as_any())
+    }
+
+    /// Wraps `coro` in an `asyncio.Task` (or the task factory's product) on this loop.
+    #[pyo3(signature = (coro, *, name=None, context=None, eager_start=None))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<Bound<'py, PyAny>>,
+        context: Option<Bound<'py, PyAny>>,
+        eager_start: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        this.check_open()?;
+        let factory = this
+            .task_factory
+            .lock()
+            .as_ref()
+            .map(|f| f.bind(slf.py()).clone());
+        tasks::new_task(
+            slf.as_any(),
+            factory,
+            coro,
+            name,
+            context,
+            eager_start,
+            this.debug(),
+        )
+    }
+
+    /// Use `factory(loop, coro[, context=])` for `create_task`; None restores the default.
+    fn set_task_factory(&self, factory: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let factory = factory.filter(|f| !f.is_none());
+        if let Some(f) = &factory {
+            if !f.is_callable() {
+                return Err(PyTypeError::new_err("task factory must be a callable or None"));
+            }
+        }
+        let previous = std::mem::replace(&mut *self.task_factory.lock(), factory.map(Bound::unbind));
+        drop(previous);
+        Ok(())
+    }
+
+    /// The task factory, or None for the default.
+    fn get_task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.task_factory.lock().as_ref().map(|f| f.clone_ref(py))
     }
 
     /// The loop's clock: `time.monotonic()`'s clock, in seconds.
@@ -360,7 +430,9 @@ impl LoopCore {
         this.check_open()?;
         this.check_same_process()?;
         if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(PyRuntimeError::new_err("Cannot run the event loop while another loop is running"));
+            return Err(PyRuntimeError::new_err(
+                "Cannot run the event loop while another loop is running",
+            ));
         }
         if this.running.swap(true, Ordering::SeqCst) {
             return Err(PyRuntimeError::new_err("This event loop is already running"));
@@ -395,11 +467,21 @@ impl LoopCore {
         Ok(())
     }
 
-    fn _add_reader(slf: &Bound<'_, Self>, fd: RawFd, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+    fn _add_reader(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
         Self::set_fd_callback(slf, fd, Direction::Read, callback, args)
     }
 
-    fn _add_writer(slf: &Bound<'_, Self>, fd: RawFd, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<()> {
+    fn _add_writer(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
         Self::set_fd_callback(slf, fd, Direction::Write, callback, args)
     }
 
@@ -440,6 +522,11 @@ impl LoopCore {
                 handle.get().callback.traverse(&visit)?;
             }
         }
+        if let Some(factory) = self.task_factory.try_lock() {
+            if let Some(factory) = factory.as_ref() {
+                visit.call(factory)?;
+            }
+        }
         Ok(())
     }
 
@@ -449,7 +536,9 @@ impl LoopCore {
             (std::mem::take(&mut state.ready), state.timers.drain())
         };
         let fd_handles = self.io.lock().drain();
+        let factory = self.task_factory.lock().take();
         release_all(ready, timers, fd_handles);
+        drop(factory);
     }
 }
 

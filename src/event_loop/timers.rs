@@ -39,7 +39,10 @@ impl PartialOrd for Entry {
 impl Ord for Entry {
     /// Reversed, so that std's max-heap pops the earliest deadline first.
     fn cmp(&self, other: &Self) -> CmpOrdering {
-        other.when.total_cmp(&self.when).then_with(|| other.seq.cmp(&self.seq))
+        other
+            .when
+            .total_cmp(&self.when)
+            .then_with(|| other.seq.cmp(&self.seq))
     }
 }
 
@@ -58,7 +61,11 @@ pub struct Timers {
 
 impl Timers {
     pub fn new() -> Self {
-        Timers { heap: BinaryHeap::new(), next_seq: 0, cancelled: Arc::new(AtomicUsize::new(0)) }
+        Timers {
+            heap: BinaryHeap::new(),
+            next_seq: 0,
+            cancelled: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     /// The counter a new `TimerHandle` bumps when it is cancelled while scheduled.
@@ -74,7 +81,9 @@ impl Timers {
 
     /// Timers scheduled and not cancelled.
     pub fn live(&self) -> usize {
-        self.heap.len().saturating_sub(self.cancelled.load(Ordering::Relaxed))
+        self.heap
+            .len()
+            .saturating_sub(self.cancelled.load(Ordering::Relaxed))
     }
 
     pub fn references(&self) -> impl Iterator<Item = &Py<TimerHandle>> {

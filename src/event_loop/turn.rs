@@ -78,7 +78,8 @@ pub async fn drive(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
                 continue;
             }
             let outcome = if core.debug() {
-                slf.call_method1(intern!(py, "_run_handle_debug"), (item.object(py),)).map(drop)
+                slf.call_method1(intern!(py, "_run_handle_debug"), (item.object(py),))
+                    .map(drop)
             } else {
                 run_handle(slf, &item)
             };
@@ -102,7 +103,10 @@ pub fn run_handle(slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
         Ok(()) => Ok(()),
         Err(err) if is_fatal(py, &err) => Err(err),
         Err(err) => slf
-            .call_method1(intern!(py, "_callback_error"), (item.object(py), err.into_value(py)))
+            .call_method1(
+                intern!(py, "_callback_error"),
+                (item.object(py), err.into_value(py)),
+            )
             .map(drop),
     }
 }

@@ -110,13 +110,22 @@ impl Registry {
             hot: Vec::new(),
             round: 0,
             next_id: 1,
-            notices: Arc::new(Notices { edges: Mutex::new(Vec::new()), pending: Arc::new(AtomicBool::new(false)), wake }),
+            notices: Arc::new(Notices {
+                edges: Mutex::new(Vec::new()),
+                pending: Arc::new(AtomicBool::new(false)),
+                wake,
+            }),
         }
     }
 
     /// Sets the callback for one direction of `fd`, returning the one it replaces.
     /// Must be called inside the loop's runtime context (registration needs its reactor).
-    pub fn set(&mut self, fd: RawFd, direction: Direction, handle: Py<Handle>) -> std::io::Result<Option<Py<Handle>>> {
+    pub fn set(
+        &mut self,
+        fd: RawFd,
+        direction: Direction,
+        handle: Py<Handle>,
+    ) -> std::io::Result<Option<Py<Handle>>> {
         if !self.fds.contains_key(&fd) {
             let id = self.next_id;
             self.next_id += 1;
@@ -130,17 +139,34 @@ impl Registry {
             }
             .map_err(|e| e.into_parts().1)?;
             let waker_for = |direction| {
-                Waker::from(Arc::new(FdWaker { fd, id, direction, notices: self.notices.clone() }))
+                Waker::from(Arc::new(FdWaker {
+                    fd,
+                    id,
+                    direction,
+                    notices: self.notices.clone(),
+                }))
             };
             let registration = Registration {
                 id,
                 fd: fd_watch,
-                read: Interest1 { handle: None, hot: false, checked_round: 0, waker: waker_for(Direction::Read) },
-                write: Interest1 { handle: None, hot: false, checked_round: 0, waker: waker_for(Direction::Write) },
+                read: Interest1 {
+                    handle: None,
+                    hot: false,
+                    checked_round: 0,
+                    waker: waker_for(Direction::Read),
+                },
+                write: Interest1 {
+                    handle: None,
+                    hot: false,
+                    checked_round: 0,
+                    waker: waker_for(Direction::Write),
+                },
             };
             self.fds.insert(fd, registration);
         }
-        let Some(registration) = self.fds.get_mut(&fd) else { return Ok(None) };
+        let Some(registration) = self.fds.get_mut(&fd) else {
+            return Ok(None);
+        };
         let side = registration.side(direction);
         // Readiness may predate this callback: check it on the next turn.
         if !side.hot {
@@ -171,7 +197,9 @@ impl Registry {
     }
 
     pub fn references(&self) -> impl Iterator<Item = &Py<Handle>> {
-        self.fds.values().flat_map(|r| r.read.handle.iter().chain(r.write.handle.iter()))
+        self.fds
+            .values()
+            .flat_map(|r| r.read.handle.iter().chain(r.write.handle.iter()))
     }
 
     /// Forgets every registration (loop close); the caller drops the handles outside its lock.
@@ -217,7 +245,9 @@ impl Registry {
             }
         }
         // Wakers fire only inside the reactor, on this thread, never during a dispatch.
-        self.notices.pending.store(!self.hot.is_empty(), Ordering::Release);
+        self.notices
+            .pending
+            .store(!self.hot.is_empty(), Ordering::Release);
     }
 
     /// The flag that is true while the next dispatch may queue something (an edge arrived or
@@ -229,7 +259,13 @@ impl Registry {
     /// Decides one direction's readiness this turn and queues its callback if ready.
     /// `fresh`: an edge arrived since the last check, so tokio's readiness is current;
     /// otherwise the direction fired last turn and only `poll(2)` can tell if it still holds.
-    fn check(py: Python<'_>, registration: &mut Registration, direction: Direction, fresh: bool, out: &mut Vec<Py<Handle>>) -> bool {
+    fn check(
+        py: Python<'_>,
+        registration: &mut Registration,
+        direction: Direction,
+        fresh: bool,
+        out: &mut Vec<Py<Handle>>,
+    ) -> bool {
         let Registration { fd, read, write, .. } = registration;
         let side = match direction {
             Direction::Read => read,
@@ -275,7 +311,11 @@ fn level_ready(fd: RawFd, direction: Direction) -> bool {
         Direction::Read => libc::POLLIN,
         Direction::Write => libc::POLLOUT,
     };
-    let mut pfd = libc::pollfd { fd, events, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd, zero timeout; poll only reads the descriptor number.
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
     n > 0 && pfd.revents & (events | libc::POLLERR | libc::POLLHUP) != 0
