@@ -290,7 +290,7 @@ impl Handle {
 }
 
 /// A callback scheduled for a point in time with `call_later` or `call_at`.
-#[pyclass(frozen, weakref, freelist = 64, module = "tokioloop._tokioloop")]
+#[pyclass(frozen, weakref, freelist = 1024, module = "tokioloop._tokioloop")]
 pub struct TimerHandle {
     pub callback: Callback,
     pub when: f64,

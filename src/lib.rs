@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
+    event_loop::install_fast_paths(&m.py().get_type::<event_loop::LoopCore>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     Ok(())

@@ -7,6 +7,7 @@
 //! Python object is dropped, because either may re-enter the loop. The loop is driven only by
 //! the thread inside `_run_native`; other threads reach it through `call_soon_threadsafe`.
 
+mod fastcall;
 pub mod ready;
 mod tasks;
 pub mod timers;
@@ -15,7 +16,7 @@ pub mod wake;
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -33,6 +34,11 @@ use crate::runtime;
 use ready::Ready;
 use timers::Timers;
 use wake::Wake;
+
+/// Swaps in the hand-written `call_soon`/`call_soon_threadsafe` (see `fastcall`).
+pub fn install_fast_paths(class: &Bound<'_, pyo3::types::PyType>) -> PyResult<()> {
+    fastcall::install(class)
+}
 
 struct State {
     ready: VecDeque<Ready>,
@@ -52,6 +58,8 @@ pub struct LoopCore {
     debug: AtomicBool,
     /// `threading.get_ident()` of the thread running the loop, 0 when not running.
     thread_ident: AtomicU64,
+    /// The timer heap's count of cancelled entries, handed to each new `TimerHandle`.
+    timer_cancel_counter: Arc<AtomicUsize>,
     /// Set with `set_task_factory`; None for plain `asyncio.Task`s.
     task_factory: Mutex<Option<Py<PyAny>>>,
     /// The process that made this loop: its runtime does not survive a fork.
@@ -190,10 +198,47 @@ impl LoopCore {
         let this = slf.get();
         this.check_open()?;
         let traceback = Self::debug_prologue(slf, &callback, "call_at", true)?;
-        let counter = this.state.lock().timers.cancel_counter();
+        let counter = this.timer_cancel_counter.clone();
         let callback = Callback::new(py, callback, args, context, traceback)?;
         let handle = new_untracked(py, TimerHandle::new(callback, when, when_object, counter))?;
         this.state.lock().timers.push(when, handle.clone_ref(py));
+        Ok(handle)
+    }
+
+    fn schedule_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_open()?;
+        let traceback = Self::debug_prologue(slf, &callback, "call_soon", true)?;
+        let handle = new_untracked(
+            py,
+            Handle::new(Callback::new(py, callback, args, context, traceback)?),
+        )?;
+        this.push_ready(Ready::Soon(handle.clone_ref(py)));
+        Ok(handle)
+    }
+
+    fn schedule_threadsafe(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_open()?;
+        let traceback = Self::debug_prologue(slf, &callback, "call_soon_threadsafe", false)?;
+        let handle = new_untracked(
+            py,
+            Handle::new(Callback::new(py, callback, args, context, traceback)?),
+        )?;
+        this.push_ready(Ready::Soon(handle.clone_ref(py)));
+        this.wake.notify();
         Ok(handle)
     }
 
@@ -249,10 +294,12 @@ impl LoopCore {
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
         let wake = Arc::new(Wake::default());
         let registry = Registry::new(wake.clone());
+        let timers = Timers::new();
         Ok(LoopCore {
+            timer_cancel_counter: timers.cancel_counter(),
             state: Mutex::new(State {
                 ready: VecDeque::new(),
-                timers: Timers::new(),
+                timers,
             }),
             io_pending: registry.pending_flag(),
             io: Mutex::new(registry),
@@ -269,7 +316,7 @@ impl LoopCore {
     }
 
     /// Schedules `callback(*args)` for the next turn, in `context` (a copy of the current one
-    /// by default).
+    /// by default). Replaced at import by the hand-written entry in `fastcall`.
     #[pyo3(signature = (callback, *args, context=None))]
     fn call_soon(
         slf: &Bound<'_, Self>,
@@ -277,16 +324,7 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.check_open()?;
-        let traceback = Self::debug_prologue(slf, &callback, "call_soon", true)?;
-        let handle = new_untracked(
-            py,
-            Handle::new(Callback::new(py, callback, args, context, traceback)?),
-        )?;
-        this.push_ready(Ready::Soon(handle.clone_ref(py)));
-        Ok(handle)
+        Self::schedule_soon(slf, callback, args, context)
     }
 
     /// `call_soon` from any thread: wakes the loop if it is parked.
@@ -297,17 +335,7 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.check_open()?;
-        let traceback = Self::debug_prologue(slf, &callback, "call_soon_threadsafe", false)?;
-        let handle = new_untracked(
-            py,
-            Handle::new(Callback::new(py, callback, args, context, traceback)?),
-        )?;
-        this.push_ready(Ready::Soon(handle.clone_ref(py)));
-        this.wake.notify();
-        Ok(handle)
+        Self::schedule_threadsafe(slf, callback, args, context)
     }
 
     /// Schedules `callback(*args)` `delay` seconds from now; never runs earlier.
