@@ -107,6 +107,7 @@ impl LoopCore {
     }
 
     /// Debug-mode checks and the creation stack, as asyncio records them.
+    #[inline]
     fn debug_prologue(
         slf: &Bound<'_, Self>,
         callback: &Bound<'_, PyAny>,
@@ -211,16 +212,7 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.check_open()?;
-        let traceback = Self::debug_prologue(slf, &callback, "call_soon", true)?;
-        let handle = new_untracked(
-            py,
-            Handle::new(Callback::new(py, callback, args, context, traceback)?),
-        )?;
-        this.push_ready(Ready::Soon(handle.clone_ref(py)));
-        Ok(handle)
+        Self::schedule_ready(slf, callback, args, context, false)
     }
 
     fn schedule_threadsafe(
@@ -229,16 +221,28 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
+        Self::schedule_ready(slf, callback, args, context, true)
+    }
+
+    /// Queues a new handle for the next turn; from another thread, also wakes a parked loop.
+    #[inline]
+    fn schedule_ready(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+        threadsafe: bool,
+    ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
         this.check_open()?;
-        let traceback = Self::debug_prologue(slf, &callback, "call_soon_threadsafe", false)?;
-        let handle = new_untracked(
-            py,
-            Handle::new(Callback::new(py, callback, args, context, traceback)?),
-        )?;
+        let method = if threadsafe { "call_soon_threadsafe" } else { "call_soon" };
+        let traceback = Self::debug_prologue(slf, &callback, method, !threadsafe)?;
+        let handle = new_untracked(py, Handle::new(Callback::new(py, callback, args, context, traceback)?))?;
         this.push_ready(Ready::Soon(handle.clone_ref(py)));
-        this.wake.notify();
+        if threadsafe {
+            this.wake.notify();
+        }
         Ok(handle)
     }
 
