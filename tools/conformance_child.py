@@ -16,15 +16,18 @@ What it does, in order:
 2. Counts event loops as they are created (stdlib ``BaseEventLoop`` subclasses, ``TestLoop``
    included, versus ``tokioloop.Loop``), per test: a test that ran on stdlib loops only while
    tokioloop was installed is not testing tokioloop, and the parent classifies it as such.
-3. Imports the module and applies the ``drop``/``retarget`` rules of ``tests/cpython/rules.txt``:
+3. Imports the module and applies the class rules of ``tests/cpython/rules.txt``:
    mixin suites whose loop comes from ``create_event_loop()`` / ``new_loop()`` get one subclass
    whose factory returns the loop under test (``tokioloop.new_event_loop()`` or, for the
    baseline, ``asyncio.SelectorEventLoop()``), with the same test ids in both runs; ``adapt``
    rules swap a mocked stdlib loop for the loop under test in a few more suites.
 4. Runs the module's tests with unittest's loader and a recording ``TestResult``, writing one
    JSON line per test to OUT as it goes: ``{"event": "start", "id"}`` then ``{"event": "result",
-   "id", "outcome", "reason", "seconds", "loops": {"tokioloop": n, "stdlib": n}}``. Outcomes:
-   passed, failed, error, skipped, expected-failure, unexpected-success. A per-test watchdog
+   "id", "outcome", "reason", "seconds", "loops": {"tokioloop": n, "stdlib": n, "testloop": n}}``
+   (``testloop``: how many of the stdlib loops were ``test_utils.TestLoop``). Outcomes: passed,
+   failed, error, skipped, expected-failure, unexpected-success. Before the run, a ``{"event":
+   "plan", "ids"}`` line lists every test, so tests never reached are known; class and module
+   fixture errors get records of their own marked ``"fixture": true``. A per-test watchdog
    (faulthandler) ends the process if one test outlives ``--test-timeout``; the parent then sees
    a "start" without its "result", records a timeout and restarts the module without that test.
 5. Ends with ``{"event": "done"}`` and ``os._exit`` (tests may leave non-daemon threads behind).
@@ -39,6 +42,7 @@ import faulthandler
 import importlib
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -170,7 +174,8 @@ def apply_class_rules(module, rules, make_loop):
         class_name = rule.pattern.split(".", 1)[1]
         original = getattr(module, class_name, None)
         if original is None:
-            notes.append(f"rules.txt:{rule.line}: {rule.pattern} not found (platform?)")
+            if rule.kind != "drop":  # dropping a class this platform lacks needs no note
+                notes.append(f"rules.txt:{rule.line}: {rule.pattern} not found (platform?)")
             continue
         if rule.kind == "adapt":
             method, adapter = rule.args
@@ -217,27 +222,33 @@ def summarize_exception(err):
     exc_type, exc, tb = err
     message = str(exc).strip().splitlines()
     text = exc_type.__name__ + (f": {message[0]}" if message else "")
+    frames = traceback.extract_tb(tb)
     where = ""
-    for frame in traceback.extract_tb(tb):
+    for frame in frames:
         if "test_asyncio" in frame.filename:
-            where = f" [{os.path.basename(frame.filename)}:{frame.lineno}]"
-    text = text + where
+            where = f"{os.path.basename(frame.filename)}:{frame.lineno}"
+    if frames and "test_asyncio" not in frames[-1].filename:
+        inner = frames[-1]
+        where += f"; raised in {inner.name} at {os.path.basename(inner.filename)}:{inner.lineno}"
+    text = text + (f" [{where.lstrip('; ')}]" if where else "")
+    return shorten(text)
+
+
+def shorten(text):
+    """Whitespace collapsed, at most REASON_CHARS characters."""
+    text = " ".join(str(text).split())
     return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
 
 
 class RecordingResult(unittest.TestResult):
-    """Writes one JSON line per test start and per test outcome to ``out``."""
+    """Emits one JSON record per test start and per test outcome (and per fixture error)."""
 
-    def __init__(self, out, counter, test_timeout):
+    def __init__(self, emit, counter, test_timeout):
         super().__init__()
-        self.out = out
+        self.emit = emit
         self.counter = counter
         self.test_timeout = test_timeout
         self.current = None
-
-    def emit(self, record):
-        self.out.write(json.dumps(record) + "\n")
-        self.out.flush()
 
     def startTest(self, test):
         super().startTest(test)
@@ -277,9 +288,6 @@ class RecordingResult(unittest.TestResult):
             self.current["outcome"] = outcome
             self.current["reason"] = reason
 
-    def addSuccess(self, test):
-        super().addSuccess(test)
-
     def addError(self, test, err):
         super().addError(test, err)
         self._set(test, "error", summarize_exception(err))
@@ -290,7 +298,7 @@ class RecordingResult(unittest.TestResult):
 
     def addSkip(self, test, reason):
         super().addSkip(test, reason)
-        self._set(test, "skipped", str(reason)[:REASON_CHARS])
+        self._set(test, "skipped", shorten(reason))
 
     def addExpectedFailure(self, test, err):
         super().addExpectedFailure(test, err)
@@ -335,6 +343,11 @@ def main(argv=None):
     parser.add_argument("--test-timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
 
+    faulthandler.enable()  # a crash leaves "Fatal Python error: ..." and a traceback in stderr
+    # Started from a background job, SIGINT may be inherited as ignored; then Python installs no
+    # KeyboardInterrupt handler, asyncio.Runner no Ctrl+C handling, and the tests that interrupt
+    # themselves (_thread.interrupt_main) hang. Give every child the interpreter's usual handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     out = open(args.out, "a", encoding="utf-8")
     counter = LoopCounter()
     counter.wrap(asyncio.BaseEventLoop, "stdlib")
@@ -376,9 +389,10 @@ def main(argv=None):
           "under_test": under_test})
 
     suite = unittest.TestLoader().loadTestsFromModule(module)
+    emit({"event": "plan", "ids": [short_id(test) for test in iter_tests(suite)]})
     if excluded:
         suite = filter_suite(suite, excluded)
-    result = RecordingResult(out, counter, args.test_timeout)
+    result = RecordingResult(emit, counter, args.test_timeout)
     suite.run(result)
     emit({"event": "done", "loops": counter.snapshot(),
           "policy": type(asyncio.get_event_loop_policy()).__qualname__})

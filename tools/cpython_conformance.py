@@ -14,6 +14,11 @@ Every test is then classified with ``tests/cpython/rules.txt`` (see ``conformanc
 
 Headline: of the behavioural tests that pass on stdlib asyncio, the share that pass on tokioloop.
 
+The tokioloop under test is whatever ``import tokioloop`` gives this interpreter (the children
+inherit the environment: ``PYTHONPATH=/path/to/other/build/python`` tests another build). Do not
+rebuild the extension in place while a run is going: children that have it mapped die (SIGBUS),
+which is recorded as a crash.
+
 Usage::
 
     python tools/cpython_conformance.py                    # all modules, both loops, report
@@ -33,11 +38,12 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conformance_rules import (  # noqa: E402
@@ -63,7 +69,7 @@ def test_asyncio_dir():
 
 
 def all_modules():
-    """``(name, size)`` of every ``test_*.py`` module of the installed test.test_asyncio."""
+    """``{name: file size}`` of every ``test_*.py`` module of the installed test.test_asyncio."""
     folder = test_asyncio_dir()
     names = sorted(f[:-3] for f in os.listdir(folder) if f.startswith("test_") and f.endswith(".py"))
     return {name: os.path.getsize(os.path.join(folder, name + ".py")) for name in names}
@@ -88,6 +94,8 @@ class ModuleRun:
     def __init__(self, module, loop):
         self.module, self.loop = module, loop
         self.records = {}  # test id -> record dict
+        self.fixtures = {}  # "module.Class.setUpClass"-style id -> record (fixture errors/skips)
+        self.planned = []  # every test id the module loaded, in order
         self.status = "ok"  # ok, timeout, crashed, import-error, skipped
         self.notes = []
         self.seconds = 0.0
@@ -144,9 +152,12 @@ def run_module(module, loop, timeout, test_timeout, max_restarts, workdir):
                 pending = event["id"]
             elif kind == "result":
                 record = {k: v for k, v in event.items() if k != "event"}
-                run.records[record["id"]] = record
+                (run.fixtures if record.get("fixture") else run.records)[record["id"]] = record
                 if record["id"] == pending:
                     pending = None
+            elif kind == "plan":
+                known = set(run.planned)
+                run.planned.extend(i for i in event["ids"] if i not in known)
             elif kind == "begin":
                 run.notes.extend(n for n in event.get("notes", []) if n not in run.notes)
                 run.under_test = event.get("under_test", "")
@@ -171,12 +182,12 @@ def run_module(module, loop, timeout, test_timeout, max_restarts, workdir):
             break
         if pending is None:
             run.status = "crashed"
-            run.notes.append(f"child exited {code} outside any test: {stderr_tail}")
+            run.notes.append(f"child died ({describe_exit(code)}) outside any test: {stderr_tail}")
             break
         if "Timeout (" in stderr_tail:
             run.records[pending] = failure(pending, "timeout", f"hung: no result in {test_timeout:.0f}s")
         else:
-            run.records[pending] = failure(pending, "crash", f"child died (exit {code}): {stderr_tail}")
+            run.records[pending] = failure(pending, "crash", f"child died ({describe_exit(code)}): {stderr_tail}")
         attempt += 1
         run.restarts = attempt
         if attempt > max_restarts or time.monotonic() >= deadline:
@@ -185,8 +196,37 @@ def run_module(module, loop, timeout, test_timeout, max_restarts, workdir):
             break
         with open(exclude, "w", encoding="utf-8") as fh:
             fh.write("\n".join(run.records) + "\n")
+    account_for_unreached(run)
     run.seconds = round(time.monotonic() - started, 1)
     return run
+
+
+def account_for_unreached(run):
+    """Give every planned test without a result one: its class fixture's outcome, or not-run."""
+    for test_id in run.planned:
+        if test_id in run.records:
+            continue
+        class_id = test_id.rsplit(".", 1)[0]
+        fixture = (run.fixtures.get(f"{class_id}.setUpClass")
+                   or run.fixtures.get(f"{run.module}.setUpModule"))
+        if fixture is not None:
+            name = fixture["id"].rsplit(".", 1)[1]
+            run.records[test_id] = failure(test_id, fixture["outcome"], f"{name}: {fixture['reason']}")
+        else:
+            run.records[test_id] = failure(test_id, "not-run", f"not reached: module {run.status}")
+    for fixture in run.fixtures.values():
+        if fixture["outcome"] not in ("skipped",):
+            run.notes.append(f"{fixture['id']}: {fixture['outcome']}: {fixture['reason']}")
+
+
+def describe_exit(code):
+    """``exit 3`` or ``SIGSEGV`` for a child's return code."""
+    if code is not None and code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            pass
+    return f"exit {code}"
 
 
 def failure(test_id, outcome, reason):
@@ -225,7 +265,7 @@ def classify(test_id, tok, base, rules):
             return "implementation", "", "virtual time: runs on test_utils.TestLoop"
         if loops["stdlib"] and not loops["tokioloop"]:
             return ("implementation", "",
-                    "ran on stdlib loops only with tokioloop installed (TestLoop or an explicit stdlib loop)")
+                    "ran on stdlib loops only with tokioloop installed (an explicit stdlib loop class or policy)")
         base_loops = (base or {}).get("loops") or {"stdlib": 0, "tokioloop": 0}
         if (not loops["stdlib"] and not loops["tokioloop"] and not any(base_loops.values())
                 and tok["outcome"] in PASS):
@@ -281,7 +321,8 @@ def module_table(tests, runs, with_baseline):
             "baseline_passed": len(base_pass) if with_baseline else None,
             "score": (both, len(base_pass)) if with_baseline else None,
             "status": "/".join(
-                f"{r.loop}:{r.status}" for r in (base_run, tok_run) if r is not None and r.status != "ok"
+                f"{r.loop}:{r.status}" + (f"({r.restarts} restarts)" if r.restarts else "")
+                for r in (base_run, tok_run) if r is not None and (r.status != "ok" or r.restarts)
             ) or "ok",
             "seconds": {r.loop: r.seconds for r in (base_run, tok_run) if r is not None},
         })
@@ -326,6 +367,13 @@ def print_report(tests, runs, with_baseline, out=sys.stdout):
         line += f"  {secs:<23}  {r['status']}"
         print(line, file=out)
     print(file=out)
+    by_reason = Counter((e["module"], e["reason"]) for e in tests.values()
+                        if e["category"] == "implementation")
+    if by_reason:
+        print("implementation tests (not scored), by rule; --list-implementation lists them:", file=out)
+        for (module, reason), count in sorted(by_reason.items()):
+            print(f"  {count:>4}  {module}: {reason}", file=out)
+        print(file=out)
     impl = sum(1 for e in tests.values() if e["category"] == "implementation")
     indep = sum(1 for e in tests.values() if e["category"] == "loop-independent")
     behav = sum(1 for e in tests.values() if e["category"] == "behavioural")
@@ -348,6 +396,8 @@ def check(tests, runs, expected):
     """Compare core-area failures with expected_failures.txt; return a list of problems."""
     problems = []
     ran_modules = {r.module for r in runs}
+    core = {e["module"] for e in tests.values()
+            if e["category"] == "behavioural" and e["area"] in BUILT_AREAS}
     seen = set()
     for test_id, entry in sorted(tests.items()):
         if entry["category"] != "behavioural" or entry["area"] not in BUILT_AREAS:
@@ -368,6 +418,11 @@ def check(tests, runs, expected):
     for run in runs:
         if run.loop == "tokioloop" and run.status not in ("ok", "skipped"):
             problems.append(f"module {run.module} on tokioloop: {run.status} {'; '.join(run.notes)}")
+        if run.loop == "tokioloop" and run.module in core:
+            for fixture in run.fixtures.values():
+                if fixture["outcome"] in FAIL:
+                    problems.append(f"FIXTURE {fixture['outcome'].upper()} on tokioloop: "
+                                    f"{fixture['id']}: {fixture['reason']}")
     return problems
 
 
@@ -411,6 +466,8 @@ def parse_args(argv):
                         help="with --check: also run stdlib asyncio (for the score)")
     parser.add_argument("--list-failures", action="store_true",
                         help="print every core-area behavioural failure on tokioloop")
+    parser.add_argument("--list-implementation", action="store_true",
+                        help="print every implementation test with its reason")
     return parser.parse_args(argv)
 
 
@@ -455,6 +512,11 @@ def main(argv=None):
         if e["category"] == "behavioural" and e["area"] in BUILT_AREAS
         and outcome(e, "tokioloop") in FAIL
     )
+    if args.list_implementation:
+        print("\nimplementation tests (not scored):")
+        for tid, e in sorted(tests.items()):
+            if e["category"] == "implementation":
+                print(f"  {tid}: {e['reason']}")
     if args.list_failures:
         print("\ncore-area behavioural failures on tokioloop:")
         for tid, e in failures:

@@ -12,7 +12,8 @@ import warnings
 
 _POLICY_DEPRECATED = sys.version_info >= (3, 14)
 
-_BasePolicy = asyncio.events.BaseDefaultEventLoopPolicy
+# The platform default policy (on Unix: with the child-watcher API subprocess code expects)
+_BasePolicy = asyncio.DefaultEventLoopPolicy
 
 
 class EventLoopPolicy(_BasePolicy):
