@@ -16,9 +16,11 @@ from asyncio import coroutines, events, format_helpers, futures, tasks
 from asyncio.log import logger
 import weakref
 
+from ._dns import DnsSupport
 from ._errors import ExceptionHandling
 from ._executor import ExecutorSupport
 from ._signals import SignalSupport
+from ._sock import SockSupport
 from ._tokioloop import LoopCore
 from ._unsupported import NotYetBuilt
 
@@ -41,7 +43,10 @@ def _format_handle(handle):
     return str(handle)
 
 
-class Loop(LoopCore, ExceptionHandling, ExecutorSupport, SignalSupport, NotYetBuilt, asyncio.AbstractEventLoop):
+class Loop(
+    LoopCore, ExceptionHandling, ExecutorSupport, SignalSupport, SockSupport, DnsSupport,
+    NotYetBuilt, asyncio.AbstractEventLoop,
+):
     """An asyncio event loop on a tokio current-thread runtime. Create with ``new_event_loop()``."""
 
     def __init__(self):

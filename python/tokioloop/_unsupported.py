@@ -8,8 +8,6 @@ they are built natively, and leave this list.
 from __future__ import annotations
 
 NOT_YET_BUILT = (
-    "getaddrinfo",
-    "getnameinfo",
     "create_connection",
     "create_server",
     "sendfile",
@@ -22,15 +20,6 @@ NOT_YET_BUILT = (
     "connect_write_pipe",
     "subprocess_shell",
     "subprocess_exec",
-    "sock_recv",
-    "sock_recv_into",
-    "sock_recvfrom",
-    "sock_recvfrom_into",
-    "sock_sendall",
-    "sock_sendto",
-    "sock_connect",
-    "sock_accept",
-    "sock_sendfile",
 )
 
 

@@ -1,0 +1,169 @@
+"""Name resolution: ``getaddrinfo`` and ``getnameinfo`` on the default executor.
+
+As in asyncio, the blocking resolver calls run in ``run_in_executor(None, ...)``. One shortcut:
+when the host is already a numeric IPv4/IPv6 literal and the rest of the query is simple
+enough that ``socket.getaddrinfo``'s answer is fully determined (no resolver, no service names,
+no configuration-dependent ordering), the answer is built here without a thread hop. The
+shortcut's output is the same list ``socket.getaddrinfo`` returns (tests check equality).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from asyncio.log import logger
+
+_HAS_IPv6 = hasattr(socket, "AF_INET6")
+
+# Flags that do not change getaddrinfo's answer for a numeric host and a numeric port.
+_NEUTRAL_FLAGS = socket.AI_NUMERICHOST | socket.AI_PASSIVE | getattr(socket, "AI_NUMERICSERV", 0)
+
+# What getaddrinfo lists for each socket type, in its order, when type and proto are 0.
+_ALL_TYPES = (
+    (socket.SOCK_STREAM, socket.IPPROTO_TCP),
+    (socket.SOCK_DGRAM, socket.IPPROTO_UDP),
+    (socket.SOCK_RAW, 0),
+)
+_PROTO_OF_TYPE = {socket.SOCK_STREAM: socket.IPPROTO_TCP, socket.SOCK_DGRAM: socket.IPPROTO_UDP}
+
+
+def _literal_family(host):
+    """(family, canonical text) if ``host`` is a numeric IP literal inet_pton accepts."""
+    if not isinstance(host, str) or not host or "%" in host:
+        return None
+    families = (socket.AF_INET, socket.AF_INET6) if _HAS_IPv6 else (socket.AF_INET,)
+    for af in families:
+        try:
+            packed = socket.inet_pton(af, host)
+        except (OSError, ValueError):
+            continue
+        return af, socket.inet_ntop(af, packed)
+    return None
+
+
+def _numeric_port(port):
+    if port is None:
+        return 0
+    if type(port) is int:
+        return port if 0 <= port <= 65535 else None
+    if isinstance(port, str) and port.isascii() and port.isdigit() and len(port) <= 5:
+        value = int(port)
+        return value if value <= 65535 else None
+    return None
+
+
+def numeric_addrinfo(host, port, family=0, type=0, proto=0, flags=0):
+    """socket.getaddrinfo's answer for a numeric host and port, or None to ask the resolver."""
+    if flags & ~_NEUTRAL_FLAGS:
+        return None
+    literal = _literal_family(host)
+    if literal is None:
+        return None
+    af, text = literal
+    if family not in (socket.AF_UNSPEC, af):
+        return None
+    port = _numeric_port(port)
+    if port is None:
+        return None
+    if type == 0:
+        if proto != 0:
+            return None
+        kinds = _ALL_TYPES
+    elif type in _PROTO_OF_TYPE and proto in (0, _PROTO_OF_TYPE[type]):
+        kinds = ((socket.SocketKind(type), _PROTO_OF_TYPE[type]),)
+    else:
+        return None
+    if af == socket.AF_INET:
+        address = (text, port)
+    else:
+        address = (text, port, 0, 0)
+    af = socket.AddressFamily(af)
+    return [(af, socket.SocketKind(kind), kproto, "", address) for kind, kproto in kinds]
+
+
+class DnsSupport:
+    """Mixin for ``Loop``: getaddrinfo and getnameinfo."""
+
+    async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
+        """Resolve ``host``/``port`` as socket.getaddrinfo does, off the loop's thread."""
+        if self.get_debug():
+            resolve = self._getaddrinfo_debug
+        else:
+            try:
+                infos = numeric_addrinfo(host, port, family, type, proto, flags)
+            except Exception:
+                infos = None  # odd argument types: let socket.getaddrinfo judge them
+            if infos is not None:
+                return infos
+            resolve = socket.getaddrinfo
+        return await self.run_in_executor(None, resolve, host, port, family, type, proto, flags)
+
+    def _getaddrinfo_debug(self, host, port, family, type, proto, flags):
+        parts = [f"{host}:{port!r}"]
+        for name, value in (("family", family), ("type", type), ("proto", proto),
+                            ("flags", flags)):
+            if value:
+                parts.append(f"{name}={value!r}")
+        query = ", ".join(parts)
+        logger.debug("Get address info %s", query)
+        started = self.time()
+        infos = socket.getaddrinfo(host, port, family, type, proto, flags)
+        took = self.time() - started
+        level = logging.INFO if took >= self.slow_callback_duration else logging.DEBUG
+        logger.log(level, f"Getting address info {query} took {took * 1e3:.3f}ms: {infos!r}")
+        return infos
+
+    async def getnameinfo(self, sockaddr, flags=0):
+        """socket.getnameinfo(sockaddr, flags), off the loop's thread."""
+        return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
+
+    async def _resolve_address(self, address, *, family=0, type=socket.SOCK_STREAM, proto=0,
+                               flags=0):
+        """asyncio's _ensure_resolved: an IP literal as is, anything else through getaddrinfo."""
+        host, port = address[:2]
+        info = _ip_literal_info(host, port, family, type, proto, *address[2:])
+        if info is not None:
+            return [info]
+        return await self.getaddrinfo(host, port, family=family, type=type, proto=proto,
+                                      flags=flags)
+
+
+def _ip_literal_info(host, port, family, type, proto, flowinfo=0, scopeid=0):
+    """The address asyncio uses without resolving when ``host`` is an IP literal, else None.
+
+    Unlike numeric_addrinfo this keeps the host text as given and the caller's flowinfo and
+    scope id, as asyncio's ``_ipaddr_info`` does for connect()."""
+    if not hasattr(socket, "inet_pton"):
+        return None
+    if host is None or proto not in (0, socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+        return None
+    if type == socket.SOCK_STREAM:
+        proto = socket.IPPROTO_TCP
+    elif type == socket.SOCK_DGRAM:
+        proto = socket.IPPROTO_UDP
+    else:
+        return None
+    if port is None or port == b"" or port == "":
+        port = 0
+    else:
+        try:
+            port = int(port)  # a service name such as "http" goes to getaddrinfo
+        except (TypeError, ValueError):
+            return None
+    if family == socket.AF_UNSPEC:
+        candidates = [socket.AF_INET] + ([socket.AF_INET6] if _HAS_IPv6 else [])
+    else:
+        candidates = [family]
+    if isinstance(host, bytes):
+        host = host.decode("idna")
+    if "%" in host:
+        return None  # Linux's inet_pton rejects an IPv6 zone index
+    for af in candidates:
+        try:
+            socket.inet_pton(af, host)
+        except OSError:
+            continue
+        if _HAS_IPv6 and af == socket.AF_INET6:
+            return af, type, proto, "", (host, port, flowinfo, scopeid)
+        return af, type, proto, "", (host, port)
+    return None

@@ -1,0 +1,391 @@
+"""The low-level socket API: ``loop.sock_*`` coroutines on top of add_reader/add_writer.
+
+Each operation tries its syscall at once; if the socket would block, it watches the fd with
+the loop's level-triggered readiness and retries from the callback until the syscall either
+succeeds or fails, resolving a future. The watch ends when that future is done, whether by the
+syscall or by cancellation, unless a later operation on the same fd has taken the watch over
+(as asyncio's selector loop does when a second add_reader cancels the first handle).
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import socket
+from asyncio import constants, exceptions
+
+try:
+    import ssl
+except ImportError:  # pragma: no cover - interpreter built without ssl
+    ssl = None
+
+_HAS_IPv6 = hasattr(socket, "AF_INET6")
+_READ = "r"
+_WRITE = "w"
+
+
+def _reject_ssl_socket(sock):
+    if ssl is not None and isinstance(sock, ssl.SSLSocket):
+        raise TypeError("Socket cannot be of type SSLSocket")
+
+
+class SockSupport:
+    """Mixin for ``Loop``: sock_recv[_into], sock_recvfrom[_into], sock_sendall, sock_sendto,
+    sock_connect, sock_accept and sock_sendfile."""
+
+    _sock_watch_owners = None
+
+    # -- shared plumbing ------------------------------------------------------------------
+
+    def _sock_checks(self, sock):
+        _reject_ssl_socket(sock)
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+
+    def _sock_watch(self, fut, fd, kind, callback, *args):
+        """Call ``callback(*args)`` whenever ``fd`` is ready for ``kind``, until ``fut`` is done."""
+        owners = self._sock_watch_owners
+        if owners is None:
+            owners = self._sock_watch_owners = {}
+        token = object()
+        if kind == _READ:
+            self.add_reader(fd, callback, *args)
+        else:
+            self.add_writer(fd, callback, *args)
+        owners[(fd, kind)] = token
+        fut.add_done_callback(lambda _fut: self._sock_unwatch(fd, kind, token))
+
+    def _sock_unwatch(self, fd, kind, token):
+        owners = self._sock_watch_owners
+        if owners is None or owners.get((fd, kind)) is not token:
+            return  # a later operation on this fd owns the watch now
+        del owners[(fd, kind)]
+        if kind == _READ:
+            self.remove_reader(fd)
+        else:
+            self.remove_writer(fd)
+
+    def _sock_retry(self, fut, sock, method, *args):
+        """Reader/writer callback: call ``sock.<method>(*args)``, looked up afresh each time as
+        asyncio does; resolve ``fut`` unless it would block."""
+        if fut.done():
+            return
+        try:
+            result = _call(sock, method, args)
+        except (BlockingIOError, InterruptedError):
+            return  # still not ready: the level-triggered watch calls again
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    async def _sock_read_op(self, sock, method, *args):
+        try:
+            return _call(sock, method, args)
+        except (BlockingIOError, InterruptedError):
+            pass
+        fut = self.create_future()
+        self._sock_watch(fut, sock.fileno(), _READ, self._sock_retry, fut, sock, method, *args)
+        return await fut
+
+    # -- receiving ------------------------------------------------------------------------
+
+    async def sock_recv(self, sock, n):
+        """Receive up to ``n`` bytes from ``sock``; b'' at end of stream."""
+        self._sock_checks(sock)
+        return await self._sock_read_op(sock, "recv", n)
+
+    async def sock_recv_into(self, sock, buf):
+        """Receive into the writable buffer ``buf``; return the number of bytes written."""
+        self._sock_checks(sock)
+        return await self._sock_read_op(sock, "recv_into", buf)
+
+    async def sock_recvfrom(self, sock, bufsize):
+        """Receive a datagram of up to ``bufsize`` bytes; return ``(data, address)``."""
+        self._sock_checks(sock)
+        return await self._sock_read_op(sock, "recvfrom", bufsize)
+
+    async def sock_recvfrom_into(self, sock, buf, nbytes=0):
+        """Receive a datagram into ``buf``; return ``(nbytes, address)``."""
+        self._sock_checks(sock)
+        if not nbytes:
+            nbytes = len(buf)
+        return await self._sock_read_op(sock, "recvfrom_into", buf, nbytes)
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def sock_sendall(self, sock, data):
+        """Send all of ``data``, waiting for the socket to drain as often as needed."""
+        self._sock_checks(sock)
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent == len(data):
+            return None
+        fut = self.create_future()
+        self._sock_watch(
+            fut, sock.fileno(), _WRITE, self._sock_sendall_more, fut, sock, memoryview(data), [sent]
+        )
+        return await fut
+
+    def _sock_sendall_more(self, fut, sock, view, position):
+        if fut.done():
+            return
+        start = position[0]
+        try:
+            sent = sock.send(view[start:])
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+            return
+        start += sent
+        if start == len(view):
+            fut.set_result(None)
+        else:
+            position[0] = start
+
+    async def sock_sendto(self, sock, data, address):
+        """Send the datagram ``data`` to ``address``; return the number of bytes sent."""
+        self._sock_checks(sock)
+        try:
+            return sock.sendto(data, address)
+        except (BlockingIOError, InterruptedError):
+            pass
+        fut = self.create_future()
+        self._sock_watch(
+            fut, sock.fileno(), _WRITE, self._sock_retry, fut, sock, "sendto", data, 0, address
+        )
+        return await fut
+
+    # -- connecting and accepting ---------------------------------------------------------
+
+    async def sock_connect(self, sock, address):
+        """Connect ``sock`` to ``address``, resolving a host name first for IP sockets."""
+        self._sock_checks(sock)
+        if sock.family == socket.AF_INET or (_HAS_IPv6 and sock.family == socket.AF_INET6):
+            infos = await self._resolve_address(
+                address, family=sock.family, type=sock.type, proto=sock.proto
+            )
+            address = infos[0][4]
+        fut = self.create_future()
+        try:
+            sock.connect(address)
+        except (BlockingIOError, InterruptedError):
+            # The connection goes on in the background (EINPROGRESS, or EINTR: issue 23618);
+            # writability tells when it has finished, SO_ERROR how.
+            self._sock_watch(
+                fut, sock.fileno(), _WRITE, self._sock_connect_done, fut, sock, address
+            )
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(None)
+        try:
+            return await fut
+        finally:
+            fut = None  # break the traceback -> frame -> future cycle on error
+
+    def _sock_connect_done(self, fut, sock, address):
+        if fut.done():
+            return
+        try:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err != 0:
+                raise OSError(err, f"Connect call failed {address}")
+        except (BlockingIOError, InterruptedError):
+            pass
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(None)
+        finally:
+            fut = None
+
+    async def sock_accept(self, sock):
+        """Accept a connection on the listening ``sock``; return ``(conn, address)``.
+
+        ``conn`` is non-blocking."""
+        self._sock_checks(sock)
+        return await self._sock_read_op(sock, _ACCEPT)
+
+    # -- sendfile -------------------------------------------------------------------------
+
+    async def sock_sendfile(self, sock, file, offset=0, count=None, *, fallback=True):
+        """Send ``file`` over the stream socket ``sock``; return the number of bytes sent.
+
+        Uses os.sendfile when it can; otherwise, if ``fallback`` is true, reads the file and
+        sends it with sock_sendall."""
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        _reject_ssl_socket(sock)
+        _check_sendfile_params(sock, file, offset, count)
+        try:
+            return await self._sock_sendfile_native(sock, file, offset, count)
+        except exceptions.SendfileNotAvailableError:
+            if not fallback:
+                raise
+        return await self._sock_sendfile_fallback(sock, file, offset, count)
+
+    async def _sock_sendfile_native(self, sock, file, offset, count):
+        if not hasattr(os, "sendfile"):
+            raise exceptions.SendfileNotAvailableError("os.sendfile() is not available")
+        try:
+            fileno = file.fileno()
+        except (AttributeError, io.UnsupportedOperation):
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        try:
+            size = os.fstat(fileno).st_size
+        except OSError:
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        blocksize = count if count else size
+        if not blocksize:
+            return 0  # empty file
+        fut = self.create_future()
+        state = _SendfileState(sock, fileno, offset, count, blocksize)
+        self._sendfile_step(fut, state)
+        return await fut
+
+    def _sendfile_step(self, fut, state):
+        """One os.sendfile call; re-arms itself as a writer callback until done."""
+        fd = state.sock.fileno()
+        if state.watching is not None:
+            # Stop the watch first: it is re-armed below only if more remains to send.
+            self.remove_writer(state.watching)
+        if fut.cancelled():
+            state.restore_position()
+            return
+        if state.count:
+            state.blocksize = state.count - state.total
+            if state.blocksize <= 0:
+                state.restore_position()
+                fut.set_result(state.total)
+                return
+        try:
+            sent = os.sendfile(fd, state.fileno, state.offset, state.blocksize)
+        except (BlockingIOError, InterruptedError):
+            self._sendfile_rearm(fut, state, fd)
+        except OSError as exc:
+            if state.watching is not None and exc.errno == errno.ENOTCONN and (
+                type(exc) is not ConnectionError
+            ):
+                # The peer went away mid-transfer: report it as ConnectionError, the same on
+                # every POSIX system.
+                normalized = ConnectionError("socket is not connected", errno.ENOTCONN)
+                normalized.__cause__ = exc
+                exc = normalized
+            state.restore_position()
+            if state.total == 0:
+                # Typically a file os.sendfile cannot map: the caller may fall back.
+                fut.set_exception(exceptions.SendfileNotAvailableError("os.sendfile call failed"))
+            else:
+                fut.set_exception(exc)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            state.restore_position()
+            fut.set_exception(exc)
+        else:
+            if sent == 0:  # end of file
+                state.restore_position()
+                fut.set_result(state.total)
+            else:
+                state.offset += sent
+                state.total += sent
+                self._sendfile_rearm(fut, state, fd)
+
+    def _sendfile_rearm(self, fut, state, fd):
+        if not state.cancel_hooked:
+            state.cancel_hooked = True
+            sock = state.sock
+
+            def on_done(done_fut):
+                if done_fut.cancelled():
+                    sock_fd = sock.fileno()
+                    if sock_fd != -1:
+                        self.remove_writer(sock_fd)
+
+            fut.add_done_callback(on_done)
+        state.watching = fd
+        self.add_writer(fd, self._sendfile_step, fut, state)
+
+    async def _sock_sendfile_fallback(self, sock, file, offset, count):
+        if offset:
+            file.seek(offset)
+        chunk = constants.SENDFILE_FALLBACK_READBUFFER_SIZE
+        blocksize = min(count, chunk) if count else chunk
+        buf = bytearray(blocksize)
+        total = 0
+        try:
+            while True:
+                if count:
+                    blocksize = min(count - total, blocksize)
+                    if blocksize <= 0:
+                        break
+                view = memoryview(buf)[:blocksize]
+                got = await self.run_in_executor(None, file.readinto, view)
+                if not got:
+                    break  # end of file
+                await self.sock_sendall(sock, view[:got])
+                total += got
+            return total
+        finally:
+            if total > 0 and hasattr(file, "seek"):
+                file.seek(offset + total)
+
+
+class _SendfileState:
+    __slots__ = ("sock", "fileno", "offset", "count", "blocksize", "total", "watching",
+                 "cancel_hooked")
+
+    def __init__(self, sock, fileno, offset, count, blocksize):
+        self.sock = sock
+        self.fileno = fileno
+        self.offset = offset
+        self.count = count
+        self.blocksize = blocksize
+        self.total = 0
+        self.watching = None
+        self.cancel_hooked = False
+
+    def restore_position(self):
+        # Leave the file position just past what was sent, as asyncio does.
+        if self.total > 0:
+            os.lseek(self.fileno, self.offset, os.SEEK_SET)
+
+
+_ACCEPT = object()  # pseudo-method for _call: accept() and make the new socket non-blocking
+
+
+def _call(sock, method, args):
+    if method is _ACCEPT:
+        conn, address = sock.accept()
+        conn.setblocking(False)
+        return conn, address
+    return getattr(sock, method)(*args)
+
+
+def _check_sendfile_params(sock, file, offset, count):
+    if "b" not in getattr(file, "mode", "b"):
+        raise ValueError("file should be opened in binary mode")
+    if not sock.type == socket.SOCK_STREAM:
+        raise ValueError("only SOCK_STREAM type sockets are supported")
+    if count is not None:
+        if not isinstance(count, int):
+            raise TypeError(f"count must be a positive integer (got {count!r})")
+        if count <= 0:
+            raise ValueError(f"count must be a positive integer (got {count!r})")
+    if not isinstance(offset, int):
+        raise TypeError(f"offset must be a non-negative integer (got {offset!r})")
+    if offset < 0:
+        raise ValueError(f"offset must be a non-negative integer (got {offset!r})")
