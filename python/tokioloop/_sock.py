@@ -69,18 +69,8 @@ class SockSupport:
     def _sock_retry(self, fut, sock, method, *args):
         """Reader/writer callback: call ``sock.<method>(*args)``, looked up afresh each time as
         asyncio does; resolve ``fut`` unless it would block."""
-        if fut.done():
-            return
-        try:
-            result = _call(sock, method, args)
-        except (BlockingIOError, InterruptedError):
-            return  # still not ready: the level-triggered watch calls again
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(result)
+        if not fut.done():
+            _settle(fut, _call, sock, method, args)
 
     async def _sock_read_op(self, sock, method, *args):
         try:
@@ -175,42 +165,18 @@ class SockSupport:
             )
             address = infos[0][4]
         fut = self.create_future()
-        try:
-            sock.connect(address)
-        except (BlockingIOError, InterruptedError):
+        if not _settle(fut, sock.connect, address):
             # The connection goes on in the background (EINPROGRESS, or EINTR: issue 23618);
             # writability tells when it has finished, SO_ERROR how.
-            self._sock_watch(
-                fut, sock.fileno(), _WRITE, self._sock_connect_done, fut, sock, address
-            )
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(None)
+            self._sock_watch(fut, sock.fileno(), _WRITE, self._sock_connect_done, fut, sock, address)
         try:
             return await fut
         finally:
             fut = None  # break the traceback -> frame -> future cycle on error
 
     def _sock_connect_done(self, fut, sock, address):
-        if fut.done():
-            return
-        try:
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err != 0:
-                raise OSError(err, f"Connect call failed {address}")
-        except (BlockingIOError, InterruptedError):
-            pass
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(None)
-        finally:
-            fut = None
+        if not fut.done():
+            _settle(fut, _connect_outcome, sock, address)
 
     async def sock_accept(self, sock):
         """Accept a connection on the listening ``sock``; return ``(conn, address)``.
@@ -365,6 +331,28 @@ class _SendfileState:
 
 
 _ACCEPT = object()  # pseudo-method for _call: accept() and make the new socket non-blocking
+
+
+def _settle(fut, operation, *args):
+    """Resolve ``fut`` with ``operation(*args)``, or with its exception; False if it would block."""
+    try:
+        result = operation(*args)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+    return True
+
+
+def _connect_outcome(sock, address):
+    """After a background connect: raise its error (from SO_ERROR), if any."""
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err != 0:
+        raise OSError(err, f"Connect call failed {address}")
 
 
 def _call(sock, method, args):
