@@ -597,3 +597,25 @@ def test_sendto_retries_after_blocking(loop, sockets):
 
     assert loop.run_until_complete(main()) == (b"retry", a.getsockname())
     assert flaky.calls == 2
+
+
+def test_user_reader_added_during_recv_survives_its_cancellation(loop, pair):
+    a, b = pair
+    calls = []
+
+    async def main():
+        waiting = loop.create_task(loop.sock_recv(a, 10))
+        await asyncio.sleep(0)
+        # User code takes the fd over while sock_recv waits, as with the stdlib selector loop.
+        loop.add_reader(a, lambda: calls.append(a.recv(10)))
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        b.send(b"x")
+        for _ in range(50):
+            if calls:
+                break
+            await asyncio.sleep(0.01)
+        assert loop.remove_reader(a) is True
+
+    loop.run_until_complete(main())
+    assert calls == [b"x"]

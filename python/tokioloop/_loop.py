@@ -195,6 +195,7 @@ class Loop(
         if self.get_debug():
             self._check_callback(callback, "add_reader")
         self._add_reader(self._fileobj_to_fd(fd), callback, args)
+        return None
 
     def remove_reader(self, fd):
         """Stop watching ``fd`` for reading; True if it was watched."""
@@ -206,6 +207,7 @@ class Loop(
         if self.get_debug():
             self._check_callback(callback, "add_writer")
         self._add_writer(self._fileobj_to_fd(fd), callback, args)
+        return None
 
     def remove_writer(self, fd):
         """Stop watching ``fd`` for writing; True if it was watched."""

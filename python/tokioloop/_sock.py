@@ -34,8 +34,6 @@ class SockSupport:
     """Mixin for ``Loop``: sock_recv[_into], sock_recvfrom[_into], sock_sendall, sock_sendto,
     sock_connect, sock_accept and sock_sendfile."""
 
-    _sock_watch_owners = None
-
     # -- shared plumbing ------------------------------------------------------------------
 
     def _sock_checks(self, sock):
@@ -44,27 +42,18 @@ class SockSupport:
             raise ValueError("the socket must be non-blocking")
 
     def _sock_watch(self, fut, fd, kind, callback, *args):
-        """Call ``callback(*args)`` whenever ``fd`` is ready for ``kind``, until ``fut`` is done."""
-        owners = self._sock_watch_owners
-        if owners is None:
-            owners = self._sock_watch_owners = {}
-        token = object()
-        if kind == _READ:
-            self.add_reader(fd, callback, *args)
-        else:
-            self.add_writer(fd, callback, *args)
-        owners[(fd, kind)] = token
-        fut.add_done_callback(lambda _fut: self._sock_unwatch(fd, kind, token))
+        """Call ``callback(*args)`` whenever ``fd`` is ready for ``kind``, until ``fut`` is done.
 
-    def _sock_unwatch(self, fd, kind, token):
-        owners = self._sock_watch_owners
-        if owners is None or owners.get((fd, kind)) is not token:
-            return  # a later operation on this fd owns the watch now
-        del owners[(fd, kind)]
+        The watch is removed only if it is still ours: a later add_reader/add_writer on the fd
+        (another sock_* call, or user code) replaced it, as with asyncio's selector loop.
+        """
+        self._check_closed()
         if kind == _READ:
-            self.remove_reader(fd)
+            handle = self._add_reader(fd, callback, args)
+            fut.add_done_callback(lambda _fut: self._remove_reader(fd, handle))
         else:
-            self.remove_writer(fd)
+            handle = self._add_writer(fd, callback, args)
+            fut.add_done_callback(lambda _fut: self._remove_writer(fd, handle))
 
     def _sock_retry(self, fut, sock, method, *args):
         """Reader/writer callback: call ``sock.<method>(*args)``, looked up afresh each time as

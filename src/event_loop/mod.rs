@@ -236,9 +236,16 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         this.check_open()?;
-        let method = if threadsafe { "call_soon_threadsafe" } else { "call_soon" };
+        let method = if threadsafe {
+            "call_soon_threadsafe"
+        } else {
+            "call_soon"
+        };
         let traceback = Self::debug_prologue(slf, &callback, method, !threadsafe)?;
-        let handle = new_untracked(py, Handle::new(Callback::new(py, callback, args, context, traceback)?))?;
+        let handle = new_untracked(
+            py,
+            Handle::new(Callback::new(py, callback, args, context, traceback)?),
+        )?;
         this.push_ready(Ready::Soon(handle.clone_ref(py)));
         if threadsafe {
             this.wake.notify();
@@ -252,7 +259,7 @@ impl LoopCore {
         direction: Direction,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
         this.check_open()?;
@@ -263,18 +270,18 @@ impl LoopCore {
         )?;
         let runtime = this.runtime()?;
         let _context = runtime.enter();
-        let old = this.io.lock().set(fd, direction, handle)?;
+        let old = this.io.lock().set(fd, direction, handle.clone_ref(py))?;
         if let Some(old) = old {
             old.get().cancel_now();
         }
-        Ok(())
+        Ok(handle)
     }
 
-    fn remove_fd_callback(&self, fd: RawFd, direction: Direction) -> bool {
+    fn remove_fd_callback(&self, fd: RawFd, direction: Direction, expected: Option<&Py<Handle>>) -> bool {
         if self.closed.load(Ordering::Relaxed) {
             return false;
         }
-        let old = self.io.lock().remove(fd, direction);
+        let old = self.io.lock().remove(fd, direction, expected);
         match old {
             Some(handle) => {
                 handle.get().cancel_now();
@@ -499,30 +506,34 @@ impl LoopCore {
         Ok(())
     }
 
+    /// Watches `fd`; returns the handle, which `_remove_reader` can name to remove only it.
     fn _add_reader(
         slf: &Bound<'_, Self>,
         fd: RawFd,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         Self::set_fd_callback(slf, fd, Direction::Read, callback, args)
     }
 
+    /// Watches `fd`; returns the handle, which `_remove_writer` can name to remove only it.
     fn _add_writer(
         slf: &Bound<'_, Self>,
         fd: RawFd,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         Self::set_fd_callback(slf, fd, Direction::Write, callback, args)
     }
 
-    fn _remove_reader(&self, fd: RawFd) -> bool {
-        self.remove_fd_callback(fd, Direction::Read)
+    #[pyo3(signature = (fd, handle=None))]
+    fn _remove_reader(&self, fd: RawFd, handle: Option<Py<Handle>>) -> bool {
+        self.remove_fd_callback(fd, Direction::Read, handle.as_ref())
     }
 
-    fn _remove_writer(&self, fd: RawFd) -> bool {
-        self.remove_fd_callback(fd, Direction::Write)
+    #[pyo3(signature = (fd, handle=None))]
+    fn _remove_writer(&self, fd: RawFd, handle: Option<Py<Handle>>) -> bool {
+        self.remove_fd_callback(fd, Direction::Write, handle.as_ref())
     }
 
     /// Pending work, for leak checks: ready handles, live timers, fd callbacks.

@@ -177,10 +177,21 @@ impl Registry {
         Ok(side.handle.replace(handle))
     }
 
-    /// Removes one direction's callback; drops the registration once neither is left.
-    pub fn remove(&mut self, fd: RawFd, direction: Direction) -> Option<Py<Handle>> {
+    /// Removes one direction's callback — only if it is `expected`, when given — and drops the
+    /// registration once neither direction is left.
+    pub fn remove(
+        &mut self,
+        fd: RawFd,
+        direction: Direction,
+        expected: Option<&Py<Handle>>,
+    ) -> Option<Py<Handle>> {
         let registration = self.fds.get_mut(&fd)?;
         let side = registration.side(direction);
+        if let (Some(expected), Some(current)) = (expected, side.handle.as_ref()) {
+            if !expected.is(current) {
+                return None;
+            }
+        }
         side.hot = false;
         let old = side.handle.take();
         if registration.read.handle.is_none() && registration.write.handle.is_none() {
