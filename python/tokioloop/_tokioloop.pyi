@@ -1,7 +1,11 @@
 """Type stubs for the native module ``tokioloop._tokioloop`` (private; use ``tokioloop``)."""
 
+import asyncio
 import contextvars
-from typing import Any, Callable
+from collections.abc import Coroutine
+from typing import Any, Callable, TypeVar
+
+_T = TypeVar("_T")
 
 class Handle:
     def cancel(self) -> None: ...
@@ -25,3 +29,14 @@ class LoopCore:
     def is_running(self) -> bool: ...
     def is_closed(self) -> bool: ...
     def get_debug(self) -> bool: ...
+    def create_future(self) -> asyncio.Future[Any]: ...
+    def create_task(
+        self,
+        coro: Coroutine[Any, Any, _T],
+        *,
+        name: str | None = ...,
+        context: contextvars.Context | None = ...,
+        eager_start: bool | None = ...,
+    ) -> asyncio.Task[_T]: ...
+    def set_task_factory(self, factory: Callable[..., Any] | None) -> None: ...
+    def get_task_factory(self) -> Callable[..., Any] | None: ...
