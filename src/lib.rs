@@ -3,6 +3,7 @@
 //! The public API is the Python package `tokioloop`; this module is private to it.
 
 mod clock;
+mod dns;
 mod event_loop;
 mod handles;
 mod io;

@@ -130,14 +130,26 @@ def test_getaddrinfo_concurrent(loop):
 
 
 @tokioloop_only
-def test_numeric_fast_path_skips_executor(loop, loop_kind):
-    # The shortcut answers without a thread: no default executor gets created.
+def test_lookups_skip_the_default_executor(loop, loop_kind):
+    # Numeric hosts answer at once; other lookups run on the runtime's own blocking pool.
     assert loop._default_executor is None
     infos = loop.run_until_complete(loop.getaddrinfo("::1", 443, type=socket.SOCK_STREAM))
     assert infos == socket.getaddrinfo("::1", 443, type=socket.SOCK_STREAM)
     assert loop._default_executor is None
-    loop.run_until_complete(loop.getaddrinfo("localhost", 443))
-    assert loop._default_executor is not None
+    infos = loop.run_until_complete(loop.getaddrinfo("localhost", 443, flags=socket.AI_CANONNAME))
+    assert infos == socket.getaddrinfo("localhost", 443, flags=socket.AI_CANONNAME)
+    assert loop._default_executor is None
+
+
+@tokioloop_only
+def test_close_with_a_lookup_in_flight(loop_kind):
+    loop = import_tokioloop().new_event_loop()
+    lookup = loop.create_task(loop.getaddrinfo("localhost", 80))
+    loop.run_until_complete(asyncio.sleep(0))
+    lookup.cancel()
+    loop.run_until_complete(asyncio.gather(lookup, return_exceptions=True))
+    loop.close()
+    assert lookup.cancelled()
 
 
 @tokioloop_only

@@ -81,6 +81,62 @@ def numeric_addrinfo(host, port, family=0, type=0, proto=0, flags=0):
     return [(af, socket.SocketKind(kind), kproto, "", address) for kind, kproto in kinds]
 
 
+def _native_arguments(host, port, family, type, proto, flags):
+    """The arguments as the native lookup takes them (host and port as bytes), or None when
+    socket.getaddrinfo itself should judge them (odd types, encodings, NUL characters)."""
+    try:
+        if host is None:
+            host_bytes = None
+        elif isinstance(host, str):
+            host_bytes = host.encode("idna")  # what the socket module does with str hosts
+        elif isinstance(host, bytes):
+            host_bytes = bytes(host)
+        else:
+            return None
+        if port is None:
+            port_bytes = None
+        elif type_of(port) is int:
+            port_bytes = str(port).encode()
+        elif isinstance(port, str):
+            port_bytes = port.encode("utf-8")
+        elif isinstance(port, bytes):
+            port_bytes = bytes(port)
+        else:
+            return None
+    except Exception:
+        return None
+    if any(b"\0" in value for value in (host_bytes, port_bytes) if value is not None):
+        return None
+    numbers = (family, type, proto, flags)
+    # Comparisons, not `in range(...)`: that scans the range for int subclasses (IntEnum).
+    if not all(isinstance(value, int) and -(2**31) <= value < 2**31 for value in numbers):
+        return None
+    return (host_bytes, port_bytes, *map(int, numbers))
+
+
+type_of = type
+
+
+def infos_from_native(raw):
+    """Builds socket.getaddrinfo's list from the native lookup's raw entries."""
+    infos = []
+    for family, kind, proto, canonname, packed, port, flowinfo, scope_id in raw:
+        address = socket.inet_ntop(family, packed)
+        if family == socket.AF_INET:
+            sockaddr = (address, port)
+        else:
+            sockaddr = (address, port, flowinfo, scope_id)
+        infos.append((_as_enum(socket.AddressFamily, family), _as_enum(socket.SocketKind, kind), proto, canonname, sockaddr))
+    return infos
+
+
+def _as_enum(enum_class, value):
+    try:
+        return enum_class(value)
+    except ValueError:
+        return value
+
+
 class DnsSupport:
     """Mixin for ``Loop``: getaddrinfo and getnameinfo."""
 
@@ -95,6 +151,9 @@ class DnsSupport:
                 infos = None  # odd argument types: let socket.getaddrinfo judge them
             if infos is not None:
                 return infos
+            native = _native_arguments(host, port, family, type, proto, flags)
+            if native is not None:
+                return await self._getaddrinfo_native(*native)
             resolve = socket.getaddrinfo
         return await self.run_in_executor(None, resolve, host, port, family, type, proto, flags)
 

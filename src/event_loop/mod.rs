@@ -60,6 +60,8 @@ pub struct LoopCore {
     thread_ident: AtomicU64,
     /// The timer heap's count of cancelled entries, handed to each new `TimerHandle`.
     timer_cancel_counter: Arc<AtomicUsize>,
+    /// getaddrinfo lookups running on the runtime's blocking pool.
+    dns: crate::dns::Lookups,
     /// Set with `set_task_factory`; None for plain `asyncio.Task`s.
     task_factory: Mutex<Option<Py<PyAny>>>,
     /// The process that made this loop: its runtime does not survive a fork.
@@ -130,6 +132,7 @@ impl LoopCore {
     fn has_work(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
             || self.io_pending.load(Ordering::Acquire)
+            || self.dns.completions.pending.load(Ordering::Acquire)
             || !self.state.lock().ready.is_empty()
     }
 
@@ -147,6 +150,11 @@ impl LoopCore {
         };
         timers::discard(garbage);
         deadline
+    }
+
+    /// Resolves the futures of finished getaddrinfo lookups.
+    fn complete_lookups(&self, py: Python<'_>) -> PyResult<()> {
+        self.dns.complete(py)
     }
 
     fn dispatch_io(&self, py: Python<'_>) {
@@ -321,6 +329,7 @@ impl LoopCore {
             debug: AtomicBool::new(false),
             thread_ident: AtomicU64::new(0),
             task_factory: Mutex::new(None),
+            dns: crate::dns::Lookups::default(),
             creator_pid: std::process::id(),
             runtime: Some(runtime::build()?),
         })
@@ -502,7 +511,9 @@ impl LoopCore {
             (std::mem::take(&mut state.ready), state.timers.drain())
         };
         let fd_handles = self.io.lock().drain();
+        let lookups = self.dns.clear();
         release_all(ready, timers, fd_handles);
+        drop(lookups);
         Ok(())
     }
 
@@ -536,6 +547,35 @@ impl LoopCore {
         self.remove_fd_callback(fd, Direction::Write, handle.as_ref())
     }
 
+    /// Starts `socket.getaddrinfo(host, port, family, type, proto, flags)` on the runtime's
+    /// blocking pool and returns the future it will resolve. Host and port come as bytes.
+    #[pyo3(signature = (host, port, family, r#type, proto, flags))]
+    fn _getaddrinfo_native<'py>(
+        slf: &Bound<'py, Self>,
+        host: Option<Vec<u8>>,
+        port: Option<Vec<u8>>,
+        family: i32,
+        r#type: i32,
+        proto: i32,
+        flags: i32,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        this.check_open()?;
+        this.check_same_process()?;
+        let host = crate::dns::c_string(host.as_deref())?;
+        let port = crate::dns::c_string(port.as_deref())?;
+        let future = tasks::new_future(slf.as_any())?;
+        this.dns.start(
+            this.runtime()?,
+            this.wake.clone(),
+            future.clone().unbind(),
+            host,
+            port,
+            (family, r#type, proto, flags),
+        );
+        Ok(future)
+    }
+
     /// Pending work, for leak checks: ready handles, live timers, fd callbacks.
     fn _native_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let (ready, timers) = {
@@ -565,6 +605,7 @@ impl LoopCore {
                 handle.get().callback.traverse(&visit)?;
             }
         }
+        self.dns.traverse(&visit)?;
         if let Some(factory) = self.task_factory.try_lock() {
             if let Some(factory) = factory.as_ref() {
                 visit.call(factory)?;

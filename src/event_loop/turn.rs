@@ -71,6 +71,7 @@ pub async fn drive(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         }
 
         core.dispatch_io(py);
+        core.complete_lookups(py)?;
         core.take_ready(py, &mut batch);
         while let Some(item) = batch.pop_front() {
             if item.is_cancelled() {
