@@ -23,7 +23,6 @@ Usage:
 """
 
 import argparse
-import asyncio
 import concurrent.futures
 import datetime
 import importlib.util
@@ -66,23 +65,7 @@ assert set(SIZES) == set(micro.BENCHMARKS), "SIZES must cover micro.BENCHMARKS"
 # ---- Child side: run one workload once, print one JSON line. ----
 
 def run_child(loop_name, bench_name, n):
-    func = micro.BENCHMARKS[bench_name][0]
-    try:
-        loop = micro.make_loop(loop_name)
-        asyncio.set_event_loop(loop)
-        ops = func(loop, n)
-        if ops != n:
-            raise RuntimeError(f"workload did {ops} ops, expected {n}")
-        result = {"ops": ops}
-        try:
-            loop.close()
-        except Exception as exc:  # the count is still valid
-            result["note"] = f"close() failed: {exc!r}"
-    except BaseException as exc:
-        result = {"error": f"{type(exc).__name__}: {exc}"[:200]}
-    sys.stdout.write(json.dumps(result) + "\n")
-    sys.stdout.flush()
-    os._exit(0)  # don't let a stuck runtime thread hang the shutdown
+    micro.child_main(loop_name, bench_name, n, lambda loop, func, n: {"ops": func(loop, n)})
 
 
 # ---- Parent side. ----

@@ -202,22 +202,16 @@ def make_loop(name):
 
 # ---- Child side: one measurement, printed as one JSON line. ----
 
-def run_child(loop_name, bench_name, n, core):
-    if core is not None:
-        os.sched_setaffinity(0, {core})  # before the loop spawns any thread
+def child_main(loop_name, bench_name, n, measure):
+    """Child side, shared with instructions.py: make the loop, run ``measure(loop, workload, n)``
+    (a dict with at least "ops"), check the count, close the loop, print one JSON line, exit."""
     func = BENCHMARKS[bench_name][0]
     try:
         loop = make_loop(loop_name)
         asyncio.set_event_loop(loop)
-        func(loop, max(n // 10, 100))  # warm-up on the same loop
-        gc.collect()
-        c0, w0 = time.process_time(), time.perf_counter()
-        ops = func(loop, n)
-        wall = time.perf_counter() - w0
-        cpu = time.process_time() - c0
-        if ops != n:
-            raise RuntimeError(f"workload did {ops} ops, expected {n}")
-        result = {"ops": ops, "wall": wall, "cpu": cpu}
+        result = measure(loop, func, n)
+        if result["ops"] != n:
+            raise RuntimeError(f"workload did {result['ops']} ops, expected {n}")
         try:
             loop.close()
         except Exception as exc:  # the sample is still valid
@@ -227,6 +221,23 @@ def run_child(loop_name, bench_name, n, core):
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
     os._exit(0)  # don't let a stuck runtime thread hang the shutdown
+
+
+def timed(loop, func, n):
+    """One measurement after a warm-up on the same loop: ops, wall and CPU seconds."""
+    func(loop, max(n // 10, 100))
+    gc.collect()
+    c0, w0 = time.process_time(), time.perf_counter()
+    ops = func(loop, n)
+    wall = time.perf_counter() - w0
+    cpu = time.process_time() - c0
+    return {"ops": ops, "wall": wall, "cpu": cpu}
+
+
+def run_child(loop_name, bench_name, n, core):
+    if core is not None:
+        os.sched_setaffinity(0, {core})  # before the loop spawns any thread
+    child_main(loop_name, bench_name, n, timed)
 
 
 # ---- Parent side: spawn children, aggregate, print tables. ----
