@@ -136,7 +136,7 @@ fn to_python(py: Python<'_>, outcome: Outcome) -> PyResult<Bound<'_, PyAny>> {
             let gaierror = py.import("socket")?.getattr(intern!(py, "gaierror"))?;
             Err(PyErr::from_value(gaierror.call1((code, message))?))
         }
-        Outcome::Errno(errno) => Err(PyErr::from(std::io::Error::from_raw_os_error(errno))),
+        Outcome::Errno(errno) => Err(crate::errors::os_error(errno)),
     }
 }
 

@@ -4,10 +4,12 @@
 
 mod clock;
 mod dns;
+mod errors;
 mod event_loop;
 mod handles;
 mod io;
 mod runtime;
+mod transports;
 
 use pyo3::prelude::*;
 
@@ -17,5 +19,6 @@ fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     event_loop::install_fast_paths(&m.py().get_type::<event_loop::LoopCore>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    m.add_class::<transports::stream::StreamTransport>()?;
     Ok(())
 }

@@ -21,6 +21,7 @@ from ._errors import ExceptionHandling
 from ._executor import ExecutorSupport
 from ._signals import SignalSupport
 from ._sock import SockSupport
+from ._transport import TransportSupport
 from ._tokioloop import LoopCore
 from ._unsupported import NotYetBuilt
 
@@ -45,7 +46,7 @@ def _format_handle(handle):
 
 class Loop(
     LoopCore, ExceptionHandling, ExecutorSupport, SignalSupport, SockSupport, DnsSupport,
-    NotYetBuilt, asyncio.AbstractEventLoop,
+    TransportSupport, NotYetBuilt, asyncio.AbstractEventLoop,
 ):
     """An asyncio event loop on a tokio current-thread runtime. Create with ``new_event_loop()``."""
 

@@ -29,8 +29,9 @@ use tokio::runtime::Runtime;
 
 use crate::clock;
 use crate::handles::{new_untracked, Callback, Handle, TimerHandle};
-use crate::io::registry::{Direction, Registry};
+use crate::io::registry::{Direction, Registry, Target};
 use crate::runtime;
+use crate::transports::stream::StreamTransport;
 use ready::Ready;
 use timers::Timers;
 use wake::Wake;
@@ -164,7 +165,7 @@ impl LoopCore {
         let mut ready = Vec::new();
         self.io.lock().dispatch(py, &mut ready);
         if !ready.is_empty() {
-            self.state.lock().ready.extend(ready.into_iter().map(Ready::Soon));
+            self.state.lock().ready.extend(ready);
         }
     }
 
@@ -191,8 +192,40 @@ impl LoopCore {
         }
     }
 
-    fn push_ready(&self, item: Ready) {
+    pub(crate) fn push_ready(&self, item: Ready) {
         self.state.lock().ready.push_back(item);
+    }
+
+    /// Gives a transport's socket to the registry; False if the fd is already watched.
+    pub(crate) fn attach_stream(
+        &self,
+        _py: Python<'_>,
+        fd: RawFd,
+        transport: Py<StreamTransport>,
+    ) -> PyResult<bool> {
+        self.check_open()?;
+        self.check_same_process()?;
+        let runtime = self.runtime()?;
+        let _context = runtime.enter();
+        let attached = self.io.lock().attach_stream(fd, transport);
+        Ok(attached?)
+    }
+
+    /// Turns a transport's interest in one direction on or off.
+    pub(crate) fn watch_stream(&self, py: Python<'_>, fd: RawFd, direction: Direction, on: bool) {
+        let old = self.io.lock().watch_stream(py, fd, direction, on);
+        drop(old);
+    }
+
+    /// See `Registry::rearm`.
+    pub(crate) fn rearm_stream(&self, fd: RawFd, direction: Direction) -> bool {
+        self.io.lock().rearm(fd, direction)
+    }
+
+    /// Deregisters a transport's socket; its references go outside the lock.
+    pub(crate) fn release_stream(&self, fd: RawFd) {
+        let old = self.io.lock().release_stream(fd);
+        drop(old);
     }
 
     fn schedule_timer(
@@ -278,9 +311,17 @@ impl LoopCore {
         )?;
         let runtime = this.runtime()?;
         let _context = runtime.enter();
-        let old = this.io.lock().set(fd, direction, handle.clone_ref(py))?;
-        if let Some(old) = old {
-            old.get().cancel_now();
+        let outcome = this.io.lock().set(py, fd, direction, handle.clone_ref(py))?;
+        match outcome {
+            Ok(Some(old)) => old.get().cancel_now(),
+            Ok(None) => {}
+            Err(transport) => {
+                drop(handle.get().callback.release());
+                return Err(PyRuntimeError::new_err(format!(
+                    "File descriptor {fd} is used by transport {}",
+                    transport.bind(py).repr()?
+                )));
+            }
         }
         Ok(handle)
     }
@@ -594,16 +635,14 @@ impl LoopCore {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(state) = self.state.try_lock() {
             for item in &state.ready {
-                item.callback().traverse(&visit)?;
+                item.traverse(&visit)?;
             }
             for handle in state.timers.references() {
                 handle.get().callback.traverse(&visit)?;
             }
         }
         if let Some(io) = self.io.try_lock() {
-            for handle in io.references() {
-                handle.get().callback.traverse(&visit)?;
-            }
+            io.traverse(&visit)?;
         }
         self.dns.traverse(&visit)?;
         if let Some(factory) = self.task_factory.try_lock() {
@@ -641,13 +680,13 @@ impl Drop for RunningGuard<'_> {
 }
 
 /// Releases every pending handle's callback (close, GC clear); call with no lock held.
-fn release_all(ready: VecDeque<Ready>, timers: Vec<Py<TimerHandle>>, fd_handles: Vec<Py<Handle>>) {
+fn release_all(ready: VecDeque<Ready>, timers: Vec<Py<TimerHandle>>, fd_targets: Vec<Target>) {
     for item in ready {
-        drop(item.callback().release());
+        item.release();
     }
     timers::discard(timers);
-    for handle in fd_handles {
-        drop(handle.get().callback.release());
+    for target in fd_targets {
+        target.release();
     }
 }
 

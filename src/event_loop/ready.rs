@@ -5,19 +5,27 @@
 
 use pyo3::prelude::*;
 
+use pyo3::{PyTraverseError, PyVisit};
+
 use crate::handles::{Callback, Handle, TimerHandle};
+use crate::io::registry::Direction;
+use crate::transports::stream::StreamTransport;
 
 pub enum Ready {
     Soon(Py<Handle>),
     Timer(Py<TimerHandle>),
+    /// A native transport's read or write (see `transports::stream`).
+    Stream(Py<StreamTransport>, Direction),
 }
 
 impl Ready {
+    /// The handle's callback; None for a transport's I/O, which is not a callback.
     #[inline]
-    pub fn callback(&self) -> &Callback {
+    pub fn callback(&self) -> Option<&Callback> {
         match self {
-            Ready::Soon(h) => &h.get().callback,
-            Ready::Timer(t) => &t.get().callback,
+            Ready::Soon(h) => Some(&h.get().callback),
+            Ready::Timer(t) => Some(&t.get().callback),
+            Ready::Stream(..) => None,
         }
     }
 
@@ -26,6 +34,24 @@ impl Ready {
         match self {
             Ready::Soon(h) => h.get().is_cancelled(),
             Ready::Timer(t) => t.get().is_cancelled(),
+            Ready::Stream(..) => false,
+        }
+    }
+
+    pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Ready::Stream(transport, _) => visit.call(transport),
+            _ => match self.callback() {
+                Some(callback) => callback.traverse(visit),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Drops the callback's references (close, GC clear); a transport item just goes.
+    pub fn release(self) {
+        if let Some(callback) = self.callback() {
+            drop(callback.release());
         }
     }
 
@@ -35,10 +61,10 @@ impl Ready {
     pub fn finish(self) {
         let keep = match &self {
             Ready::Soon(h) => h.get().is_persistent() && !h.get().is_cancelled(),
-            Ready::Timer(_) => false,
+            Ready::Timer(_) | Ready::Stream(..) => false,
         };
         if !keep {
-            drop(self.callback().release());
+            self.release();
         }
     }
 
@@ -47,6 +73,7 @@ impl Ready {
         match self {
             Ready::Soon(h) => h.bind(py).clone().into_any(),
             Ready::Timer(t) => t.bind(py).clone().into_any(),
+            Ready::Stream(s, _) => s.bind(py).clone().into_any(),
         }
     }
 

@@ -78,7 +78,9 @@ pub async fn drive(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
                 item.finish();
                 continue;
             }
-            let outcome = if core.debug() {
+            let outcome = if let Ready::Stream(transport, direction) = &item {
+                run_stream(slf, transport, *direction)
+            } else if core.debug() {
                 slf.call_method1(intern!(py, "_run_handle_debug"), (item.object(py),))
                     .map(drop)
             } else {
@@ -100,7 +102,10 @@ pub async fn drive(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
 /// reports it; `KeyboardInterrupt`/`SystemExit` (and errors of the handler itself) come back.
 pub fn run_handle(slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
     let py = slf.py();
-    match item.callback().invoke(py) {
+    let Some(callback) = item.callback() else {
+        return Ok(());
+    };
+    match callback.invoke(py) {
         Ok(()) => Ok(()),
         Err(err) if is_fatal(py, &err) => Err(err),
         Err(err) => slf
@@ -108,6 +113,25 @@ pub fn run_handle(slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
                 intern!(py, "_callback_error"),
                 (item.object(py), err.into_value(py)),
             )
+            .map(drop),
+    }
+}
+
+/// Runs one read or flush of a native transport. Its own errors it reports itself; an error
+/// escaping it (from the Python half's error path) goes to the exception handler, as a
+/// failing reader callback's would.
+fn run_stream(
+    slf: &Bound<'_, LoopCore>,
+    transport: &Py<crate::transports::stream::StreamTransport>,
+    direction: crate::io::registry::Direction,
+) -> PyResult<()> {
+    let py = slf.py();
+    let transport = transport.bind(py);
+    match crate::transports::stream::StreamTransport::run(transport, direction) {
+        Ok(()) => Ok(()),
+        Err(err) if is_fatal(py, &err) => Err(err),
+        Err(err) => slf
+            .call_method1(intern!(py, "_transport_error"), (transport, err.into_value(py)))
             .map(drop),
     }
 }

@@ -8,6 +8,11 @@
 //! its tick check makes race-free, since the reactor cannot run while we hold the turn — and
 //! the waker is re-armed for the next edge.
 //!
+//! A native stream transport registers its socket here too, as a [`Target::Stream`]. It keeps
+//! tokio's edge semantics instead: an edge queues the transport's read or write, and the
+//! transport itself re-arms the direction ([`Registry::rearm`]) once its syscall showed the
+//! socket drained — or queues itself again when it did not — so no `poll(2)` is spent on it.
+//!
 //! The wakers hold only Rust data (fd, registration id, an `Arc` of notices), so they may fire
 //! while the loop thread is parked without the GIL. The registry is owned by the loop and only
 //! touched with the GIL held; Python handles leave it only as new references.
@@ -23,8 +28,10 @@ use pyo3::prelude::*;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use crate::event_loop::ready::Ready;
 use crate::event_loop::wake::Wake;
 use crate::handles::Handle;
+use crate::transports::stream::StreamTransport;
 
 /// A descriptor we watch but do not own: the Python side opened it and will close it.
 pub struct Watched(RawFd);
@@ -69,9 +76,33 @@ impl TaskWake for FdWaker {
     }
 }
 
-/// One direction of one descriptor: the callback and whether it fired last turn.
+/// Who is told when a direction of a descriptor is ready.
+pub enum Target {
+    /// An `add_reader`/`add_writer` callback, queued as a handle (level-triggered).
+    Callback(Py<Handle>),
+    /// A native transport; its read or write runs natively in the turn (edge-triggered).
+    Stream(Py<StreamTransport>),
+}
+
+impl Target {
+    pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        match self {
+            Target::Callback(handle) => handle.get().callback.traverse(visit),
+            Target::Stream(transport) => visit.call(transport),
+        }
+    }
+
+    /// Lets go of the target (loop close): a callback handle drops its callback's parts.
+    pub fn release(self) {
+        if let Target::Callback(handle) = self {
+            drop(handle.get().callback.release());
+        }
+    }
+}
+
+/// One direction of one descriptor: who is told and whether it fired last turn.
 struct Interest1 {
-    handle: Option<Py<Handle>>,
+    target: Option<Target>,
     hot: bool,
     /// The dispatch round that last looked at this direction (no double queueing per turn).
     checked_round: u64,
@@ -81,6 +112,8 @@ struct Interest1 {
 struct Registration {
     id: u64,
     fd: AsyncFd<Watched>,
+    /// The native transport that owns the descriptor, if one does: no add_reader on it.
+    owner: Option<Py<StreamTransport>>,
     read: Interest1,
     write: Interest1,
 }
@@ -94,8 +127,31 @@ impl Registration {
     }
 }
 
+/// Descriptors are small distinct integers: hashing them is wasted work on every edge.
+#[derive(Default)]
+pub struct FdHasher(u64);
+
+impl std::hash::Hasher for FdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 << 8) | u64::from(*byte);
+        }
+    }
+
+    fn write_i32(&mut self, value: i32) {
+        // Fibonacci hashing: spreads small integers into the high bits hashbrown groups by.
+        self.0 = u64::from(value as u32).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type FdMap<V> = HashMap<RawFd, V, std::hash::BuildHasherDefault<FdHasher>>;
+
 pub struct Registry {
-    fds: HashMap<RawFd, Registration>,
+    fds: FdMap<Registration>,
     /// Directions to re-check next turn (may hold stale entries; `hot` is the truth).
     hot: Vec<(RawFd, Direction)>,
     round: u64,
@@ -106,7 +162,7 @@ pub struct Registry {
 impl Registry {
     pub fn new(wake: Arc<Wake>) -> Self {
         Registry {
-            fds: HashMap::new(),
+            fds: FdMap::default(),
             hot: Vec::new(),
             round: 0,
             next_id: 1,
@@ -118,14 +174,9 @@ impl Registry {
         }
     }
 
-    /// Sets the callback for one direction of `fd`, returning the one it replaces.
+    /// Registers `fd` with the reactor if it is not yet.
     /// Must be called inside the loop's runtime context (registration needs its reactor).
-    pub fn set(
-        &mut self,
-        fd: RawFd,
-        direction: Direction,
-        handle: Py<Handle>,
-    ) -> std::io::Result<Option<Py<Handle>>> {
+    fn ensure(&mut self, fd: RawFd) -> std::io::Result<&mut Registration> {
         if !self.fds.contains_key(&fd) {
             let id = self.next_id;
             self.next_id += 1;
@@ -133,7 +184,7 @@ impl Registry {
             // descriptor open until it removes the callback; remove_* (or loop close) drops this
             // AsyncFd, deregistering it, before a well-behaved caller closes the fd. A caller
             // that closes first gets what selectors give: the kernel already forgot the fd, and
-            // the deregistration fails harmlessly.
+            // the deregistration fails harmlessly. Transports deregister before closing theirs.
             let fd_watch = unsafe {
                 AsyncFd::register_with_interest(Watched(fd), Interest::READABLE | Interest::WRITABLE)
             }
@@ -146,35 +197,52 @@ impl Registry {
                     notices: self.notices.clone(),
                 }))
             };
+            let side = |direction| Interest1 {
+                target: None,
+                hot: false,
+                checked_round: 0,
+                waker: waker_for(direction),
+            };
             let registration = Registration {
                 id,
                 fd: fd_watch,
-                read: Interest1 {
-                    handle: None,
-                    hot: false,
-                    checked_round: 0,
-                    waker: waker_for(Direction::Read),
-                },
-                write: Interest1 {
-                    handle: None,
-                    hot: false,
-                    checked_round: 0,
-                    waker: waker_for(Direction::Write),
-                },
+                owner: None,
+                read: side(Direction::Read),
+                write: side(Direction::Write),
             };
             self.fds.insert(fd, registration);
         }
-        let Some(registration) = self.fds.get_mut(&fd) else {
-            return Ok(None);
-        };
+        self.fds
+            .get_mut(&fd)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+    }
+
+    /// Sets the callback for one direction of `fd`, returning the one it replaces. A
+    /// descriptor owned by a native transport is refused: the transport is returned instead.
+    pub fn set(
+        &mut self,
+        py: Python<'_>,
+        fd: RawFd,
+        direction: Direction,
+        handle: Py<Handle>,
+    ) -> std::io::Result<Result<Option<Py<Handle>>, Py<StreamTransport>>> {
+        let registration = self.ensure(fd)?;
+        if let Some(owner) = registration.owner.as_ref() {
+            return Ok(Err(owner.clone_ref(py)));
+        }
         let side = registration.side(direction);
         // Readiness may predate this callback: check it on the next turn.
-        if !side.hot {
-            side.hot = true;
+        let newly_hot = !side.hot;
+        side.hot = true;
+        let old = match side.target.replace(Target::Callback(handle)) {
+            Some(Target::Callback(old)) => Some(old),
+            _ => None,
+        };
+        if newly_hot {
             self.hot.push((fd, direction));
             self.notices.pending.store(true, Ordering::Release);
         }
-        Ok(side.handle.replace(handle))
+        Ok(Ok(old))
     }
 
     /// Removes one direction's callback — only if it is `expected`, when given — and drops the
@@ -186,48 +254,140 @@ impl Registry {
         expected: Option<&Py<Handle>>,
     ) -> Option<Py<Handle>> {
         let registration = self.fds.get_mut(&fd)?;
+        if registration.owner.is_some() {
+            return None;
+        }
         let side = registration.side(direction);
-        if let (Some(expected), Some(current)) = (expected, side.handle.as_ref()) {
+        let Some(Target::Callback(current)) = side.target.as_ref() else {
+            return None;
+        };
+        if let Some(expected) = expected {
             if !expected.is(current) {
                 return None;
             }
         }
         side.hot = false;
-        let old = side.handle.take();
-        if registration.read.handle.is_none() && registration.write.handle.is_none() {
+        let old = match side.target.take() {
+            Some(Target::Callback(old)) => Some(old),
+            _ => None,
+        };
+        if registration.read.target.is_none() && registration.write.target.is_none() {
             self.fds.remove(&fd);
         }
         old
     }
 
-    /// (readers, writers) currently registered.
+    /// Registers a transport's socket; it then owns `fd` here until [`Registry::release_stream`].
+    /// False if the descriptor is already watched — by callbacks or another transport.
+    pub fn attach_stream(&mut self, fd: RawFd, transport: Py<StreamTransport>) -> std::io::Result<bool> {
+        let registration = self.ensure(fd)?;
+        if registration.owner.is_some()
+            || registration.read.target.is_some()
+            || registration.write.target.is_some()
+        {
+            return Ok(false);
+        }
+        registration.owner = Some(transport);
+        Ok(true)
+    }
+
+    /// Turns a transport's interest in one direction on or off. The previous target (a clone
+    /// of the transport) comes back so the caller can drop it outside the lock.
+    pub fn watch_stream(
+        &mut self,
+        py: Python<'_>,
+        fd: RawFd,
+        direction: Direction,
+        on: bool,
+    ) -> Option<Target> {
+        let registration = self.fds.get_mut(&fd)?;
+        let target = if on {
+            let owner = registration.owner.as_ref()?;
+            Some(Target::Stream(owner.clone_ref(py)))
+        } else {
+            None
+        };
+        let side = registration.side(direction);
+        side.hot = false;
+        std::mem::replace(&mut side.target, target)
+    }
+
+    /// Deregisters a transport's socket (before the transport closes it).
+    pub fn release_stream(&mut self, fd: RawFd) -> Vec<Target> {
+        let mut out = Vec::new();
+        if let Some(mut registration) = self.fds.remove(&fd) {
+            out.extend(registration.read.target.take());
+            out.extend(registration.write.target.take());
+            out.extend(registration.owner.take().map(Target::Stream));
+        }
+        out
+    }
+
+    /// After a transport's syscall showed `direction` drained: forgets tokio's stale readiness
+    /// and leaves the waker registered for the next edge. True if it is still ready (closed
+    /// or errored states stay ready in tokio), in which case the transport should try again.
+    pub fn rearm(&mut self, fd: RawFd, direction: Direction) -> bool {
+        let Some(registration) = self.fds.get_mut(&fd) else {
+            return false;
+        };
+        let waker = registration.side(direction).waker.clone();
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..2 {
+            let poll = match direction {
+                Direction::Read => registration.fd.poll_read_ready(&mut cx),
+                Direction::Write => registration.fd.poll_write_ready(&mut cx),
+            };
+            match poll {
+                Poll::Pending => return false,
+                Poll::Ready(Err(_)) => return true,
+                // The reactor cannot run while we hold the turn, so the tick is current and
+                // this clears exactly the readiness the transport just consumed.
+                Poll::Ready(Ok(mut guard)) => guard.clear_ready(),
+            }
+        }
+        true
+    }
+
+    /// (readers, writers) currently registered, transports included.
     pub fn counts(&self) -> (usize, usize) {
-        let readers = self.fds.values().filter(|r| r.read.handle.is_some()).count();
-        let writers = self.fds.values().filter(|r| r.write.handle.is_some()).count();
+        let readers = self.fds.values().filter(|r| r.read.target.is_some()).count();
+        let writers = self.fds.values().filter(|r| r.write.target.is_some()).count();
         (readers, writers)
     }
 
-    pub fn references(&self) -> impl Iterator<Item = &Py<Handle>> {
-        self.fds
-            .values()
-            .flat_map(|r| r.read.handle.iter().chain(r.write.handle.iter()))
+    pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        for registration in self.fds.values() {
+            for target in registration
+                .read
+                .target
+                .iter()
+                .chain(registration.write.target.iter())
+            {
+                target.traverse(visit)?;
+            }
+            if let Some(owner) = registration.owner.as_ref() {
+                visit.call(owner)?;
+            }
+        }
+        Ok(())
     }
 
-    /// Forgets every registration (loop close); the caller drops the handles outside its lock.
-    pub fn drain(&mut self) -> Vec<Py<Handle>> {
-        let mut handles = Vec::new();
+    /// Forgets every registration (loop close); the caller drops the targets outside its lock.
+    pub fn drain(&mut self) -> Vec<Target> {
+        let mut targets = Vec::new();
         self.hot.clear();
         for (_, mut registration) in self.fds.drain() {
-            handles.extend(registration.read.handle.take());
-            handles.extend(registration.write.handle.take());
+            targets.extend(registration.read.target.take());
+            targets.extend(registration.write.target.take());
+            targets.extend(registration.owner.take().map(Target::Stream));
         }
-        handles
+        targets
     }
 
-    /// Queues (as new references) the callbacks of every direction that is ready now.
-    /// Hot directions are re-checked first; fresh edges then cover the rest, so no callback
+    /// Queues (as new references) the targets of every direction that is ready now.
+    /// Hot directions are re-checked first; fresh edges then cover the rest, so no target
     /// is queued twice in one turn.
-    pub fn dispatch(&mut self, py: Python<'_>, out: &mut Vec<Py<Handle>>) {
+    pub fn dispatch(&mut self, py: Python<'_>, out: &mut Vec<Ready>) {
         self.round += 1;
         let round = self.round;
         let previously_hot = std::mem::take(&mut self.hot);
@@ -247,11 +407,14 @@ impl Registry {
             if let Some(registration) = self.fds.get_mut(&fd) {
                 let same_registration = registration.id == id;
                 let side = registration.side(direction);
-                if same_registration && !side.hot && side.checked_round != round {
-                    side.checked_round = round;
-                    if Self::check(py, registration, direction, true, out) {
-                        self.hot.push((fd, direction));
-                    }
+                if !same_registration || side.hot || side.checked_round == round {
+                    continue;
+                }
+                side.checked_round = round;
+                if let Some(Target::Stream(transport)) = side.target.as_ref() {
+                    out.push(Ready::Stream(transport.clone_ref(py), direction));
+                } else if Self::check(py, registration, direction, true, out) {
+                    self.hot.push((fd, direction));
                 }
             }
         }
@@ -267,7 +430,7 @@ impl Registry {
         self.notices.pending.clone()
     }
 
-    /// Decides one direction's readiness this turn and queues its callback if ready.
+    /// Decides one callback direction's readiness this turn and queues its handle if ready.
     /// `fresh`: an edge arrived since the last check, so tokio's readiness is current;
     /// otherwise the direction fired last turn and only `poll(2)` can tell if it still holds.
     fn check(
@@ -275,14 +438,14 @@ impl Registry {
         registration: &mut Registration,
         direction: Direction,
         fresh: bool,
-        out: &mut Vec<Py<Handle>>,
+        out: &mut Vec<Ready>,
     ) -> bool {
         let Registration { fd, read, write, .. } = registration;
         let side = match direction {
             Direction::Read => read,
             Direction::Write => write,
         };
-        let Some(handle) = side.handle.as_ref() else {
+        let Some(Target::Callback(handle)) = side.target.as_ref() else {
             side.hot = false;
             return false;
         };
@@ -310,7 +473,7 @@ impl Registry {
         };
         side.hot = ready;
         if ready {
-            out.push(handle.clone_ref(py));
+            out.push(Ready::Soon(handle.clone_ref(py)));
         }
         ready
     }

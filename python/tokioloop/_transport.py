@@ -1,0 +1,303 @@
+"""Socket stream transports (TCP and Unix): ``Loop._make_socket_transport``.
+
+``SocketTransport`` subclasses the native ``StreamTransport``, which owns everything per read
+and per write: the receive into a per-thread buffer and the protocol call, the direct send,
+the queue flushed with one ``sendmsg``. This class keeps what happens once per connection and
+what the native side calls by name when something rare happens: set-up, ``close`` (flushes)
+and ``abort`` (drops), EOF, errors, the flow-control calls into the protocol, extra info and
+sendfile's hand-over. Every connection path (create_connection, create_server, the Unix
+variants, connect_accepted_socket) builds its transport through
+
+    loop._make_socket_transport(sock, protocol, waiter=None, *, extra=None, server=None)
+
+which schedules ``protocol.connection_made(transport)``, then starts reading, then resolves
+``waiter`` (if given) with None. With ``server``, the transport calls ``server._attach(self)``
+at once and ``server._detach(self)`` after ``connection_lost``.
+"""
+
+from __future__ import annotations
+
+import socket
+import warnings
+from asyncio import constants, futures, protocols, trsock
+from asyncio.log import logger
+
+from ._tokioloop import StreamTransport
+
+_DEFAULT_HIGH_WATER = 64 * 1024
+
+
+def _set_tcp_nodelay(sock):
+    """Small writes go out at once, as asyncio arranges for its TCP transports."""
+    if (
+        hasattr(socket, "TCP_NODELAY")
+        and sock.family in (socket.AF_INET, socket.AF_INET6)
+        and sock.type == socket.SOCK_STREAM
+        and sock.proto == socket.IPPROTO_TCP
+    ):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class SocketTransport(StreamTransport):
+    """An ``asyncio.Transport`` over a connected stream socket, reading and writing natively."""
+
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        self._extra = {} if extra is None else extra
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._loop = loop
+        self._sock = sock
+        self._server = None
+        self._empty_waiter = None
+        self._protocol_connected = False
+        if not self._attach_io():
+            raise RuntimeError(f"File descriptor {self._sock_fd} is already watched by the loop")
+        self.set_protocol(protocol)
+        self._server = server
+        if server is not None:
+            server._attach(self)
+        _set_tcp_nodelay(sock)
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self):
+        parts = [type(self).__name__]
+        if self._sock is None:
+            parts.append("closed")
+        elif self._closing:
+            parts.append("closing")
+        parts.append(f"fd={self._sock_fd}")
+        if self._sock is not None:
+            parts.append("read=" + ("polling" if self.is_reading() else "idle"))
+            size = self.get_write_buffer_size()
+            parts.append(f"write=<{'polling' if size else 'idle'}, bufsize={size}>")
+        return f"<{' '.join(parts)}>"
+
+    def __del__(self, _warn=warnings.warn):
+        sock = getattr(self, "_sock", None)
+        if sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._detach_io()
+            sock.close()
+
+    # -- the asyncio.Transport interface ------------------------------------------------
+
+    def get_extra_info(self, name, default=None):
+        """peername, sockname, socket (a TransportSocket), or what the creator added."""
+        return self._extra.get(name, default)
+
+    def set_protocol(self, protocol):
+        self._set_protocol(protocol, isinstance(protocol, protocols.BufferedProtocol))
+        self._protocol_connected = True
+
+    @property
+    def _protocol(self):
+        return self.get_protocol()
+
+    def pause_reading(self):
+        if self._closing or self._paused:
+            return
+        self._paused = True
+        self._stop_reading()
+        if self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self):
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        self._start_reading()
+        if self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def writelines(self, list_of_data):
+        self.write(b"".join(list_of_data))
+
+    def write_eof(self):
+        """Shut the write side once everything queued is sent."""
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        if not self.get_write_buffer_size():
+            self._sock.shutdown(socket.SHUT_WR)
+
+    def can_write_eof(self):
+        return True
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        if high is None:
+            high = _DEFAULT_HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water = high
+        self._low_water = low
+        self._maybe_pause_protocol()
+
+    def get_write_buffer_limits(self):
+        return (self._low_water, self._high_water)
+
+    def close(self):
+        """Stop reading; once the queue is flushed, call connection_lost(None) and close."""
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_reading()
+        if not self.get_write_buffer_size():
+            self._conn_lost += 1
+            self._loop.call_soon(self._call_connection_lost, None)
+
+    def abort(self):
+        """Close at once, dropping anything queued."""
+        self._force_close(None)
+
+    # -- called by the native half --------------------------------------------------------
+
+    def _fatal_error(self, exc, message="Fatal error on transport"):
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler(
+                {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
+            )
+        self._force_close(exc)
+
+    def _force_close(self, exc):
+        if self._conn_lost:
+            return
+        self._clear_write_buffer()
+        if not self._closing:
+            self._closing = True
+            self._stop_reading()
+        self._conn_lost += 1
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc):
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            self._detach_io()
+            self._sock.close()
+            self._sock = None
+            self._take_protocol()
+            self._loop = None
+            server = self._server
+            if server is not None:
+                server._detach(self)
+                self._server = None
+
+    def _on_eof(self):
+        if self._loop.get_debug():
+            logger.debug("%r received EOF", self)
+        try:
+            keep_open = self._protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if keep_open:
+            self._stop_reading()
+        else:
+            self.close()
+
+    def _on_write_error(self, exc):
+        self._clear_write_buffer()
+        self._fatal_error(exc, "Fatal write error on socket transport")
+        if self._empty_waiter is not None:
+            self._empty_waiter.set_exception(exc)
+
+    def _on_drained(self):
+        if self._empty_waiter is not None:
+            self._empty_waiter.set_result(None)
+        if self._closing:
+            self._call_connection_lost(None)
+        elif self._eof:
+            self._sock.shutdown(socket.SHUT_WR)
+
+    def _log_lost_write(self):
+        logger.warning("socket.send() raised exception.")
+
+    def _maybe_pause_protocol(self):
+        if self.get_write_buffer_size() <= self._high_water or self._protocol_paused:
+            return
+        self._protocol_paused = True
+        try:
+            self._protocol.pause_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler(
+                {
+                    "message": "protocol.pause_writing() failed",
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+
+    def _maybe_resume_protocol(self):
+        if not self._protocol_paused or self.get_write_buffer_size() > self._low_water:
+            return
+        self._protocol_paused = False
+        try:
+            self._protocol.resume_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler(
+                {
+                    "message": "protocol.resume_writing() failed",
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+
+    # -- sendfile hand-over (loop.sendfile) -------------------------------------------------
+
+    def _make_empty_waiter(self):
+        """A future resolved once the write queue is empty; write() is refused meanwhile."""
+        if self._empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        self._empty_waiter = self._loop.create_future()
+        self._sendfile_active = True
+        if not self.get_write_buffer_size():
+            self._empty_waiter.set_result(None)
+        return self._empty_waiter
+
+    def _reset_empty_waiter(self):
+        self._empty_waiter = None
+        self._sendfile_active = False
+
+
+class TransportSupport:
+    """Mixin for ``Loop``: the stream transport constructor and its error report."""
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        return SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _transport_error(self, transport, exc):
+        """The native turn's report when a transport's own error path raised."""
+        self.call_exception_handler(
+            {
+                "message": f"Exception in I/O callback of {transport!r}",
+                "exception": exc,
+                "transport": transport,
+            }
+        )

@@ -1,0 +1,24 @@
+//! OS errors as the Python exceptions asyncio would see: `OSError(errno, strerror)`, which
+//! Python itself narrows to the right subclass (ConnectionResetError, BrokenPipeError, ...),
+//! so `exc.errno` is kept. Used by the native transports and the DNS completions.
+
+use pyo3::exceptions::PyOSError;
+use pyo3::PyErr;
+
+/// The exception for `errno`, as `socket` methods raise it.
+pub fn os_error(errno: i32) -> PyErr {
+    let message = std::io::Error::from_raw_os_error(errno).to_string();
+    // std appends " (os error N)"; Python's strerror is the bare text.
+    let strerror = match message.rfind(" (os error") {
+        Some(end) => message[..end].to_string(),
+        None => message,
+    };
+    PyOSError::new_err((errno, strerror))
+}
+
+/// The calling thread's errno after a failed libc call.
+pub fn last_errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}

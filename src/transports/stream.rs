@@ -1,0 +1,703 @@
+//! `StreamTransport`: the native half of a socket stream transport (TCP or Unix).
+//!
+//! What runs per read or write lives here. A read edge from `io::registry` (or a read this
+//! transport queued for itself) makes the turn call [`StreamTransport::run`]: one `recv` into
+//! a per-thread 256 KiB buffer, an exact-size `bytes`, `protocol.data_received` — or, for a
+//! `BufferedProtocol`, `recv` straight into `get_buffer()`. `write()` sends at once when
+//! nothing is queued; what the kernel did not take is queued as references to `bytes`
+//! objects (other buffers are copied, since the caller may reuse them) and flushed with one
+//! `sendmsg` of up to 1024 slices when the socket turns writable.
+//!
+//! Readiness follows tokio's edge rules: after a short read, `EAGAIN` or a partial write the
+//! socket is known drained and the direction is re-armed; after a full read or a complete
+//! flush of a capped `sendmsg` the transport queues itself for the next turn instead, which is
+//! what a level-triggered selector would do. Everything that happens once per connection —
+//! close, abort, EOF, error reporting, flow-control calls into the protocol, extra info —
+//! is the Python subclass `tokioloop._transport.SocketTransport`, which these methods call by
+//! name. The inner lock is never held while Python code runs or a Python object is dropped.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString};
+use pyo3::{ffi, intern, PyTraverseError, PyVisit};
+
+use crate::errors::{last_errno, os_error};
+use crate::event_loop::ready::Ready;
+use crate::event_loop::LoopCore;
+use crate::handles::is_fatal;
+use crate::io::registry::Direction;
+
+/// asyncio's `max_size` for one socket read.
+const READ_SIZE: usize = 256 * 1024;
+/// Linux's IOV_MAX: slices one `sendmsg` may take.
+const MAX_SLICES: usize = 1024;
+/// asyncio's defaults for `set_write_buffer_limits()`.
+const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+/// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
+const LOST_WRITES_BEFORE_WARNING: u32 = 5;
+
+thread_local! {
+    /// One read buffer per loop thread: every transport reads into it, then copies out.
+    static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_SIZE].into_boxed_slice());
+}
+
+struct Inner {
+    protocol: Option<Py<PyAny>>,
+    /// The protocol is a `BufferedProtocol`: reads go into its `get_buffer()`.
+    buffered: bool,
+    /// `pause_reading()` is in effect.
+    paused: bool,
+    /// Read interest is registered (not paused, not closing, started).
+    reading: bool,
+    closing: bool,
+    conn_lost: u32,
+    /// `write_eof()` was called: the write side shuts once the queue drains.
+    eof_requested: bool,
+    /// `pause_writing()` was called on the protocol and `resume_writing()` not yet.
+    protocol_paused: bool,
+    high_water: usize,
+    low_water: usize,
+    /// A sendfile owns the socket: write() is refused.
+    sendfile_active: bool,
+    queue: VecDeque<Py<PyBytes>>,
+    /// Bytes of `queue[0]` already sent.
+    head: usize,
+    queued: usize,
+}
+
+#[pyclass(subclass, frozen, module = "tokioloop._tokioloop")]
+pub struct StreamTransport {
+    fd: RawFd,
+    core: Py<LoopCore>,
+    /// The context protocol callbacks run in: a copy of the creator's, as asyncio's readers.
+    context: Py<PyAny>,
+    inner: Mutex<Inner>,
+}
+
+fn would_block(errno: i32) -> bool {
+    errno == libc::EAGAIN || errno == libc::EWOULDBLOCK
+}
+
+/// A borrowed `Py_buffer` over a bytes-like object, released on drop.
+struct BufferView {
+    view: ffi::Py_buffer,
+}
+
+impl BufferView {
+    fn get(object: &Bound<'_, PyAny>, flags: std::os::raw::c_int) -> PyResult<Self> {
+        let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
+        // SAFETY: PyObject_GetBuffer fills `view` on success (0) and leaves it unused on failure.
+        unsafe {
+            if ffi::PyObject_GetBuffer(object.as_ptr(), view.as_mut_ptr(), flags) < 0 {
+                return Err(PyErr::fetch(object.py()));
+            }
+            Ok(BufferView {
+                view: view.assume_init(),
+            })
+        }
+    }
+
+    fn as_ptr(&self) -> *mut u8 {
+        self.view.buf.cast()
+    }
+
+    fn len(&self) -> usize {
+        self.view.len as usize
+    }
+}
+
+impl Drop for BufferView {
+    fn drop(&mut self) {
+        // SAFETY: acquired by PyObject_GetBuffer and released exactly once; the GIL is held
+        // wherever a BufferView lives (it never leaves a method that has `py`).
+        unsafe { ffi::PyBuffer_Release(&mut self.view) };
+    }
+}
+
+impl StreamTransport {
+    fn core(&self, _py: Python<'_>) -> &LoopCore {
+        self.core.get()
+    }
+
+    fn requeue(slf: &Bound<'_, Self>, direction: Direction) {
+        let this = slf.get();
+        this.core(slf.py())
+            .push_ready(Ready::Stream(slf.clone().unbind(), direction));
+    }
+
+    /// The last syscall showed `direction` drained: wait for the next edge (or retry at once
+    /// if tokio still reports it ready, as after a hang-up).
+    fn drained(slf: &Bound<'_, Self>, direction: Direction) {
+        let this = slf.get();
+        if this.core(slf.py()).rearm_stream(this.fd, direction) {
+            Self::requeue(slf, direction);
+        }
+    }
+
+    fn fatal(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        if is_fatal(py, &err) {
+            return Err(err);
+        }
+        slf.call_method1(intern!(py, "_fatal_error"), (err.into_value(py), message))
+            .map(drop)
+    }
+
+    /// The turn's entry: one read or one flush, inside the transport's context.
+    pub fn run(slf: &Bound<'_, Self>, direction: Direction) -> PyResult<()> {
+        let py = slf.py();
+        let context = slf.get().context.as_ptr();
+        // SAFETY: `context` is a live Context owned by the transport; enter and exit pair up
+        // on every path, and the transport runs only from the turn, never nested in itself.
+        if unsafe { ffi::PyContext_Enter(context) } < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        let outcome = match direction {
+            Direction::Read => Self::on_readable(slf),
+            Direction::Write => Self::on_writable(slf),
+        };
+        // SAFETY: as above.
+        if unsafe { ffi::PyContext_Exit(context) } < 0 {
+            let exit_error = PyErr::fetch(py);
+            return outcome.and(Err(exit_error));
+        }
+        outcome
+    }
+
+    fn on_readable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (protocol, buffered) = {
+            let inner = this.inner.lock();
+            match inner.protocol.as_ref() {
+                Some(protocol) if inner.reading && inner.conn_lost == 0 => {
+                    (protocol.clone_ref(py), inner.buffered)
+                }
+                _ => return Ok(()),
+            }
+        };
+        let protocol = protocol.into_bound(py);
+        if buffered {
+            return Self::read_into_protocol(slf, &protocol);
+        }
+        let received = READ_BUFFER.with(|cell| {
+            let mut buffer = cell.borrow_mut();
+            // SAFETY: the buffer is READ_SIZE writable bytes; recv writes at most that many.
+            let n = unsafe { libc::recv(this.fd, buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+            if n < 0 {
+                Err(last_errno())
+            } else {
+                let n = n as usize;
+                Ok((n, (n > 0).then(|| PyBytes::new(py, &buffer[..n]))))
+            }
+        });
+        match received {
+            Err(errno) if would_block(errno) => {
+                Self::drained(slf, Direction::Read);
+                Ok(())
+            }
+            Err(libc::EINTR) => {
+                Self::requeue(slf, Direction::Read);
+                Ok(())
+            }
+            Err(errno) => Self::fatal(slf, os_error(errno), "Fatal read error on socket transport"),
+            Ok((_, None)) => slf.call_method0(intern!(py, "_on_eof")).map(drop),
+            Ok((n, Some(data))) => {
+                if n < READ_SIZE {
+                    Self::drained(slf, Direction::Read);
+                } else {
+                    Self::requeue(slf, Direction::Read);
+                }
+                match call_method_one(&protocol, intern!(py, "data_received"), data.as_any()) {
+                    Ok(()) => Ok(()),
+                    Err(err) => Self::fatal(slf, err, "Fatal error: protocol.data_received() call failed."),
+                }
+            }
+        }
+    }
+
+    fn read_into_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let view = protocol
+            .call_method1(intern!(py, "get_buffer"), (-1,))
+            .and_then(|buffer| {
+                let view = BufferView::get(&buffer, ffi::PyBUF_WRITABLE)?;
+                if view.len() == 0 {
+                    return Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer"));
+                }
+                Ok(view)
+            });
+        let view = match view {
+            Ok(view) => view,
+            Err(err) => return Self::fatal(slf, err, "Fatal error: protocol.get_buffer() call failed."),
+        };
+        // SAFETY: `view` is a writable, contiguous buffer of view.len() bytes, held until drop.
+        let n = unsafe { libc::recv(this.fd, view.as_ptr().cast(), view.len(), 0) };
+        let capacity = view.len();
+        drop(view);
+        if n < 0 {
+            let errno = last_errno();
+            if would_block(errno) {
+                Self::drained(slf, Direction::Read);
+                return Ok(());
+            }
+            if errno == libc::EINTR {
+                Self::requeue(slf, Direction::Read);
+                return Ok(());
+            }
+            return Self::fatal(slf, os_error(errno), "Fatal read error on socket transport");
+        }
+        if n == 0 {
+            return slf.call_method0(intern!(py, "_on_eof")).map(drop);
+        }
+        if (n as usize) < capacity {
+            Self::drained(slf, Direction::Read);
+        } else {
+            Self::requeue(slf, Direction::Read);
+        }
+        match protocol.call_method1(intern!(py, "buffer_updated"), (n as usize,)) {
+            Ok(_) => Ok(()),
+            Err(err) => Self::fatal(slf, err, "Fatal error: protocol.buffer_updated() call failed."),
+        }
+    }
+
+    fn on_writable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let mut sent_objects = Vec::new();
+        let (result, more_queued, queued) = {
+            let mut inner = this.inner.lock();
+            if inner.conn_lost > 0 || inner.queue.is_empty() {
+                return Ok(());
+            }
+            let mut slices: Vec<libc::iovec> = Vec::with_capacity(inner.queue.len().min(MAX_SLICES));
+            let mut offered = 0usize;
+            for (index, chunk) in inner.queue.iter().take(MAX_SLICES).enumerate() {
+                let skip = if index == 0 { inner.head } else { 0 };
+                // SAFETY: `chunk` is a live bytes object kept in the queue for the whole call.
+                let (base, len) = unsafe {
+                    let object = chunk.as_ptr();
+                    (
+                        ffi::PyBytes_AsString(object).cast::<u8>(),
+                        ffi::PyBytes_Size(object) as usize,
+                    )
+                };
+                slices.push(libc::iovec {
+                    // SAFETY: skip < len (fully sent chunks leave the queue).
+                    iov_base: unsafe { base.add(skip) }.cast(),
+                    iov_len: len - skip,
+                });
+                offered += len - skip;
+            }
+            // SAFETY: a zeroed msghdr with only the iovec array set is a plain stream send.
+            let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+            message.msg_iov = slices.as_mut_ptr();
+            message.msg_iovlen = slices.len() as _;
+            // SAFETY: every iovec points into a bytes object the queue holds during the call.
+            let n = unsafe { libc::sendmsg(this.fd, &message, libc::MSG_NOSIGNAL) };
+            if n < 0 {
+                (Err(last_errno()), true, inner.queued)
+            } else {
+                let mut left = n as usize;
+                inner.queued -= left;
+                while left > 0 {
+                    let Some(front) = inner.queue.front() else { break };
+                    // SAFETY: a live bytes object owned by the queue.
+                    let size = unsafe { ffi::PyBytes_Size(front.as_ptr()) } as usize - inner.head;
+                    if left >= size {
+                        left -= size;
+                        inner.head = 0;
+                        sent_objects.extend(inner.queue.pop_front());
+                    } else {
+                        inner.head += left;
+                        left = 0;
+                    }
+                }
+                (Ok(n as usize == offered), !inner.queue.is_empty(), inner.queued)
+            }
+        };
+        drop(sent_objects);
+        match result {
+            Err(errno) if would_block(errno) => {
+                Self::drained(slf, Direction::Write);
+                return Ok(());
+            }
+            Err(libc::EINTR) => {
+                Self::requeue(slf, Direction::Write);
+                return Ok(());
+            }
+            Err(errno) => {
+                let err = os_error(errno);
+                return slf
+                    .call_method1(intern!(py, "_on_write_error"), (err.into_value(py),))
+                    .map(drop);
+            }
+            Ok(took_all_offered) if more_queued => {
+                if took_all_offered {
+                    Self::requeue(slf, Direction::Write);
+                } else {
+                    Self::drained(slf, Direction::Write);
+                }
+            }
+            Ok(_) => {}
+        }
+        let resume = {
+            let inner = this.inner.lock();
+            inner.protocol_paused && queued <= inner.low_water
+        };
+        if resume {
+            slf.call_method0(intern!(py, "_maybe_resume_protocol"))?;
+        }
+        let empty = this.inner.lock().queue.is_empty();
+        if empty {
+            this.core(py).watch_stream(py, this.fd, Direction::Write, false);
+            slf.call_method0(intern!(py, "_on_drained"))?;
+        }
+        Ok(())
+    }
+
+    fn set_reading(slf: &Bound<'_, Self>, on: bool) {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut inner = this.inner.lock();
+            if inner.reading == on || (on && (inner.paused || inner.closing)) {
+                return;
+            }
+            inner.reading = on;
+        }
+        this.core(py).watch_stream(py, this.fd, Direction::Read, on);
+        if on {
+            // Data may have arrived before the edge could be seen: look once, next turn.
+            Self::requeue(slf, Direction::Read);
+        }
+    }
+}
+
+/// `object.name(arg)` without a bound-method object.
+fn call_method_one(
+    object: &Bound<'_, PyAny>,
+    name: &Bound<'_, PyString>,
+    arg: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let args = [object.as_ptr(), arg.as_ptr()];
+    // SAFETY: `args` holds two borrowed live objects; the result is a new reference or NULL.
+    unsafe {
+        let result = ffi::PyObject_VectorcallMethod(
+            name.as_ptr(),
+            args.as_ptr(),
+            2 | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
+            std::ptr::null_mut(),
+        );
+        if result.is_null() {
+            Err(PyErr::fetch(object.py()))
+        } else {
+            ffi::Py_DECREF(result);
+            Ok(())
+        }
+    }
+}
+
+#[pymethods]
+impl StreamTransport {
+    /// `StreamTransport(loop, sock, ...)`: the remaining arguments are the subclass's.
+    #[new]
+    #[pyo3(signature = (r#loop, sock, *_args, **_kwargs))]
+    fn new(
+        r#loop: &Bound<'_, PyAny>,
+        sock: &Bound<'_, PyAny>,
+        _args: &Bound<'_, pyo3::types::PyTuple>,
+        _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
+    ) -> PyResult<Self> {
+        let py = r#loop.py();
+        let core = r#loop.cast::<LoopCore>()?.clone().unbind();
+        let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+        // SAFETY: copies the current context; a new reference or NULL with an exception set.
+        let context = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? };
+        Ok(StreamTransport {
+            fd,
+            core,
+            context: context.unbind(),
+            inner: Mutex::new(Inner {
+                protocol: None,
+                buffered: false,
+                paused: false,
+                reading: false,
+                closing: false,
+                conn_lost: 0,
+                eof_requested: false,
+                protocol_paused: false,
+                high_water: DEFAULT_HIGH_WATER,
+                low_water: DEFAULT_HIGH_WATER / 4,
+                sendfile_active: false,
+                queue: VecDeque::new(),
+                head: 0,
+                queued: 0,
+            }),
+        })
+    }
+
+    /// Write `data` (bytes, bytearray or memoryview): sent now if the kernel takes it,
+    /// otherwise queued and flushed when the socket is writable.
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        // SAFETY: type checks on a live object.
+        let is_bytes = unsafe { ffi::PyBytes_Check(data.as_ptr()) } != 0;
+        if !is_bytes
+            && unsafe { ffi::PyByteArray_Check(data.as_ptr()) } == 0
+            && unsafe { ffi::PyMemoryView_Check(data.as_ptr()) } == 0
+        {
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not {:?}",
+                data.get_type().name()?.to_string()
+            )));
+        }
+        let view = BufferView::get(data, ffi::PyBUF_SIMPLE)?;
+        let len = view.len();
+        let mut inner = this.inner.lock();
+        if inner.eof_requested {
+            return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
+        }
+        if inner.sendfile_active {
+            return Err(PyRuntimeError::new_err(
+                "unable to write; sendfile is in progress",
+            ));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        if inner.conn_lost > 0 {
+            let warn = inner.conn_lost >= LOST_WRITES_BEFORE_WARNING;
+            inner.conn_lost += 1;
+            drop(inner);
+            if warn {
+                slf.call_method0(intern!(py, "_log_lost_write"))?;
+            }
+            return Ok(());
+        }
+        let mut offset = 0;
+        let start_writing = inner.queue.is_empty();
+        if start_writing {
+            // SAFETY: `view` covers `len` readable bytes for the duration of the call.
+            let n = unsafe { libc::send(this.fd, view.as_ptr().cast(), len, libc::MSG_NOSIGNAL) };
+            if n < 0 {
+                let errno = last_errno();
+                if !would_block(errno) && errno != libc::EINTR {
+                    drop(inner);
+                    drop(view);
+                    return Self::fatal(slf, os_error(errno), "Fatal write error on socket transport");
+                }
+            } else if n as usize == len {
+                return Ok(());
+            } else {
+                offset = n as usize;
+            }
+        }
+        let chunk = if is_bytes {
+            inner.head = if start_writing { offset } else { inner.head };
+            data.cast::<PyBytes>()?.clone().unbind()
+        } else {
+            // SAFETY: offset <= len; the view is alive. The caller may reuse its buffer: copy.
+            let rest = unsafe { std::slice::from_raw_parts(view.as_ptr().add(offset), len - offset) };
+            if start_writing {
+                inner.head = 0;
+            }
+            PyBytes::new(py, rest).unbind()
+        };
+        inner.queue.push_back(chunk);
+        inner.queued += len - offset;
+        let over_high_water = !inner.protocol_paused && inner.queued > inner.high_water;
+        drop(inner);
+        drop(view);
+        if start_writing {
+            this.core(py).watch_stream(py, this.fd, Direction::Write, true);
+            Self::drained(slf, Direction::Write);
+        }
+        if over_high_water {
+            slf.call_method0(intern!(py, "_maybe_pause_protocol"))?;
+        }
+        Ok(())
+    }
+
+    /// Bytes queued and not yet taken by the kernel.
+    fn get_write_buffer_size(&self) -> usize {
+        self.inner.lock().queued
+    }
+
+    fn is_closing(&self) -> bool {
+        self.inner.lock().closing
+    }
+
+    fn is_reading(&self) -> bool {
+        let inner = self.inner.lock();
+        !inner.paused && !inner.closing
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.inner.lock().protocol.as_ref().map(|p| p.clone_ref(py))
+    }
+
+    /// Registers the socket with the loop's reactor; False if something already watches it.
+    fn _attach_io(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let this = slf.get();
+        this.core(slf.py())
+            .attach_stream(slf.py(), this.fd, slf.clone().unbind())
+    }
+
+    /// Deregisters the socket (before it is closed) and drops anything still queued.
+    fn _detach_io(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let this = slf.get();
+        let queue = {
+            let mut inner = this.inner.lock();
+            inner.reading = false;
+            inner.queued = 0;
+            inner.head = 0;
+            std::mem::take(&mut inner.queue)
+        };
+        drop(queue);
+        this.core(py).release_stream(this.fd);
+    }
+
+    fn _set_protocol(&self, protocol: Py<PyAny>, buffered: bool) -> Option<Py<PyAny>> {
+        let mut inner = self.inner.lock();
+        inner.buffered = buffered;
+        inner.protocol.replace(protocol)
+    }
+
+    fn _take_protocol(&self) -> Option<Py<PyAny>> {
+        self.inner.lock().protocol.take()
+    }
+
+    fn _start_reading(slf: &Bound<'_, Self>) {
+        Self::set_reading(slf, true);
+    }
+
+    fn _stop_reading(slf: &Bound<'_, Self>) {
+        Self::set_reading(slf, false);
+    }
+
+    /// Drops the write queue and stops watching for writability (abort, fatal errors).
+    fn _clear_write_buffer(slf: &Bound<'_, Self>) -> bool {
+        let py = slf.py();
+        let this = slf.get();
+        let queue = {
+            let mut inner = this.inner.lock();
+            inner.queued = 0;
+            inner.head = 0;
+            std::mem::take(&mut inner.queue)
+        };
+        let had_data = !queue.is_empty();
+        drop(queue);
+        this.core(py).watch_stream(py, this.fd, Direction::Write, false);
+        had_data
+    }
+
+    #[getter]
+    fn _sock_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    #[getter]
+    fn _closing(&self) -> bool {
+        self.inner.lock().closing
+    }
+
+    #[setter(_closing)]
+    fn set_closing(&self, value: bool) {
+        self.inner.lock().closing = value;
+    }
+
+    #[getter]
+    fn _conn_lost(&self) -> u32 {
+        self.inner.lock().conn_lost
+    }
+
+    #[setter(_conn_lost)]
+    fn set_conn_lost(&self, value: u32) {
+        self.inner.lock().conn_lost = value;
+    }
+
+    #[getter]
+    fn _paused(&self) -> bool {
+        self.inner.lock().paused
+    }
+
+    #[setter(_paused)]
+    fn set_paused(&self, value: bool) {
+        self.inner.lock().paused = value;
+    }
+
+    #[getter]
+    fn _eof(&self) -> bool {
+        self.inner.lock().eof_requested
+    }
+
+    #[setter(_eof)]
+    fn set_eof(&self, value: bool) {
+        self.inner.lock().eof_requested = value;
+    }
+
+    #[getter]
+    fn _protocol_paused(&self) -> bool {
+        self.inner.lock().protocol_paused
+    }
+
+    #[setter(_protocol_paused)]
+    fn set_protocol_paused(&self, value: bool) {
+        self.inner.lock().protocol_paused = value;
+    }
+
+    #[getter]
+    fn _high_water(&self) -> usize {
+        self.inner.lock().high_water
+    }
+
+    #[setter(_high_water)]
+    fn set_high_water(&self, value: usize) {
+        self.inner.lock().high_water = value;
+    }
+
+    #[getter]
+    fn _low_water(&self) -> usize {
+        self.inner.lock().low_water
+    }
+
+    #[setter(_low_water)]
+    fn set_low_water(&self, value: usize) {
+        self.inner.lock().low_water = value;
+    }
+
+    #[getter]
+    fn _sendfile_active(&self) -> bool {
+        self.inner.lock().sendfile_active
+    }
+
+    #[setter(_sendfile_active)]
+    fn set_sendfile_active(&self, value: bool) {
+        self.inner.lock().sendfile_active = value;
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.core)?;
+        visit.call(&self.context)?;
+        if let Some(inner) = self.inner.try_lock() {
+            if let Some(protocol) = inner.protocol.as_ref() {
+                visit.call(protocol)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let protocol = self.inner.lock().protocol.take();
+        drop(protocol);
+    }
+}
