@@ -190,29 +190,39 @@ class Loop(
             raise ValueError(f"Invalid file descriptor: {fd}")
         return fd
 
+    def _ensure_fd_no_transport(self, fd):
+        """asyncio's rule: a descriptor an open transport uses is not for add_reader/sock_*."""
+        fd = self._fileobj_to_fd(fd)
+        transport = self._fd_transport(fd)
+        if transport is not None:
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
+        return fd
+
     def add_reader(self, fd, callback, *args):
         """Call ``callback(*args)`` every turn while ``fd`` is readable."""
         self._check_closed()
+        fd = self._ensure_fd_no_transport(fd)
         if self.get_debug():
             self._check_callback(callback, "add_reader")
-        self._add_reader(self._fileobj_to_fd(fd), callback, args)
+        self._add_reader(fd, callback, args)
         return None
 
     def remove_reader(self, fd):
         """Stop watching ``fd`` for reading; True if it was watched."""
-        return self._remove_reader(self._fileobj_to_fd(fd))
+        return self._remove_reader(self._ensure_fd_no_transport(fd))
 
     def add_writer(self, fd, callback, *args):
         """Call ``callback(*args)`` every turn while ``fd`` is writable."""
         self._check_closed()
+        fd = self._ensure_fd_no_transport(fd)
         if self.get_debug():
             self._check_callback(callback, "add_writer")
-        self._add_writer(self._fileobj_to_fd(fd), callback, args)
+        self._add_writer(fd, callback, args)
         return None
 
     def remove_writer(self, fd):
         """Stop watching ``fd`` for writing; True if it was watched."""
-        return self._remove_writer(self._fileobj_to_fd(fd))
+        return self._remove_writer(self._ensure_fd_no_transport(fd))
 
     def _debug_counts(self):
         """Pending work for leak checks: ready handles, live timers, user fd callbacks."""

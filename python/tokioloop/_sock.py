@@ -48,6 +48,7 @@ class SockSupport:
         (another sock_* call, or user code) replaced it, as with asyncio's selector loop.
         """
         self._check_closed()
+        self._ensure_fd_no_transport(fd)
         if kind == _READ:
             handle = self._add_reader(fd, callback, args)
             fut.add_done_callback(lambda _fut: self._remove_reader(fd, handle))
@@ -216,7 +217,7 @@ class SockSupport:
         fd = state.sock.fileno()
         if state.watching is not None:
             # Stop the watch first: it is re-armed below only if more remains to send.
-            self.remove_writer(state.watching)
+            self._remove_writer(state.watching)
         if fut.cancelled():
             state.restore_position()
             return
@@ -268,11 +269,13 @@ class SockSupport:
                 if done_fut.cancelled():
                     sock_fd = sock.fileno()
                     if sock_fd != -1:
-                        self.remove_writer(sock_fd)
+                        self._remove_writer(sock_fd)
 
             fut.add_done_callback(on_done)
         state.watching = fd
-        self.add_writer(fd, self._sendfile_step, fut, state)
+        # The private form: a transport's socket is lent to loop.sendfile this way.
+        self._check_closed()
+        self._add_writer(fd, self._sendfile_step, (fut, state))
 
     async def _sock_sendfile_fallback(self, sock, file, offset, count):
         if offset:

@@ -217,6 +217,11 @@ impl LoopCore {
         drop(old);
     }
 
+    /// See `Registry::arm`.
+    pub(crate) fn arm_stream(&self, fd: RawFd, direction: Direction) -> bool {
+        self.io.lock().arm(fd, direction)
+    }
+
     /// See `Registry::rearm`.
     pub(crate) fn rearm_stream(&self, fd: RawFd, direction: Direction) -> bool {
         self.io.lock().rearm(fd, direction)
@@ -576,6 +581,13 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
         Self::set_fd_callback(slf, fd, Direction::Write, callback, args)
+    }
+
+    /// The open native transport using `fd`, if any (asyncio refuses add_reader and sock_*
+    /// on such a descriptor).
+    fn _fd_transport(&self, py: Python<'_>, fd: RawFd) -> Option<Py<StreamTransport>> {
+        let owner = self.io.lock().owner(py, fd)?;
+        (!owner.get().closing()).then_some(owner)
     }
 
     #[pyo3(signature = (fd, handle=None))]

@@ -14,8 +14,9 @@ use crate::transports::stream::StreamTransport;
 pub enum Ready {
     Soon(Py<Handle>),
     Timer(Py<TimerHandle>),
-    /// A native transport's read or write (see `transports::stream`).
-    Stream(Py<StreamTransport>, Direction),
+    /// A native transport's read or write (see `transports::stream`); the flag is true when
+    /// a fresh edge queued it, false when the transport queued itself to look again.
+    Stream(Py<StreamTransport>, Direction, bool),
 }
 
 impl Ready {
@@ -40,7 +41,7 @@ impl Ready {
 
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
-            Ready::Stream(transport, _) => visit.call(transport),
+            Ready::Stream(transport, ..) => visit.call(transport),
             _ => match self.callback() {
                 Some(callback) => callback.traverse(visit),
                 None => Ok(()),
@@ -73,7 +74,7 @@ impl Ready {
         match self {
             Ready::Soon(h) => h.bind(py).clone().into_any(),
             Ready::Timer(t) => t.bind(py).clone().into_any(),
-            Ready::Stream(s, _) => s.bind(py).clone().into_any(),
+            Ready::Stream(s, ..) => s.bind(py).clone().into_any(),
         }
     }
 

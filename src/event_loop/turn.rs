@@ -78,8 +78,8 @@ pub async fn drive(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
                 item.finish();
                 continue;
             }
-            let outcome = if let Ready::Stream(transport, direction) = &item {
-                run_stream(slf, transport, *direction)
+            let outcome = if let Ready::Stream(transport, direction, edge) = &item {
+                run_stream(slf, transport, *direction, *edge)
             } else if core.debug() {
                 slf.call_method1(intern!(py, "_run_handle_debug"), (item.object(py),))
                     .map(drop)
@@ -124,10 +124,11 @@ fn run_stream(
     slf: &Bound<'_, LoopCore>,
     transport: &Py<crate::transports::stream::StreamTransport>,
     direction: crate::io::registry::Direction,
+    edge: bool,
 ) -> PyResult<()> {
     let py = slf.py();
     let transport = transport.bind(py);
-    match crate::transports::stream::StreamTransport::run(transport, direction) {
+    match crate::transports::stream::StreamTransport::run(transport, direction, edge) {
         Ok(()) => Ok(()),
         Err(err) if is_fatal(py, &err) => Err(err),
         Err(err) => slf

@@ -217,8 +217,9 @@ impl Registry {
             .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
     }
 
-    /// Sets the callback for one direction of `fd`, returning the one it replaces. A
-    /// descriptor owned by a native transport is refused: the transport is returned instead.
+    /// Sets the callback for one direction of `fd`, returning the one it replaces. A direction
+    /// a native transport is using is refused: the transport comes back instead. (Its idle
+    /// directions may be borrowed, as sendfile borrows the write side.)
     pub fn set(
         &mut self,
         py: Python<'_>,
@@ -227,10 +228,11 @@ impl Registry {
         handle: Py<Handle>,
     ) -> std::io::Result<Result<Option<Py<Handle>>, Py<StreamTransport>>> {
         let registration = self.ensure(fd)?;
-        if let Some(owner) = registration.owner.as_ref() {
-            return Ok(Err(owner.clone_ref(py)));
-        }
+        let owner = registration.owner.as_ref().map(|owner| owner.clone_ref(py));
         let side = registration.side(direction);
+        if let (Some(Target::Stream(_)), Some(owner)) = (side.target.as_ref(), owner) {
+            return Ok(Err(owner));
+        }
         // Readiness may predate this callback: check it on the next turn.
         let newly_hot = !side.hot;
         side.hot = true;
@@ -254,9 +256,6 @@ impl Registry {
         expected: Option<&Py<Handle>>,
     ) -> Option<Py<Handle>> {
         let registration = self.fds.get_mut(&fd)?;
-        if registration.owner.is_some() {
-            return None;
-        }
         let side = registration.side(direction);
         let Some(Target::Callback(current)) = side.target.as_ref() else {
             return None;
@@ -271,10 +270,19 @@ impl Registry {
             Some(Target::Callback(old)) => Some(old),
             _ => None,
         };
-        if registration.read.target.is_none() && registration.write.target.is_none() {
+        if registration.owner.is_none()
+            && registration.read.target.is_none()
+            && registration.write.target.is_none()
+        {
             self.fds.remove(&fd);
         }
         old
+    }
+
+    /// The native transport that owns `fd`, if any.
+    pub fn owner(&self, py: Python<'_>, fd: RawFd) -> Option<Py<StreamTransport>> {
+        let owner = self.fds.get(&fd)?.owner.as_ref()?;
+        Some(owner.clone_ref(py))
     }
 
     /// Registers a transport's socket; it then owns `fd` here until [`Registry::release_stream`].
@@ -321,6 +329,21 @@ impl Registry {
             out.extend(registration.owner.take().map(Target::Stream));
         }
         out
+    }
+
+    /// When a transport starts reading: true if tokio already saw the direction ready (the
+    /// transport should look now); otherwise the waker is left registered for the next edge.
+    pub fn arm(&mut self, fd: RawFd, direction: Direction) -> bool {
+        let Some(registration) = self.fds.get_mut(&fd) else {
+            return false;
+        };
+        let waker = registration.side(direction).waker.clone();
+        let mut cx = Context::from_waker(&waker);
+        let poll = match direction {
+            Direction::Read => registration.fd.poll_read_ready(&mut cx).map(|r| r.map(drop)),
+            Direction::Write => registration.fd.poll_write_ready(&mut cx).map(|r| r.map(drop)),
+        };
+        poll.is_ready()
     }
 
     /// After a transport's syscall showed `direction` drained: forgets tokio's stale readiness
@@ -412,7 +435,7 @@ impl Registry {
                 }
                 side.checked_round = round;
                 if let Some(Target::Stream(transport)) = side.target.as_ref() {
-                    out.push(Ready::Stream(transport.clone_ref(py), direction));
+                    out.push(Ready::Stream(transport.clone_ref(py), direction, true));
                 } else if Self::check(py, registration, direction, true, out) {
                     self.hot.push((fd, direction));
                 }
@@ -480,7 +503,7 @@ impl Registry {
 }
 
 /// Zero-timeout `poll(2)`: is the descriptor ready in `direction` right now?
-fn level_ready(fd: RawFd, direction: Direction) -> bool {
+pub fn level_ready(fd: RawFd, direction: Direction) -> bool {
     let events = match direction {
         Direction::Read => libc::POLLIN,
         Direction::Write => libc::POLLOUT,

@@ -127,7 +127,11 @@ impl StreamTransport {
     fn requeue(slf: &Bound<'_, Self>, direction: Direction) {
         let this = slf.get();
         this.core(slf.py())
-            .push_ready(Ready::Stream(slf.clone().unbind(), direction));
+            .push_ready(Ready::Stream(slf.clone().unbind(), direction, false));
+    }
+
+    pub fn closing(&self) -> bool {
+        self.inner.lock().closing
     }
 
     /// The last syscall showed `direction` drained: wait for the next edge (or retry at once
@@ -149,7 +153,7 @@ impl StreamTransport {
     }
 
     /// The turn's entry: one read or one flush, inside the transport's context.
-    pub fn run(slf: &Bound<'_, Self>, direction: Direction) -> PyResult<()> {
+    pub fn run(slf: &Bound<'_, Self>, direction: Direction, edge: bool) -> PyResult<()> {
         let py = slf.py();
         let context = slf.get().context.as_ptr();
         // SAFETY: `context` is a live Context owned by the transport; enter and exit pair up
@@ -158,7 +162,7 @@ impl StreamTransport {
             return Err(PyErr::fetch(py));
         }
         let outcome = match direction {
-            Direction::Read => Self::on_readable(slf),
+            Direction::Read => Self::on_readable(slf, edge),
             Direction::Write => Self::on_writable(slf),
         };
         // SAFETY: as above.
@@ -169,7 +173,7 @@ impl StreamTransport {
         outcome
     }
 
-    fn on_readable(slf: &Bound<'_, Self>) -> PyResult<()> {
+    fn on_readable(slf: &Bound<'_, Self>, edge: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let (protocol, buffered) = {
@@ -183,6 +187,12 @@ impl StreamTransport {
         };
         let protocol = protocol.into_bound(py);
         if buffered {
+            // A selector calls get_buffer() only when data (or EOF) is there. An edge says
+            // so; a read queued without one must look first.
+            if !edge && !crate::io::registry::level_ready(this.fd, Direction::Read) {
+                Self::drained(slf, Direction::Read);
+                return Ok(());
+            }
             return Self::read_into_protocol(slf, &protocol);
         }
         let received = READ_BUFFER.with(|cell| {
@@ -372,9 +382,10 @@ impl StreamTransport {
             }
             inner.reading = on;
         }
-        this.core(py).watch_stream(py, this.fd, Direction::Read, on);
-        if on {
-            // Data may have arrived before the edge could be seen: look once, next turn.
+        let core = this.core(py);
+        core.watch_stream(py, this.fd, Direction::Read, on);
+        // An edge may have come while nobody listened (before the start, or while paused).
+        if on && core.arm_stream(this.fd, Direction::Read) {
             Self::requeue(slf, Direction::Read);
         }
     }
@@ -455,8 +466,8 @@ impl StreamTransport {
             && unsafe { ffi::PyMemoryView_Check(data.as_ptr()) } == 0
         {
             return Err(PyTypeError::new_err(format!(
-                "data argument must be a bytes-like object, not {:?}",
-                data.get_type().name()?.to_string()
+                "data argument must be a bytes-like object, not {}",
+                data.get_type().name()?.repr()?
             )));
         }
         let view = BufferView::get(data, ffi::PyBUF_SIMPLE)?;
