@@ -19,6 +19,7 @@ import weakref
 from ._dns import DnsSupport
 from ._errors import ExceptionHandling
 from ._executor import ExecutorSupport
+from ._net import NetSupport
 from ._signals import SignalSupport
 from ._sock import SockSupport
 from ._transport import TransportSupport
@@ -46,7 +47,7 @@ def _format_handle(handle):
 
 class Loop(
     LoopCore, ExceptionHandling, ExecutorSupport, SignalSupport, SockSupport, DnsSupport,
-    TransportSupport, NotYetBuilt, asyncio.AbstractEventLoop,
+    NetSupport, TransportSupport, NotYetBuilt, asyncio.AbstractEventLoop,
 ):
     """An asyncio event loop on a tokio current-thread runtime. Create with ``new_event_loop()``."""
 

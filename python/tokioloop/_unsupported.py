@@ -8,13 +8,7 @@ they are built natively, and leave this list.
 from __future__ import annotations
 
 NOT_YET_BUILT = (
-    "create_connection",
-    "create_server",
-    "sendfile",
     "start_tls",
-    "create_unix_connection",
-    "create_unix_server",
-    "connect_accepted_socket",
     "create_datagram_endpoint",
     "connect_read_pipe",
     "connect_write_pipe",
