@@ -1,0 +1,289 @@
+//! Closed-loop load generator for benches/echo.py and benches/http.py.
+//!
+//!   echo_client (--tcp HOST:PORT | --unix PATH) [--conns 10] [--size 1k]
+//!               [--warmup 1] [--duration 3] [--http] [--path /]
+//!
+//! Opens --conns connections, then each connection repeats one request at a
+//! time: echo mode writes --size bytes and reads exactly that many back
+//! (checking they match); --http sends a fixed keep-alive GET and reads one
+//! response (headers, then Content-Length bytes of body).
+//!
+//! Runs on one thread (tokio current-thread runtime), so it stays on the core
+//! it is pinned to. Stdout, one line each: "start" when the measured window
+//! opens (after --warmup), "end" when it closes (--duration later), then one
+//! JSON object. Only requests that complete inside the window are counted.
+//! The process exits right after the JSON, without waiting for requests in
+//! flight, so a stalled server can't hang it. Any connection error makes the
+//! JSON carry an "error" key.
+
+use echo_load::{die, header_end, Args, Endpoint};
+use std::cell::{Cell, RefCell};
+use std::io::Write;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+#[derive(Default)]
+struct Shared {
+    /// The measured window, [from, to); None until it opens / closes.
+    from: Cell<Option<Instant>>,
+    to: Cell<Option<Instant>>,
+    lat_ns: RefCell<Vec<u64>>,
+    errors: RefCell<Vec<String>>,
+}
+
+impl Shared {
+    fn record(&self, sent: Instant, done: Instant) {
+        let Some(from) = self.from.get() else { return };
+        if done < from || self.to.get().is_some_and(|to| done >= to) {
+            return;
+        }
+        self.lat_ns.borrow_mut().push((done - sent).as_nanos() as u64);
+    }
+}
+
+enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+async fn connect(ep: &Endpoint) -> std::io::Result<Conn> {
+    match ep {
+        Endpoint::Tcp(a) => {
+            let s = TcpStream::connect(a.as_str()).await?;
+            s.set_nodelay(true)?;
+            Ok(Conn::Tcp(s))
+        }
+        Endpoint::Unix(p) => Ok(Conn::Unix(UnixStream::connect(p).await?)),
+    }
+}
+
+/// Echo: write the message and read the echo concurrently (so a server that
+/// stops reading while its writes are blocked can't deadlock us), then check it.
+async fn echo_loop<R, W>(mut r: R, mut w: W, size: usize, sh: Rc<Shared>) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let msg: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let mut buf = vec![0u8; size];
+    loop {
+        let sent = Instant::now();
+        tokio::try_join!(w.write_all(&msg), r.read_exact(&mut buf))?;
+        let done = Instant::now();
+        if buf != msg {
+            return Err(std::io::Error::other("echoed bytes differ from the message sent"));
+        }
+        sh.record(sent, done);
+    }
+}
+
+/// HTTP: one GET at a time; read headers, then Content-Length bytes of body.
+async fn http_loop<R, W>(mut r: R, mut w: W, path: String, sh: Rc<Shared>) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: echo_client\r\n\r\n");
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let sent = Instant::now();
+        w.write_all(req.as_bytes()).await?;
+        let head = loop {
+            if let Some(end) = header_end(&buf) {
+                break end;
+            }
+            let n = r.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::Error::other("server closed the connection"));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let text = String::from_utf8_lossy(&buf[..head]).to_string();
+        if !text.starts_with("HTTP/1.1 200") && !text.starts_with("HTTP/1.0 200") {
+            let line = text.lines().next().unwrap_or("").to_string();
+            return Err(std::io::Error::other(format!("bad status line {line:?}")));
+        }
+        let len = text
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+            .ok_or_else(|| std::io::Error::other("response without Content-Length"))?;
+        while buf.len() < head + len {
+            let n = r.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::Error::other("server closed the connection mid-body"));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        buf.drain(..head + len);
+        sh.record(sent, Instant::now());
+    }
+}
+
+async fn drive(conn: Conn, http: Option<String>, size: usize, sh: Rc<Shared>) {
+    let res = match (conn, http) {
+        (Conn::Tcp(mut s), None) => {
+            let (r, w) = s.split();
+            echo_loop(r, w, size, sh.clone()).await
+        }
+        (Conn::Unix(mut s), None) => {
+            let (r, w) = s.split();
+            echo_loop(r, w, size, sh.clone()).await
+        }
+        (Conn::Tcp(mut s), Some(p)) => {
+            let (r, w) = s.split();
+            http_loop(r, w, p, sh.clone()).await
+        }
+        (Conn::Unix(mut s), Some(p)) => {
+            let (r, w) = s.split();
+            http_loop(r, w, p, sh.clone()).await
+        }
+    };
+    if let Err(e) = res {
+        // An error after the window closed doesn't matter; we are exiting anyway.
+        if sh.to.get().is_none() {
+            sh.errors.borrow_mut().push(e.to_string());
+        }
+    }
+}
+
+fn line(s: &str) {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{s}");
+    let _ = out.flush();
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[i.clamp(1, sorted.len()) - 1] as f64 / 1000.0
+}
+
+struct Config {
+    ep: Endpoint,
+    conns: usize,
+    size: usize,
+    warmup: Duration,
+    duration: Duration,
+    http: Option<String>,
+}
+
+async fn run(cfg: Config) -> String {
+    let sh = Rc::new(Shared::default());
+    let mut conns = Vec::with_capacity(cfg.conns);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for _ in 0..cfg.conns {
+        // A few retries: the listener may be up but its backlog busy.
+        let c = loop {
+            match connect(&cfg.ep).await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() >= deadline => {
+                    return format!("{{\"error\": {}}}", json_str(&format!("connect {}: {e}", cfg.ep)));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        conns.push(c);
+    }
+    for c in conns {
+        tokio::task::spawn_local(drive(c, cfg.http.clone(), cfg.size, sh.clone()));
+    }
+    tokio::time::sleep(cfg.warmup).await;
+    let from = Instant::now();
+    sh.from.set(Some(from));
+    line("start");
+    tokio::time::sleep(cfg.duration).await;
+    let to = Instant::now();
+    sh.to.set(Some(to));
+    line("end");
+
+    let secs = (to - from).as_secs_f64();
+    let mut lat = std::mem::take(&mut *sh.lat_ns.borrow_mut());
+    lat.sort_unstable();
+    let n = lat.len();
+    let mean = if n > 0 { lat.iter().sum::<u64>() as f64 / n as f64 / 1000.0 } else { 0.0 };
+    let payload = if cfg.http.is_some() { 0 } else { cfg.size };
+    let mut j = format!(
+        "{{\"mode\": \"{}\", \"endpoint\": {}, \"conns\": {}, \"size\": {}, \"seconds\": {:.6}, \
+         \"requests\": {}, \"rps\": {:.1}, \"mb_s\": {:.3}, \"mean_us\": {:.2}, \"p50_us\": {:.2}, \
+         \"p90_us\": {:.2}, \"p99_us\": {:.2}, \"max_us\": {:.2}",
+        if cfg.http.is_some() { "http" } else { "echo" },
+        json_str(&cfg.ep.to_string()),
+        cfg.conns,
+        payload,
+        secs,
+        n,
+        n as f64 / secs,
+        (n * payload) as f64 / secs / 1e6,
+        mean,
+        pct(&lat, 50.0),
+        pct(&lat, 90.0),
+        pct(&lat, 99.0),
+        lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+    );
+    let errors = sh.errors.borrow();
+    if let Some(first) = errors.first() {
+        j.push_str(&format!(
+            ", \"error\": {}, \"failed_conns\": {}",
+            json_str(&format!("{} of {} connections failed: {first}", errors.len(), cfg.conns)),
+            errors.len()
+        ));
+    } else if n == 0 {
+        j.push_str(", \"error\": \"no request completed in the measured window (server stalled?)\"");
+    }
+    j.push('}');
+    j
+}
+
+const USAGE: &str = "usage: echo_client (--tcp HOST:PORT | --unix PATH) [--conns 10] [--size 1k] \
+[--warmup 1] [--duration 3] [--http] [--path /]";
+
+fn main() {
+    let args = Args::parse(&["http", "help"]).unwrap_or_else(|e| die(&e));
+    if args.flag("help") {
+        println!("{USAGE}");
+        return;
+    }
+    args.check_known(&["tcp", "unix", "conns", "size", "warmup", "duration", "http", "path"])
+        .unwrap_or_else(|e| die(&format!("{e}\n{USAGE}")));
+    let cfg = Config {
+        ep: args.endpoint().unwrap_or_else(|e| die(&e)),
+        conns: args.usize_or("conns", 10).unwrap_or_else(|e| die(&e)).max(1),
+        size: args.usize_or("size", 1024).unwrap_or_else(|e| die(&e)).max(1),
+        warmup: args.secs_or("warmup", 1.0).unwrap_or_else(|e| die(&e)),
+        duration: args.secs_or("duration", 3.0).unwrap_or_else(|e| die(&e)),
+        http: args.flag("http").then(|| args.get("path").unwrap_or("/").to_string()),
+    };
+    if cfg.duration.is_zero() {
+        die("--duration must be > 0");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| die(&format!("runtime: {e}")));
+    let local = tokio::task::LocalSet::new();
+    let out = local.block_on(&rt, run(cfg));
+    line(&out);
+    // Don't wait for requests in flight (or a stalled server): exit now.
+    std::process::exit(0);
+}

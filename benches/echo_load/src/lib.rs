@@ -1,0 +1,117 @@
+//! Shared bits of `echo_client` and `echo_server`: a tiny argument parser and
+//! the endpoint type (TCP `host:port` or a Unix socket path).
+
+use std::time::Duration;
+
+/// Where to connect or listen.
+#[derive(Clone, Debug)]
+pub enum Endpoint {
+    Tcp(String),
+    Unix(String),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => write!(f, "tcp:{a}"),
+            Endpoint::Unix(p) => write!(f, "unix:{p}"),
+        }
+    }
+}
+
+/// `--name value` / `--name=value` / `--flag` arguments, nothing fancier.
+pub struct Args {
+    items: Vec<(String, Option<String>)>,
+}
+
+impl Args {
+    /// Parse `std::env::args()`. `flags` are the options that take no value.
+    pub fn parse(flags: &[&str]) -> Result<Args, String> {
+        let mut items = Vec::new();
+        let mut it = std::env::args().skip(1);
+        while let Some(arg) = it.next() {
+            let Some(name) = arg.strip_prefix("--") else {
+                return Err(format!("unexpected argument {arg:?}"));
+            };
+            if let Some((k, v)) = name.split_once('=') {
+                items.push((k.to_string(), Some(v.to_string())));
+            } else if flags.contains(&name) {
+                items.push((name.to_string(), None));
+            } else {
+                let v = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
+                items.push((name.to_string(), Some(v)));
+            }
+        }
+        Ok(Args { items })
+    }
+
+    pub fn check_known(&self, known: &[&str]) -> Result<(), String> {
+        match self.items.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            Some((k, _)) => Err(format!("unknown option --{k}")),
+            None => Ok(()),
+        }
+    }
+
+    pub fn flag(&self, name: &str) -> bool {
+        self.items.iter().any(|(k, _)| k == name)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.items.iter().rev().find(|(k, _)| k == name).and_then(|(_, v)| v.as_deref())
+    }
+
+    pub fn endpoint(&self) -> Result<Endpoint, String> {
+        match (self.get("tcp"), self.get("unix")) {
+            (Some(a), None) => Ok(Endpoint::Tcp(a.to_string())),
+            (None, Some(p)) => Ok(Endpoint::Unix(p.to_string())),
+            _ => Err("give exactly one of --tcp HOST:PORT or --unix PATH".into()),
+        }
+    }
+
+    pub fn usize_or(&self, name: &str, default: usize) -> Result<usize, String> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => parse_size(v).ok_or_else(|| format!("--{name}: bad number {v:?}")),
+        }
+    }
+
+    pub fn secs_or(&self, name: &str, default: f64) -> Result<Duration, String> {
+        let v = match self.get(name) {
+            None => default,
+            Some(v) => v.parse::<f64>().map_err(|_| format!("--{name}: bad seconds {v:?}"))?,
+        };
+        if !(v >= 0.0 && v.is_finite()) {
+            return Err(format!("--{name}: must be >= 0"));
+        }
+        Ok(Duration::from_secs_f64(v))
+    }
+}
+
+/// "1024", "1k"/"1K"/"1KiB" (x1024), "1m"/"1MiB" (x1024²).
+pub fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let lower = s.to_ascii_lowercase();
+    let (num, mult) = if let Some(n) = lower.strip_suffix("kib").or(lower.strip_suffix('k')) {
+        (n.to_string(), 1024)
+    } else if let Some(n) = lower.strip_suffix("mib").or(lower.strip_suffix('m')) {
+        (n.to_string(), 1024 * 1024)
+    } else {
+        (lower.clone(), 1)
+    };
+    num.trim().parse::<usize>().ok().map(|n| n * mult)
+}
+
+/// The fixed response of the HTTP mode of `echo_server` (same bytes as benches/http.py's).
+pub const HTTP_RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, World!";
+
+/// Position just past the first "\r\n\r\n" in `buf`, if any.
+pub fn header_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// Exits with status 2 and a message on stderr.
+pub fn die(msg: &str) -> ! {
+    eprintln!("error: {msg}");
+    std::process::exit(2)
+}
