@@ -9,6 +9,7 @@ mod event_loop;
 mod handles;
 mod io;
 mod runtime;
+mod sock;
 mod transports;
 
 use pyo3::prelude::*;
@@ -20,5 +21,10 @@ fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<transports::stream::StreamTransport>()?;
+    m.add_class::<sock::SockWait>()?;
+    m.add_function(wrap_pyfunction!(sock::_sock_recv_now, m)?)?;
+    m.add_function(wrap_pyfunction!(sock::_sock_send_now, m)?)?;
+    m.add_function(wrap_pyfunction!(sock::_sock_recv_wait, m)?)?;
+    m.add_function(wrap_pyfunction!(sock::_sock_sendall_wait, m)?)?;
     Ok(())
 }

@@ -15,6 +15,8 @@ import os
 import socket
 from asyncio import constants, exceptions
 
+from ._tokioloop import _sock_recv_now, _sock_recv_wait, _sock_send_now, _sock_sendall_wait
+
 try:
     import ssl
 except ImportError:  # pragma: no cover - interpreter built without ssl
@@ -76,7 +78,14 @@ class SockSupport:
     async def sock_recv(self, sock, n):
         """Receive up to ``n`` bytes from ``sock``; b'' at end of stream."""
         self._sock_checks(sock)
-        return await self._sock_read_op(sock, "recv", n)
+        fd = sock.fileno()
+        data = _sock_recv_now(fd, n)
+        if data is not None:
+            return data
+        self._check_closed()
+        self._ensure_fd_no_transport(fd)
+        fut, handle = _sock_recv_wait(self, fd, n)
+        return await self._sock_await(fut, fd, handle, self._remove_reader)
 
     async def sock_recv_into(self, sock, buf):
         """Receive into the writable buffer ``buf``; return the number of bytes written."""
@@ -100,36 +109,23 @@ class SockSupport:
     async def sock_sendall(self, sock, data):
         """Send all of ``data``, waiting for the socket to drain as often as needed."""
         self._sock_checks(sock)
-        try:
-            sent = sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        if sent == len(data):
+        fd = sock.fileno()
+        sent = _sock_send_now(fd, data)
+        if sent is None:
             return None
-        fut = self.create_future()
-        self._sock_watch(
-            fut, sock.fileno(), _WRITE, self._sock_sendall_more, fut, sock, memoryview(data), [sent]
-        )
-        return await fut
+        self._check_closed()
+        self._ensure_fd_no_transport(fd)
+        fut, handle = _sock_sendall_wait(self, fd, data, sent)
+        return await self._sock_await(fut, fd, handle, self._remove_writer)
 
-    def _sock_sendall_more(self, fut, sock, view, position):
-        if fut.done():
-            return
-        start = position[0]
+    @staticmethod
+    async def _sock_await(fut, fd, handle, remove):
+        """Await a native wait; if we leave before it finished (cancelled), end its watch."""
         try:
-            sent = sock.send(view[start:])
-        except (BlockingIOError, InterruptedError):
-            return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-            return
-        start += sent
-        if start == len(view):
-            fut.set_result(None)
-        else:
-            position[0] = start
+            return await fut
+        finally:
+            if not fut.done() or fut.cancelled():
+                remove(fd, handle)
 
     async def sock_sendto(self, sock, data, address):
         """Send the datagram ``data`` to ``address``; return the number of bytes sent."""

@@ -299,7 +299,7 @@ impl LoopCore {
         Ok(handle)
     }
 
-    fn set_fd_callback(
+    pub(crate) fn set_fd_callback(
         slf: &Bound<'_, Self>,
         fd: RawFd,
         direction: Direction,
@@ -331,7 +331,12 @@ impl LoopCore {
         Ok(handle)
     }
 
-    fn remove_fd_callback(&self, fd: RawFd, direction: Direction, expected: Option<&Py<Handle>>) -> bool {
+    pub(crate) fn remove_fd_callback(
+        &self,
+        fd: RawFd,
+        direction: Direction,
+        expected: Option<&Py<Handle>>,
+    ) -> bool {
         if self.closed.load(Ordering::Relaxed) {
             return false;
         }

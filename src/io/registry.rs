@@ -233,14 +233,24 @@ impl Registry {
         if let (Some(Target::Stream(_)), Some(owner)) = (side.target.as_ref(), owner) {
             return Ok(Err(owner));
         }
-        // Readiness may predate this callback: check it on the next turn.
-        let newly_hot = !side.hot;
-        side.hot = true;
         let old = match side.target.replace(Target::Callback(handle)) {
             Some(Target::Callback(old)) => Some(old),
             _ => None,
         };
-        if newly_hot {
+        if side.hot {
+            return Ok(Ok(old));
+        }
+        // Readiness may predate this callback. If tokio has not seen the direction ready,
+        // polling it registers the waker and the next edge tells (a new registration's first
+        // epoll report included): no syscall. If it has, it may be stale: poll(2) next turn.
+        let waker = side.waker.clone();
+        let mut cx = Context::from_waker(&waker);
+        let seen_ready = match direction {
+            Direction::Read => registration.fd.poll_read_ready(&mut cx).is_ready(),
+            Direction::Write => registration.fd.poll_write_ready(&mut cx).is_ready(),
+        };
+        if seen_ready {
+            registration.side(direction).hot = true;
             self.hot.push((fd, direction));
             self.notices.pending.store(true, Ordering::Release);
         }

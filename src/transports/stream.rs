@@ -84,12 +84,12 @@ fn would_block(errno: i32) -> bool {
 }
 
 /// A borrowed `Py_buffer` over a bytes-like object, released on drop.
-struct BufferView {
+pub(crate) struct BufferView {
     view: ffi::Py_buffer,
 }
 
 impl BufferView {
-    fn get(object: &Bound<'_, PyAny>, flags: std::os::raw::c_int) -> PyResult<Self> {
+    pub(crate) fn get(object: &Bound<'_, PyAny>, flags: std::os::raw::c_int) -> PyResult<Self> {
         let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
         // SAFETY: PyObject_GetBuffer fills `view` on success (0) and leaves it unused on failure.
         unsafe {
@@ -102,11 +102,11 @@ impl BufferView {
         }
     }
 
-    fn as_ptr(&self) -> *mut u8 {
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.view.buf.cast()
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.view.len as usize
     }
 }

@@ -1,0 +1,262 @@
+//! The hot half of `loop.sock_recv` and `loop.sock_sendall`.
+//!
+//! asyncio tries the syscall first and, if the socket would block, watches the descriptor
+//! and retries from a reader or writer callback until the syscall succeeds or fails. In
+//! Python that costs an exception per would-block, a closure per wait and a done-callback
+//! per completion. Here the tries return `None` instead of raising, and a wait is one
+//! [`SockWait`] registered as the fd callback: it retries natively, resolves the future and
+//! removes its own watch. Cancellation is the caller's: `python/tokioloop/_sock.py` removes
+//! the watch (by handle, so only if still ours) when the awaiting coroutine leaves early.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use crate::errors::{last_errno, os_error};
+use crate::event_loop::LoopCore;
+use crate::handles::Handle;
+use crate::io::registry::Direction;
+use crate::transports::stream::BufferView;
+
+/// Reads up to this size go through one reused buffer, then an exact-size copy.
+const SMALL_READ: usize = 256 * 1024;
+
+thread_local! {
+    static RECV_BUFFER: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; SMALL_READ].into_boxed_slice());
+}
+
+fn would_block(errno: i32) -> bool {
+    errno == libc::EAGAIN || errno == libc::EWOULDBLOCK || errno == libc::EINTR
+}
+
+/// One non-blocking `recv(fd, n)`: the bytes, `None` if it would block, or the OSError.
+fn recv_once(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyBytes>>> {
+    let outcome = if n <= SMALL_READ {
+        RECV_BUFFER.with(|cell| {
+            let mut buffer = cell.borrow_mut();
+            // SAFETY: the buffer has at least n writable bytes.
+            let got = unsafe { libc::recv(fd, buffer.as_mut_ptr().cast(), n, libc::MSG_DONTWAIT) };
+            (got >= 0).then(|| PyBytes::new(py, &buffer[..got as usize]).unbind())
+        })
+    } else {
+        let mut received = 0isize;
+        let bytes = PyBytes::new_with(py, n, |space| {
+            // SAFETY: `space` is n writable bytes owned by the new object.
+            received = unsafe { libc::recv(fd, space.as_mut_ptr().cast(), n, libc::MSG_DONTWAIT) };
+            Ok(())
+        })?;
+        (received >= 0).then(|| {
+            // A big request that got little: copy out rather than keep n bytes alive.
+            PyBytes::new(py, &bytes.as_bytes()[..received as usize]).unbind()
+        })
+    };
+    match outcome {
+        Some(data) => Ok(Some(data)),
+        None => {
+            let errno = last_errno();
+            if would_block(errno) {
+                Ok(None)
+            } else {
+                Err(os_error(errno))
+            }
+        }
+    }
+}
+
+/// One non-blocking `send` of `data[start..]`: bytes sent (0 if it would block), or the OSError.
+fn send_once(fd: RawFd, data: &Bound<'_, PyAny>, start: usize) -> PyResult<(usize, usize)> {
+    let view = BufferView::get(data, pyo3::ffi::PyBUF_SIMPLE)?;
+    let len = view.len();
+    if start >= len {
+        return Ok((0, len));
+    }
+    // SAFETY: `view` covers len readable bytes; start < len.
+    let sent = unsafe {
+        libc::send(
+            fd,
+            view.as_ptr().add(start).cast(),
+            len - start,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if sent >= 0 {
+        return Ok((sent as usize, len));
+    }
+    let errno = last_errno();
+    if would_block(errno) {
+        Ok((0, len))
+    } else {
+        Err(os_error(errno))
+    }
+}
+
+/// `recv(fd, n)` now: the bytes (b'' at end of stream), or None if the socket would block.
+#[pyfunction]
+pub fn _sock_recv_now(py: Python<'_>, fd: RawFd, n: isize) -> PyResult<Option<Py<PyBytes>>> {
+    if n < 0 {
+        return Err(PyValueError::new_err("negative buffersize in recv"));
+    }
+    recv_once(py, fd, n as usize)
+}
+
+/// `send(fd, data)` now: None if all of it went, else how many bytes did (0: would block).
+#[pyfunction]
+pub fn _sock_send_now(fd: RawFd, data: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
+    let (sent, len) = send_once(fd, data, 0)?;
+    Ok((sent < len).then_some(sent))
+}
+
+enum Operation {
+    Recv(usize),
+    SendAll { data: Py<PyAny>, position: AtomicUsize },
+}
+
+/// A pending sock_recv or sock_sendall: the fd callback that finishes it.
+#[pyclass(frozen, module = "tokioloop._tokioloop")]
+pub struct SockWait {
+    core: Py<LoopCore>,
+    fd: RawFd,
+    future: Py<PyAny>,
+    operation: Operation,
+    /// Our registration, taken when we finish: removal is by identity, so a later watch on
+    /// the same fd (asyncio lets one replace another) is left alone.
+    handle: Mutex<Option<Py<Handle>>>,
+}
+
+impl SockWait {
+    fn direction(&self) -> Direction {
+        match self.operation {
+            Operation::Recv(_) => Direction::Read,
+            Operation::SendAll { .. } => Direction::Write,
+        }
+    }
+
+    fn stop(&self) {
+        let handle = self.handle.lock().take();
+        if let Some(handle) = handle {
+            self.core
+                .get()
+                .remove_fd_callback(self.fd, self.direction(), Some(&handle));
+        }
+    }
+
+    fn finish(&self, py: Python<'_>, outcome: PyResult<Py<PyAny>>) -> PyResult<()> {
+        self.stop();
+        let future = self.future.bind(py);
+        match outcome {
+            Ok(value) => future.call_method1(intern!(py, "set_result"), (value,))?,
+            Err(err) => future.call_method1(intern!(py, "set_exception"), (err.into_value(py),))?,
+        };
+        Ok(())
+    }
+
+    /// Creates the future, registers the wait and returns (future, handle).
+    fn start<'py>(
+        slf: &Bound<'py, LoopCore>,
+        fd: RawFd,
+        operation: Operation,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let py = slf.py();
+        let future = slf.call_method0(intern!(py, "create_future"))?;
+        let wait = Bound::new(
+            py,
+            SockWait {
+                core: slf.clone().unbind(),
+                fd,
+                future: future.clone().unbind(),
+                operation,
+                handle: Mutex::new(None),
+            },
+        )?;
+        let direction = wait.get().direction();
+        let handle =
+            LoopCore::set_fd_callback(slf, fd, direction, wait.clone().into_any(), PyTuple::empty(py))?;
+        *wait.get().handle.lock() = Some(handle.clone_ref(py));
+        PyTuple::new(py, [future.into_any(), handle.into_bound(py).into_any()])
+    }
+}
+
+#[pymethods]
+impl SockWait {
+    /// The readiness callback: one more try.
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        if self
+            .future
+            .bind(py)
+            .call_method0(intern!(py, "done"))?
+            .is_truthy()?
+        {
+            self.stop();
+            return Ok(());
+        }
+        match &self.operation {
+            Operation::Recv(n) => match recv_once(py, self.fd, *n) {
+                Ok(None) => Ok(()),
+                Ok(Some(data)) => self.finish(py, Ok(data.into_any())),
+                Err(err) => self.finish(py, Err(err)),
+            },
+            Operation::SendAll { data, position } => {
+                let start = position.load(Ordering::Relaxed);
+                match send_once(self.fd, data.bind(py), start) {
+                    Ok((sent, len)) => {
+                        position.store(start + sent, Ordering::Relaxed);
+                        if start + sent >= len {
+                            self.finish(py, Ok(py.None()))
+                        } else {
+                            Ok(())
+                        }
+                    }
+                    Err(err) => self.finish(py, Err(err)),
+                }
+            }
+        }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.core)?;
+        visit.call(&self.future)?;
+        if let Operation::SendAll { data, .. } = &self.operation {
+            visit.call(data)?;
+        }
+        if let Some(handle) = self.handle.try_lock() {
+            if let Some(handle) = handle.as_ref() {
+                visit.call(handle)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits for `fd` to be readable, then `recv(n)` into the returned future.
+#[pyfunction]
+pub fn _sock_recv_wait<'py>(
+    r#loop: &Bound<'py, LoopCore>,
+    fd: RawFd,
+    n: usize,
+) -> PyResult<Bound<'py, PyTuple>> {
+    SockWait::start(r#loop, fd, Operation::Recv(n))
+}
+
+/// Sends `data[start:]` as the socket drains; the returned future resolves with None.
+#[pyfunction]
+pub fn _sock_sendall_wait<'py>(
+    r#loop: &Bound<'py, LoopCore>,
+    fd: RawFd,
+    data: Bound<'py, PyAny>,
+    start: usize,
+) -> PyResult<Bound<'py, PyTuple>> {
+    SockWait::start(
+        r#loop,
+        fd,
+        Operation::SendAll {
+            data: data.unbind(),
+            position: AtomicUsize::new(start),
+        },
+    )
+}
