@@ -1,11 +1,13 @@
-//! `getaddrinfo` on tokio's blocking pool, without the GIL.
+//! `getaddrinfo` and `getnameinfo` on tokio's blocking pool, without the GIL.
 //!
 //! The loop thread turns the Python arguments into C strings and hands the lookup to one of the
 //! runtime's blocking threads, which calls libc `getaddrinfo` holding no Python object at all;
 //! its answer (plain Rust data) goes into [`Completions`] and wakes the loop. The next turn
 //! resolves the waiting `asyncio.Future` on the loop thread, building the Python tuples with
-//! the `socket` module's own helpers so the result is exactly `socket.getaddrinfo`'s. Only
-//! `event_loop` calls in here.
+//! the `socket` module's own helpers so the result is exactly `socket.getaddrinfo`'s. For
+//! `getnameinfo` the loop thread parses the address as CPython does (a numeric-only
+//! getaddrinfo, no I/O) and only the reverse lookup goes to the pool. Only `event_loop`
+//! calls in here.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
@@ -30,7 +32,18 @@ enum Outcome {
     /// An EAI_* code and libc's text for it (EAI_SYSTEM is reported as `Errno`).
     Gai(i32, String),
     Errno(i32),
+    /// getnameinfo's (host, service).
+    Name(String, String),
 }
+
+/// A socket address as getnameinfo(3) takes it.
+pub struct RawSockAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+// SAFETY: plain bytes; moved to the blocking thread and read only there.
+unsafe impl Send for RawSockAddr {}
 
 /// Answers delivered by blocking threads, waiting for the loop's next turn.
 #[derive(Default)]
@@ -59,6 +72,30 @@ impl Lookups {
         port: Option<CString>,
         hints: (i32, i32, i32, i32),
     ) {
+        self.run(runtime, wake, future, move || {
+            lookup(host.as_deref(), port.as_deref(), hints)
+        });
+    }
+
+    /// Starts a reverse lookup of an address parsed by [`parse_nameinfo_address`].
+    pub fn start_nameinfo(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        wake: Arc<Wake>,
+        future: Py<PyAny>,
+        address: RawSockAddr,
+        flags: i32,
+    ) {
+        self.run(runtime, wake, future, move || reverse_lookup(&address, flags));
+    }
+
+    fn run(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        wake: Arc<Wake>,
+        future: Py<PyAny>,
+        work: impl FnOnce() -> Outcome + Send + 'static,
+    ) {
         let id = {
             let mut next = self.next_id.lock();
             *next += 1;
@@ -67,7 +104,7 @@ impl Lookups {
         self.waiting.lock().insert(id, future);
         let completions = self.completions.clone();
         runtime.spawn_blocking(move || {
-            let outcome = lookup(host.as_deref(), port.as_deref(), hints);
+            let outcome = work();
             completions.answers.lock().push((id, outcome));
             completions.pending.store(true, Ordering::Release);
             wake.notify();
@@ -137,6 +174,7 @@ fn to_python(py: Python<'_>, outcome: Outcome) -> PyResult<Bound<'_, PyAny>> {
             Err(PyErr::from_value(gaierror.call1((code, message))?))
         }
         Outcome::Errno(errno) => Err(crate::errors::os_error(errno)),
+        Outcome::Name(host, service) => Ok((host, service).into_pyobject(py)?.into_any()),
     }
 }
 
@@ -162,17 +200,7 @@ fn lookup(
             &mut list,
         );
         if code != 0 {
-            if code == libc::EAI_SYSTEM {
-                return Outcome::Errno(
-                    std::io::Error::last_os_error()
-                        .raw_os_error()
-                        .unwrap_or(libc::EIO),
-                );
-            }
-            let message = CStr::from_ptr(libc::gai_strerror(code))
-                .to_string_lossy()
-                .into_owned();
-            return Outcome::Gai(code, message);
+            return gai_error(code);
         }
         let mut infos = Vec::new();
         let mut entry = list;
@@ -240,4 +268,105 @@ pub fn c_string(value: Option<&[u8]>) -> PyResult<Option<CString>> {
     value
         .map(|bytes| CString::new(bytes).map_err(|_| PyOSError::new_err("embedded null character")))
         .transpose()
+}
+
+fn gai_error(code: i32) -> Outcome {
+    if code == libc::EAI_SYSTEM {
+        return Outcome::Errno(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        );
+    }
+    // SAFETY: gai_strerror returns a static NUL-terminated string for any code.
+    let message = unsafe { CStr::from_ptr(libc::gai_strerror(code)) }
+        .to_string_lossy()
+        .into_owned();
+    Outcome::Gai(code, message)
+}
+
+fn outcome_error(py: Python<'_>, outcome: Outcome) -> PyErr {
+    match to_python(py, outcome) {
+        Err(err) => err,
+        Ok(_) => pyo3::exceptions::PySystemError::new_err("lookup error expected"),
+    }
+}
+
+/// CPython's socket.getnameinfo address step, on the loop thread: `host` must be numeric
+/// (AI_NUMERICHOST: no I/O), exactly one address, IPv4 only as a 2-tuple. Errors are the
+/// ones socket.getnameinfo raises.
+pub fn parse_nameinfo_address(
+    py: Python<'_>,
+    host: &CStr,
+    port: u16,
+    flowinfo: u32,
+    scope_id: u32,
+    tuple_len: usize,
+) -> PyResult<RawSockAddr> {
+    let service = CString::new(port.to_string()).map_err(|_| PyOSError::new_err("bad port"))?;
+    // SAFETY: as in `lookup`: zeroed hints, the list read only on success and freed once.
+    unsafe {
+        let mut hints: libc::addrinfo = std::mem::zeroed();
+        hints.ai_family = libc::AF_UNSPEC;
+        hints.ai_socktype = libc::SOCK_DGRAM;
+        hints.ai_flags = libc::AI_NUMERICHOST;
+        let mut list: *mut libc::addrinfo = std::ptr::null_mut();
+        let code = libc::getaddrinfo(host.as_ptr(), service.as_ptr(), &hints, &mut list);
+        if code != 0 {
+            return Err(outcome_error(py, gai_error(code)));
+        }
+        let info = &*list;
+        let result = if !info.ai_next.is_null() {
+            Err(PyOSError::new_err("sockaddr resolved to multiple addresses"))
+        } else if info.ai_family == libc::AF_INET && tuple_len != 2 {
+            Err(PyOSError::new_err("IPv4 sockaddr must be 2 tuple"))
+        } else {
+            let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+            let len = (info.ai_addrlen as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+            std::ptr::copy_nonoverlapping(
+                info.ai_addr.cast::<u8>(),
+                (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+                len,
+            );
+            if info.ai_family == libc::AF_INET6 {
+                let sin6 = &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                sin6.sin6_flowinfo = flowinfo.to_be();
+                sin6.sin6_scope_id = scope_id;
+            }
+            Ok(RawSockAddr {
+                storage,
+                len: len as libc::socklen_t,
+            })
+        };
+        libc::freeaddrinfo(list);
+        result
+    }
+}
+
+/// The blocking reverse lookup: no Python here.
+fn reverse_lookup(address: &RawSockAddr, flags: i32) -> Outcome {
+    let mut host = [0 as libc::c_char; 1025];
+    let mut service = [0 as libc::c_char; 32];
+    // SAFETY: the address is a sockaddr of `len` bytes; the buffers' sizes are passed.
+    let code = unsafe {
+        libc::getnameinfo(
+            (&address.storage as *const libc::sockaddr_storage).cast(),
+            address.len,
+            host.as_mut_ptr(),
+            host.len() as libc::socklen_t,
+            service.as_mut_ptr(),
+            service.len() as libc::socklen_t,
+            flags,
+        )
+    };
+    if code != 0 {
+        return gai_error(code);
+    }
+    // SAFETY: on success both buffers hold NUL-terminated strings.
+    let text = |buffer: &[libc::c_char]| {
+        unsafe { CStr::from_ptr(buffer.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    Outcome::Name(text(&host), text(&service))
 }

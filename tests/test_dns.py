@@ -166,3 +166,34 @@ def test_numeric_addrinfo_declines_what_it_cannot_mirror(loop_kind):
     assert numeric("127.0.0.1", 80, flags=socket.AI_CANONNAME) is None
     assert numeric("127.0.0.1", 80, type=socket.SOCK_RAW) is None
     assert numeric(b"127.0.0.1", 80) is None
+
+
+_NAMEINFO_CASES = [
+    (("127.0.0.1", 80), 0),
+    (("127.0.0.1", 80), socket.NI_NUMERICHOST | socket.NI_NUMERICSERV),
+    (("::1", 443, 0, 0), 0),
+    (("::1", 22), socket.NI_NUMERICHOST),
+    (("fe80::1", 80, 0, 1), socket.NI_NUMERICHOST),
+    (("localhost", 80), 0),  # not numeric: gaierror, as socket.getnameinfo
+    (("127.0.0.1", 80, 1), 0),  # IPv4 with flowinfo: OSError
+    (("::1", 80, 0x100000), 0),  # flowinfo out of range: OverflowError
+    ("127.0.0.1", 0),  # not a tuple: TypeError
+    (("127.0.0.1",), 0),
+    (("127.0.0.1", "80"), 0),
+]
+
+
+def _outcome(call, *args):
+    try:
+        return call(*args)
+    except Exception as exc:
+        return type(exc), str(exc)
+
+
+@pytest.mark.parametrize("sockaddr,flags", _NAMEINFO_CASES)
+def test_getnameinfo_matches_socket_module(loop, sockaddr, flags):
+    if ":" in str(sockaddr[0]) and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    expected = _outcome(socket.getnameinfo, sockaddr, flags)
+    got = _outcome(loop.run_until_complete, loop.getnameinfo(sockaddr, flags))
+    assert got == expected

@@ -1,10 +1,12 @@
-"""Name resolution: ``getaddrinfo`` and ``getnameinfo`` on the default executor.
+"""Name resolution: ``getaddrinfo`` and ``getnameinfo``, natively off the loop's thread.
 
-As in asyncio, the blocking resolver calls run in ``run_in_executor(None, ...)``. One shortcut:
-when the host is already a numeric IPv4/IPv6 literal and the rest of the query is simple
-enough that ``socket.getaddrinfo``'s answer is fully determined (no resolver, no service names,
-no configuration-dependent ordering), the answer is built here without a thread hop. The
-shortcut's output is the same list ``socket.getaddrinfo`` returns (tests check equality).
+Lookups run on the runtime's blocking pool without the GIL (src/dns.rs) and resolve their
+future in a later turn; the answers and errors are exactly ``socket.getaddrinfo``'s and
+``socket.getnameinfo``'s (tests compare). When the host is already a numeric IPv4/IPv6 literal
+and the rest of the query is simple enough that ``socket.getaddrinfo``'s answer is fully
+determined (no resolver, no service names, no configuration-dependent ordering), the answer
+is built here without a thread hop. Arguments of unusual types, and debug mode (which logs
+and times the call as asyncio does), go through ``run_in_executor(None, ...)`` as in asyncio.
 """
 
 from __future__ import annotations
@@ -137,6 +139,26 @@ def _as_enum(enum_class, value):
         return value
 
 
+def _nameinfo_arguments(sockaddr, flags):
+    """(host, port, flowinfo, scope_id, tuple length, flags) for the native getnameinfo, or
+    None when socket.getnameinfo itself should judge odd types or out-of-range values."""
+    if type(sockaddr) is not tuple or not 2 <= len(sockaddr) <= 4 or type(flags) is not int:
+        return None
+    host, port, *rest = sockaddr
+    if type(host) is not str or type(port) is not int or any(type(v) is not int for v in rest):
+        return None
+    flowinfo, scope_id = (list(rest) + [0, 0])[:2]
+    if not (0 <= port <= 0xFFFF and 0 <= flowinfo <= 0xFFFFF and 0 <= scope_id <= 0xFFFFFFFF):
+        return None
+    if not -(2**31) <= flags < 2**31 or "\0" in host:
+        return None
+    try:
+        encoded = host.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return encoded, port, flowinfo, scope_id, len(sockaddr), flags
+
+
 class DnsSupport:
     """Mixin for ``Loop``: getaddrinfo and getnameinfo."""
 
@@ -174,6 +196,9 @@ class DnsSupport:
 
     async def getnameinfo(self, sockaddr, flags=0):
         """socket.getnameinfo(sockaddr, flags), off the loop's thread."""
+        native = None if self.get_debug() else _nameinfo_arguments(sockaddr, flags)
+        if native is not None:
+            return await self._getnameinfo_native(*native)
         return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
 
     async def _resolve_address(self, address, *, family=0, type=socket.SOCK_STREAM, proto=0,

@@ -634,6 +634,36 @@ impl LoopCore {
         Ok(future)
     }
 
+    /// Starts `socket.getnameinfo((host, port, flowinfo, scope_id), flags)`: the address is
+    /// parsed here (numeric only, as CPython does), the reverse lookup runs on the blocking
+    /// pool. The Python side passes only well-typed, in-range arguments.
+    #[pyo3(signature = (host, port, flowinfo, scope_id, tuple_len, flags))]
+    fn _getnameinfo_native<'py>(
+        slf: &Bound<'py, Self>,
+        host: Vec<u8>,
+        port: u16,
+        flowinfo: u32,
+        scope_id: u32,
+        tuple_len: usize,
+        flags: i32,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_open()?;
+        this.check_same_process()?;
+        let host = crate::dns::c_string(Some(&host))?.unwrap_or_default();
+        let address = crate::dns::parse_nameinfo_address(py, &host, port, flowinfo, scope_id, tuple_len)?;
+        let future = tasks::new_future(slf.as_any())?;
+        this.dns.start_nameinfo(
+            this.runtime()?,
+            this.wake.clone(),
+            future.clone().unbind(),
+            address,
+            flags,
+        );
+        Ok(future)
+    }
+
     /// Pending work, for leak checks: ready handles, live timers, fd callbacks.
     fn _native_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let (ready, timers) = {
