@@ -20,15 +20,13 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use crate::errors::{last_errno, os_error};
 use crate::event_loop::LoopCore;
 use crate::handles::Handle;
+use crate::io::recv::{recv_bytes, Received, LARGE_READ};
 use crate::io::registry::Direction;
 use crate::transports::stream::BufferView;
 
-/// Reads up to this size go through one reused buffer, then an exact-size copy.
-const SMALL_READ: usize = 256 * 1024;
-
 thread_local! {
-    static RECV_BUFFER: std::cell::RefCell<Box<[u8]>> =
-        std::cell::RefCell::new(vec![0u8; SMALL_READ].into_boxed_slice());
+    /// Whether this thread's last sock_recv was large: the hint for `recv_bytes`.
+    static LAST_READ_LARGE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 fn would_block(errno: i32) -> bool {
@@ -37,35 +35,14 @@ fn would_block(errno: i32) -> bool {
 
 /// One non-blocking `recv(fd, n)`: the bytes, `None` if it would block, or the OSError.
 fn recv_once(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyBytes>>> {
-    let outcome = if n <= SMALL_READ {
-        RECV_BUFFER.with(|cell| {
-            let mut buffer = cell.borrow_mut();
-            // SAFETY: the buffer has at least n writable bytes.
-            let got = unsafe { libc::recv(fd, buffer.as_mut_ptr().cast(), n, libc::MSG_DONTWAIT) };
-            (got >= 0).then(|| PyBytes::new(py, &buffer[..got as usize]).unbind())
-        })
-    } else {
-        let mut received = 0isize;
-        let bytes = PyBytes::new_with(py, n, |space| {
-            // SAFETY: `space` is n writable bytes owned by the new object.
-            received = unsafe { libc::recv(fd, space.as_mut_ptr().cast(), n, libc::MSG_DONTWAIT) };
-            Ok(())
-        })?;
-        (received >= 0).then(|| {
-            // A big request that got little: copy out rather than keep n bytes alive.
-            PyBytes::new(py, &bytes.as_bytes()[..received as usize]).unbind()
-        })
-    };
-    match outcome {
-        Some(data) => Ok(Some(data)),
-        None => {
-            let errno = last_errno();
-            if would_block(errno) {
-                Ok(None)
-            } else {
-                Err(os_error(errno))
-            }
+    let expect_large = LAST_READ_LARGE.with(|last| last.get());
+    match recv_bytes(py, fd, n, libc::MSG_DONTWAIT, expect_large)? {
+        Received::Data(data, got) => {
+            LAST_READ_LARGE.with(|last| last.set(got >= LARGE_READ));
+            Ok(Some(data))
         }
+        Received::Failed(errno) if would_block(errno) => Ok(None),
+        Received::Failed(errno) => Err(os_error(errno)),
     }
 }
 
@@ -159,6 +136,7 @@ impl SockWait {
     /// Creates the future, registers the wait and returns (future, handle).
     fn start<'py>(
         slf: &Bound<'py, LoopCore>,
+        sock: &Bound<'py, PyAny>,
         fd: RawFd,
         operation: Operation,
     ) -> PyResult<Bound<'py, PyTuple>> {
@@ -175,8 +153,8 @@ impl SockWait {
             },
         )?;
         let direction = wait.get().direction();
-        let handle =
-            LoopCore::set_fd_callback(slf, fd, direction, wait.clone().into_any(), PyTuple::empty(py))?;
+        let callback = wait.clone().into_any();
+        let handle = LoopCore::set_fd_callback(slf, fd, direction, callback, PyTuple::empty(py), Some(sock))?;
         *wait.get().handle.lock() = Some(handle.clone_ref(py));
         PyTuple::new(py, [future.into_any(), handle.into_bound(py).into_any()])
     }
@@ -198,7 +176,14 @@ impl SockWait {
         match &self.operation {
             Operation::Recv(n) => match recv_once(py, self.fd, *n) {
                 Ok(None) => Ok(()),
-                Ok(Some(data)) => self.finish(py, Ok(data.into_any())),
+                Ok(Some(data)) => {
+                    if data.bind(py).as_bytes().len() < *n {
+                        // A short read drained the socket: forget tokio's readiness now, so
+                        // the next wait on this (kept) registration needs no poll(2).
+                        self.core.get().rearm_fd(self.fd, Direction::Read);
+                    }
+                    self.finish(py, Ok(data.into_any()))
+                }
                 Err(err) => self.finish(py, Err(err)),
             },
             Operation::SendAll { data, position } => {
@@ -237,22 +222,25 @@ impl SockWait {
 #[pyfunction]
 pub fn _sock_recv_wait<'py>(
     r#loop: &Bound<'py, LoopCore>,
+    sock: &Bound<'py, PyAny>,
     fd: RawFd,
     n: usize,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    SockWait::start(r#loop, fd, Operation::Recv(n))
+    SockWait::start(r#loop, sock, fd, Operation::Recv(n))
 }
 
 /// Sends `data[start:]` as the socket drains; the returned future resolves with None.
 #[pyfunction]
 pub fn _sock_sendall_wait<'py>(
     r#loop: &Bound<'py, LoopCore>,
+    sock: &Bound<'py, PyAny>,
     fd: RawFd,
     data: Bound<'py, PyAny>,
     start: usize,
 ) -> PyResult<Bound<'py, PyTuple>> {
     SockWait::start(
         r#loop,
+        sock,
         fd,
         Operation::SendAll {
             data: data.unbind(),

@@ -28,7 +28,9 @@ _WRITE = "w"
 
 
 def _reject_ssl_socket(sock):
-    if ssl is not None and isinstance(sock, ssl.SSLSocket):
+    # The exact-type test first: isinstance() through the class hierarchy costs more than
+    # the rest of a sock_recv that finds data waiting.
+    if type(sock) is not socket.socket and ssl is not None and isinstance(sock, ssl.SSLSocket):
         raise TypeError("Socket cannot be of type SSLSocket")
 
 
@@ -82,10 +84,12 @@ class SockSupport:
         data = _sock_recv_now(fd, n)
         if data is not None:
             return data
-        self._check_closed()
-        self._ensure_fd_no_transport(fd)
-        fut, handle = _sock_recv_wait(self, fd, n)
-        return await self._sock_await(fut, fd, handle, self._remove_reader)
+        fut, handle = self._sock_wait(_sock_recv_wait, sock, fd, n)
+        try:
+            return await fut
+        finally:
+            if not fut.done() or fut.cancelled():  # left early: end the watch if still ours
+                self._remove_reader(fd, handle)
 
     async def sock_recv_into(self, sock, buf):
         """Receive into the writable buffer ``buf``; return the number of bytes written."""
@@ -113,19 +117,18 @@ class SockSupport:
         sent = _sock_send_now(fd, data)
         if sent is None:
             return None
-        self._check_closed()
-        self._ensure_fd_no_transport(fd)
-        fut, handle = _sock_sendall_wait(self, fd, data, sent)
-        return await self._sock_await(fut, fd, handle, self._remove_writer)
-
-    @staticmethod
-    async def _sock_await(fut, fd, handle, remove):
-        """Await a native wait; if we leave before it finished (cancelled), end its watch."""
+        fut, handle = self._sock_wait(_sock_sendall_wait, sock, fd, data, sent)
         try:
             return await fut
         finally:
-            if not fut.done() or fut.cancelled():
-                remove(fd, handle)
+            if not fut.done() or fut.cancelled():  # left early: end the watch if still ours
+                self._remove_writer(fd, handle)
+
+    def _sock_wait(self, start, sock, fd, *args):
+        """Start a native wait on ``sock``: (future, handle of its watch)."""
+        self._check_closed()
+        self._ensure_fd_no_transport(fd)
+        return start(self, sock, fd, *args)
 
     async def sock_sendto(self, sock, data, address):
         """Send the datagram ``data`` to ``address``; return the number of bytes sent."""

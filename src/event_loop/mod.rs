@@ -223,7 +223,7 @@ impl LoopCore {
     }
 
     /// See `Registry::rearm`.
-    pub(crate) fn rearm_stream(&self, fd: RawFd, direction: Direction) -> bool {
+    pub(crate) fn rearm_fd(&self, fd: RawFd, direction: Direction) -> bool {
         self.io.lock().rearm(fd, direction)
     }
 
@@ -305,6 +305,7 @@ impl LoopCore {
         direction: Direction,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
+        keeper: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
@@ -316,7 +317,10 @@ impl LoopCore {
         )?;
         let runtime = this.runtime()?;
         let _context = runtime.enter();
-        let outcome = this.io.lock().set(py, fd, direction, handle.clone_ref(py))?;
+        let outcome = this
+            .io
+            .lock()
+            .set(py, fd, direction, handle.clone_ref(py), keeper)?;
         match outcome {
             Ok(Some(old)) => old.get().cancel_now(),
             Ok(None) => {}
@@ -340,7 +344,7 @@ impl LoopCore {
         if self.closed.load(Ordering::Relaxed) {
             return false;
         }
-        let old = self.io.lock().remove(fd, direction, expected);
+        let old = Python::attach(|py| self.io.lock().remove(py, fd, direction, expected));
         match old {
             Some(handle) => {
                 handle.get().cancel_now();
@@ -575,7 +579,7 @@ impl LoopCore {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        Self::set_fd_callback(slf, fd, Direction::Read, callback, args)
+        Self::set_fd_callback(slf, fd, Direction::Read, callback, args, None)
     }
 
     /// Watches `fd`; returns the handle, which `_remove_writer` can name to remove only it.
@@ -585,7 +589,7 @@ impl LoopCore {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        Self::set_fd_callback(slf, fd, Direction::Write, callback, args)
+        Self::set_fd_callback(slf, fd, Direction::Write, callback, args, None)
     }
 
     /// The open native transport using `fd`, if any (asyncio refuses add_reader and sock_*

@@ -1,6 +1,8 @@
 //! File-descriptor readiness for the loop: `add_reader`/`add_writer` registrations.
 //!
-//! Native transports (TCP, Unix, pipes) will register here too; the turn in `event_loop`
-//! calls [`registry::Registry::dispatch`] once per turn to queue the callbacks of ready fds.
+//! Native transports register here too; the turn in `event_loop` calls
+//! [`registry::Registry::dispatch`] once per turn to queue the callbacks of ready fds.
+//! `recv` is the one socket read that transports and sock_recv share.
 
+pub mod recv;
 pub mod registry;

@@ -25,6 +25,7 @@ use std::task::{Context, Poll, Wake as TaskWake, Waker};
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
+use pyo3::types::PyWeakrefReference;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -114,11 +115,38 @@ struct Registration {
     fd: AsyncFd<Watched>,
     /// The native transport that owns the descriptor, if one does: no add_reader on it.
     owner: Option<Py<StreamTransport>>,
+    /// A weak reference to the socket object whose sock_* waits made this registration. While
+    /// that object lives, the registration stays when its last callback goes, so the next
+    /// wait on the same socket skips epoll_ctl ADD/DEL.
+    keeper: Option<Py<PyAny>>,
     read: Interest1,
     write: Interest1,
 }
 
 impl Registration {
+    fn is_idle(&self) -> bool {
+        self.owner.is_none() && self.read.target.is_none() && self.write.target.is_none()
+    }
+
+    /// True if `keeper` is the live socket object this registration was kept for.
+    fn kept_for(&self, keeper: Option<&Bound<'_, PyAny>>) -> bool {
+        let (Some(sock), Some(kept)) = (keeper, self.keeper.as_ref()) else {
+            return false;
+        };
+        let Ok(kept) = kept.bind(sock.py()).cast::<PyWeakrefReference>() else {
+            return false;
+        };
+        kept.upgrade().is_some_and(|object| object.is(sock))
+    }
+
+    fn keeper_alive(&self, py: Python<'_>) -> bool {
+        self.keeper.as_ref().is_some_and(|kept| {
+            kept.bind(py)
+                .cast::<PyWeakrefReference>()
+                .is_ok_and(|kept| kept.upgrade().is_some())
+        })
+    }
+
     fn side(&mut self, direction: Direction) -> &mut Interest1 {
         match direction {
             Direction::Read => &mut self.read,
@@ -174,9 +202,17 @@ impl Registry {
         }
     }
 
-    /// Registers `fd` with the reactor if it is not yet.
+    /// Registers `fd` with the reactor if it is not yet. An idle registration (nothing
+    /// watching, kept for the socket `keeper` names) is reused only by that same socket
+    /// object; for anything else it may be stale — the fd closed and its number reused — so
+    /// it is dropped (deregistered) before the descriptor is registered afresh.
     /// Must be called inside the loop's runtime context (registration needs its reactor).
-    fn ensure(&mut self, fd: RawFd) -> std::io::Result<&mut Registration> {
+    fn ensure(&mut self, fd: RawFd, keeper: Option<&Bound<'_, PyAny>>) -> std::io::Result<&mut Registration> {
+        if let Some(registration) = self.fds.get(&fd) {
+            if registration.is_idle() && !registration.kept_for(keeper) {
+                drop(self.fds.remove(&fd));
+            }
+        }
         if !self.fds.contains_key(&fd) {
             let id = self.next_id;
             self.next_id += 1;
@@ -207,6 +243,9 @@ impl Registry {
                 id,
                 fd: fd_watch,
                 owner: None,
+                keeper: keeper
+                    .and_then(|sock| PyWeakrefReference::new(sock).ok())
+                    .map(|w| w.into_any().unbind()),
                 read: side(Direction::Read),
                 write: side(Direction::Write),
             };
@@ -220,14 +259,16 @@ impl Registry {
     /// Sets the callback for one direction of `fd`, returning the one it replaces. A direction
     /// a native transport is using is refused: the transport comes back instead. (Its idle
     /// directions may be borrowed, as sendfile borrows the write side.)
+    /// `keeper`: the socket object of a sock_* wait (see [`Registry::ensure`]).
     pub fn set(
         &mut self,
         py: Python<'_>,
         fd: RawFd,
         direction: Direction,
         handle: Py<Handle>,
+        keeper: Option<&Bound<'_, PyAny>>,
     ) -> std::io::Result<Result<Option<Py<Handle>>, Py<StreamTransport>>> {
-        let registration = self.ensure(fd)?;
+        let registration = self.ensure(fd, keeper)?;
         let owner = registration.owner.as_ref().map(|owner| owner.clone_ref(py));
         let side = registration.side(direction);
         if let (Some(Target::Stream(_)), Some(owner)) = (side.target.as_ref(), owner) {
@@ -261,6 +302,7 @@ impl Registry {
     /// registration once neither direction is left.
     pub fn remove(
         &mut self,
+        py: Python<'_>,
         fd: RawFd,
         direction: Direction,
         expected: Option<&Py<Handle>>,
@@ -280,10 +322,7 @@ impl Registry {
             Some(Target::Callback(old)) => Some(old),
             _ => None,
         };
-        if registration.owner.is_none()
-            && registration.read.target.is_none()
-            && registration.write.target.is_none()
-        {
+        if registration.is_idle() && !registration.keeper_alive(py) {
             self.fds.remove(&fd);
         }
         old
@@ -298,7 +337,7 @@ impl Registry {
     /// Registers a transport's socket; it then owns `fd` here until [`Registry::release_stream`].
     /// False if the descriptor is already watched — by callbacks or another transport.
     pub fn attach_stream(&mut self, fd: RawFd, transport: Py<StreamTransport>) -> std::io::Result<bool> {
-        let registration = self.ensure(fd)?;
+        let registration = self.ensure(fd, None)?;
         if registration.owner.is_some()
             || registration.read.target.is_some()
             || registration.write.target.is_some()

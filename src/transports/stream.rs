@@ -16,7 +16,6 @@
 //! is the Python subclass `tokioloop._transport.SocketTransport`, which these methods call by
 //! name. The inner lock is never held while Python code runs or a Python object is dropped.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
@@ -30,10 +29,11 @@ use crate::errors::{last_errno, os_error};
 use crate::event_loop::ready::Ready;
 use crate::event_loop::LoopCore;
 use crate::handles::is_fatal;
+use crate::io::recv::{recv_bytes, Received, LARGE_READ};
 use crate::io::registry::Direction;
 
 /// asyncio's `max_size` for one socket read.
-const READ_SIZE: usize = 256 * 1024;
+const READ_SIZE: usize = crate::io::recv::BUFFER_SIZE;
 /// Linux's IOV_MAX: slices one `sendmsg` may take.
 const MAX_SLICES: usize = 1024;
 /// asyncio's defaults for `set_write_buffer_limits()`.
@@ -41,17 +41,14 @@ const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 /// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOST_WRITES_BEFORE_WARNING: u32 = 5;
 
-thread_local! {
-    /// One read buffer per loop thread: every transport reads into it, then copies out.
-    static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_SIZE].into_boxed_slice());
-}
-
 struct Inner {
     protocol: Option<Py<PyAny>>,
     /// The protocol is a `BufferedProtocol`: reads go into its `get_buffer()`.
     buffered: bool,
     /// `pause_reading()` is in effect.
     paused: bool,
+    /// The last read was large: read straight into a full-size bytes (see `io::recv`).
+    last_read_large: bool,
     /// Read interest is registered (not paused, not closing, started).
     reading: bool,
     closing: bool,
@@ -138,7 +135,7 @@ impl StreamTransport {
     /// if tokio still reports it ready, as after a hang-up).
     fn drained(slf: &Bound<'_, Self>, direction: Direction) {
         let this = slf.get();
-        if this.core(slf.py()).rearm_stream(this.fd, direction) {
+        if this.core(slf.py()).rearm_fd(this.fd, direction) {
             Self::requeue(slf, direction);
         }
     }
@@ -195,17 +192,14 @@ impl StreamTransport {
             }
             return Self::read_into_protocol(slf, &protocol);
         }
-        let received = READ_BUFFER.with(|cell| {
-            let mut buffer = cell.borrow_mut();
-            // SAFETY: the buffer is READ_SIZE writable bytes; recv writes at most that many.
-            let n = unsafe { libc::recv(this.fd, buffer.as_mut_ptr().cast(), buffer.len(), 0) };
-            if n < 0 {
-                Err(last_errno())
-            } else {
-                let n = n as usize;
-                Ok((n, (n > 0).then(|| PyBytes::new(py, &buffer[..n]))))
+        let expect_large = this.inner.lock().last_read_large;
+        let received = match recv_bytes(py, this.fd, READ_SIZE, 0, expect_large)? {
+            Received::Data(data, n) => {
+                this.inner.lock().last_read_large = n >= LARGE_READ;
+                Ok((n, (n > 0).then_some(data)))
             }
-        });
+            Received::Failed(errno) => Err(errno),
+        };
         match received {
             Err(errno) if would_block(errno) => {
                 Self::drained(slf, Direction::Read);
@@ -218,6 +212,7 @@ impl StreamTransport {
             Err(errno) => Self::fatal(slf, os_error(errno), "Fatal read error on socket transport"),
             Ok((_, None)) => slf.call_method0(intern!(py, "_on_eof")).map(drop),
             Ok((n, Some(data))) => {
+                let data = data.into_bound(py);
                 if n < READ_SIZE {
                     Self::drained(slf, Direction::Read);
                 } else {
@@ -439,6 +434,7 @@ impl StreamTransport {
                 protocol: None,
                 buffered: false,
                 paused: false,
+                last_read_large: false,
                 reading: false,
                 closing: false,
                 conn_lost: 0,

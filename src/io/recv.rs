@@ -1,0 +1,76 @@
+//! One `recv` into an exact-size `bytes`: the read shared by transports and sock_recv.
+//!
+//! Small reads go into a reused per-thread buffer and are copied out: one allocation of
+//! the right size, no waste. A large read would pay a copy as big as the data, so when the
+//! caller expects one (the previous read was large) it goes straight into a fresh `bytes`
+//! of the full size, which is then shrunk in place — glibc's realloc trims the block
+//! without copying. The hint is only a guess; both paths give the same bytes.
+
+use std::cell::RefCell;
+use std::os::fd::RawFd;
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::errors::last_errno;
+
+/// The per-thread buffer's size: asyncio's `max_size` for one socket read.
+pub const BUFFER_SIZE: usize = 256 * 1024;
+/// A read at least this big suggests the next one will be too (see the module doc).
+pub const LARGE_READ: usize = 64 * 1024;
+
+unsafe extern "C" {
+    /// CPython's in-place resize of a fresh bytes object (not in pyo3-ffi; exported by every
+    /// non-limited-API CPython, which this module requires anyway).
+    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, size: ffi::Py_ssize_t) -> std::os::raw::c_int;
+}
+
+thread_local! {
+    static BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; BUFFER_SIZE].into_boxed_slice());
+}
+
+pub enum Received {
+    /// The bytes read (empty at end of stream).
+    Data(Py<PyBytes>, usize),
+    /// recv failed with this errno (EAGAIN included).
+    Failed(i32),
+}
+
+/// `recv(fd, n, flags)` into a new exact-size bytes object.
+pub fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize, flags: i32, expect_large: bool) -> PyResult<Received> {
+    if n <= BUFFER_SIZE && !expect_large {
+        return Ok(BUFFER.with(|cell| {
+            let mut buffer = cell.borrow_mut();
+            // SAFETY: the buffer has BUFFER_SIZE >= n writable bytes.
+            let got = unsafe { libc::recv(fd, buffer.as_mut_ptr().cast(), n, flags) };
+            if got < 0 {
+                Received::Failed(last_errno())
+            } else {
+                let got = got as usize;
+                Received::Data(PyBytes::new(py, &buffer[..got]).unbind(), got)
+            }
+        }));
+    }
+    // SAFETY: a new, uninitialised bytes object of n bytes that only we reference; recv
+    // fills a prefix, and _PyBytes_Resize (allowed on a refcount-1 bytes) cuts it to that.
+    // On failure the object is released (Resize does so itself and sets an exception).
+    unsafe {
+        let mut object = ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as ffi::Py_ssize_t);
+        if object.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        let got = libc::recv(fd, ffi::PyBytes_AsString(object).cast(), n, flags);
+        if got < 0 {
+            let errno = last_errno();
+            ffi::Py_DECREF(object);
+            return Ok(Received::Failed(errno));
+        }
+        let got = got as usize;
+        if got < n && _PyBytes_Resize(&mut object, got as ffi::Py_ssize_t) < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        let bytes = Bound::from_owned_ptr(py, object).cast_into_unchecked::<PyBytes>();
+        Ok(Received::Data(bytes.unbind(), got))
+    }
+}
