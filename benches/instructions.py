@@ -232,16 +232,8 @@ def parse_args(argv):
                              "unaffected by contention)")
     args = parser.parse_args(argv)
 
-    def csv(value, allowed, what):
-        items = list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
-        bad = [v for v in items if v not in allowed]
-        if bad or not items:
-            parser.error(f"unknown {what}: {', '.join(bad) or '(empty)'}; "
-                         f"choose from {', '.join(allowed)}")
-        return items
-
-    args.loops = csv(args.loops, micro.LOOPS, "loop")
-    args.only = csv(args.only, SIZES, "workload") if args.only else list(SIZES)
+    args.loops = micro.csv_arg(parser, args.loops, micro.LOOPS, "loop")
+    args.only = micro.csv_arg(parser, args.only, SIZES, "workload") if args.only else list(SIZES)
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):

@@ -366,6 +366,17 @@ def render(bench_name, n, loops, med):
     return "\n".join(rows) + "\n"
 
 
+def csv_arg(parser, value, allowed, what):
+    """A comma-separated option: its distinct items, in order; ``parser.error`` on an item not
+    in ``allowed`` or on none at all (shared by instructions.py and netbench.py)."""
+    items = list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        parser.error(f"unknown {what}: {', '.join(bad) or '(empty)'}; "
+                     f"choose from {', '.join(allowed)}")
+    return items
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -378,16 +389,9 @@ def parse_args(argv):
     parser.add_argument("--only", help="comma-separated benchmarks (default: all)")
     args = parser.parse_args(argv)
 
-    def csv(value, allowed, what):
-        items = list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
-        bad = [v for v in items if v not in allowed]
-        if bad or not items:
-            parser.error(f"unknown {what}: {', '.join(bad) or '(empty)'}; "
-                         f"choose from {', '.join(allowed)}")
-        return items
-
-    args.loops = csv(args.loops, LOOPS, "loop")
-    args.only = csv(args.only, BENCHMARKS, "benchmark") if args.only else list(BENCHMARKS)
+    args.loops = csv_arg(parser, args.loops, LOOPS, "loop")
+    args.only = (csv_arg(parser, args.only, BENCHMARKS, "benchmark") if args.only
+                 else list(BENCHMARKS))
     if args.repeat is None:
         args.repeat = 3 if args.quick else 5
     if args.repeat < 1:

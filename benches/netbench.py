@@ -395,13 +395,7 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def csv_arg(parser, value, allowed, what):
-    items = list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
-    bad = [v for v in items if v not in allowed]
-    if bad or not items:
-        parser.error(f"unknown {what}: {', '.join(bad) or '(empty)'}; "
-                     f"choose from {', '.join(allowed)}")
-    return items
+csv_arg = micro.csv_arg  # echo.py and http.py use it as nb.csv_arg
 
 
 # ---- Command line and the run's set-up ----

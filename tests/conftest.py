@@ -18,6 +18,9 @@ Contract
 * If ``import tokioloop`` fails, every tokioloop test errors: nothing is skipped silently.
 * ``tokioloop_only`` (decorator): runs a test for the ``tokioloop`` id alone; kept for behaviour
   with no stdlib counterpart (entry points, the 3.11 eager_start refusal).
+* ``sockets``: a callable that registers sockets (one or several; returns what it was given,
+  a lone socket unwrapped) and closes them all at teardown, even when the test fails.
+* ``payload_file``: an open binary file holding ``_netutil.PAYLOAD`` (1 MiB, every byte value).
 * ``pending_counts(loop)``: the leak counts above, from the stdlib loop's internals or from
   tokioloop's ``loop._debug_counts()``.
 * Hang backstop: a test still running 30 s past its pytest-timeout limit (which needs the main
@@ -32,6 +35,8 @@ import os
 import sys
 
 import pytest
+
+from _netutil import PAYLOAD
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KINDS = ("asyncio", "tokioloop")
@@ -209,6 +214,29 @@ def new_loop(loop_factory):
     for lp in made:
         if not lp.is_closed() and not lp.is_running():
             lp.close()
+
+
+@pytest.fixture
+def sockets():
+    """Close every socket a test registers, even when it fails."""
+    made = []
+
+    def track(*socks):
+        made.extend(socks)
+        return socks[0] if len(socks) == 1 else socks
+
+    yield track
+    for s in made:
+        s.close()
+
+
+@pytest.fixture
+def payload_file(tmp_path):
+    """An open binary file (``rb``) holding ``_netutil.PAYLOAD`` (1 MiB)."""
+    path = tmp_path / "payload.bin"
+    path.write_bytes(PAYLOAD)
+    with open(path, "rb") as f:
+        yield f
 
 
 @pytest.fixture(autouse=True)

@@ -18,47 +18,10 @@ import sys
 
 import pytest
 
+from _netutil import HAS_IPV6, PAYLOAD, check_unix_arguments, listener, needs_ipv6, read_all
 from conftest import tokioloop_only
 
-HAS_IPV6 = socket.has_ipv6
-
-
-def _ipv6_loopback_works():
-    if not HAS_IPV6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-IPV6_OK = _ipv6_loopback_works()
-needs_ipv6 = pytest.mark.skipif(not IPV6_OK, reason="no IPv6 loopback")
 needs_exception_group = pytest.mark.skipif(sys.version_info < (3, 11), reason="ExceptionGroup")
-
-
-@pytest.fixture
-def sockets():
-    """Close every socket a test registers, even when it fails."""
-    made = []
-
-    def track(sock):
-        made.append(sock)
-        return sock
-
-    yield track
-    for s in made:
-        s.close()
-
-
-def listener(sockets, family=socket.AF_INET, host="127.0.0.1", backlog=16):
-    srv = sockets(socket.socket(family, socket.SOCK_STREAM))
-    srv.setblocking(False)
-    srv.bind((host, 0))
-    srv.listen(backlog)
-    return srv
 
 
 def refused_address(family=socket.AF_INET, host="127.0.0.1"):
@@ -107,6 +70,22 @@ async def close_transport(transport, proto):
     await proto.lost
 
 
+async def connect_to_listener(loop, sockets, srv, *args, **kwargs):
+    """``create_connection(Recorder, *args, **kwargs)`` must reach the listening ``srv``;
+    then the transport is closed."""
+    accept = asyncio.ensure_future(loop.sock_accept(srv))
+    transport, proto = await loop.create_connection(Recorder, *args, **kwargs)
+    sockets((await accept)[0])
+    assert transport.get_extra_info("peername") == srv.getsockname()
+    await close_transport(transport, proto)
+
+
+async def peer_sends(loop, conn, proto, data):
+    """The raw peer ``conn`` sends ``data``: all the Recorder ``proto`` has received is that."""
+    await loop.sock_sendall(conn, data)
+    assert await proto.read_until(len(data)) == data
+
+
 def fake_resolver(loop, infos):
     """Make ``loop.getaddrinfo`` answer ``infos`` (recording each query)."""
     queries = []
@@ -121,6 +100,16 @@ def fake_resolver(loop, infos):
 
 def stream_info(address, family=socket.AF_INET):
     return (family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", address)
+
+
+def resolve_to_refused(loop, *more):
+    """Make ``loop.getaddrinfo`` answer two different refused addresses, then the ``more``
+    addresses; returns the two refused ones."""
+    bad1, bad2 = refused_address(), refused_address()
+    while bad2 == bad1:
+        bad2 = refused_address()
+    fake_resolver(loop, [stream_info(a) for a in (bad1, bad2, *more)])
+    return bad1, bad2
 
 
 def scripted_connect(loop, refuse=(), hang=()):
@@ -158,8 +147,7 @@ def test_connect_exchange_and_close(loop, sockets):
         assert transport.get_extra_info("socket").family == socket.AF_INET
         transport.write(b"ping")
         assert await loop.sock_recv(conn, 10) == b"ping"
-        await loop.sock_sendall(conn, b"pong")
-        assert await proto.read_until(4) == b"pong"
+        await peer_sends(loop, conn, proto, b"pong")
         conn.shutdown(socket.SHUT_WR)
         await close_transport(transport, proto)
         assert proto.events == ["made", "eof", "lost"] or proto.events == ["made", "lost"]
@@ -186,13 +174,9 @@ def test_connect_by_name_resolves(loop, sockets):
     srv = listener(sockets)
 
     async def main():
-        accept = asyncio.ensure_future(loop.sock_accept(srv))
-        transport, proto = await loop.create_connection(
-            Recorder, "localhost", srv.getsockname()[1], family=socket.AF_INET
+        await connect_to_listener(
+            loop, sockets, srv, "localhost", srv.getsockname()[1], family=socket.AF_INET
         )
-        sockets((await accept)[0])
-        assert transport.get_extra_info("peername") == srv.getsockname()
-        await close_transport(transport, proto)
 
     loop.run_until_complete(main())
 
@@ -260,11 +244,7 @@ def test_first_address_refused_second_works(loop, sockets):
     fake_resolver(loop, [stream_info(bad), stream_info(srv.getsockname())])
 
     async def main():
-        accept = asyncio.ensure_future(loop.sock_accept(srv))
-        transport, proto = await loop.create_connection(Recorder, "example.test", 1)
-        sockets((await accept)[0])
-        assert transport.get_extra_info("peername") == srv.getsockname()
-        await close_transport(transport, proto)
+        await connect_to_listener(loop, sockets, srv, "example.test", 1)
 
     loop.run_until_complete(main())
 
@@ -281,10 +261,7 @@ def test_all_refused_same_message_raises_first(loop):
 
 
 def test_all_refused_different_messages_combined(loop):
-    bad1, bad2 = refused_address(), refused_address()
-    while bad2 == bad1:
-        bad2 = refused_address()
-    fake_resolver(loop, [stream_info(bad1), stream_info(bad2)])
+    bad1, bad2 = resolve_to_refused(loop)
 
     async def main():
         with pytest.raises(OSError) as info:
@@ -300,8 +277,7 @@ def test_all_refused_different_messages_combined(loop):
 @needs_exception_group
 @tokioloop_only
 def test_all_errors_raises_exception_group(loop):
-    bad1, bad2 = refused_address(), refused_address()
-    fake_resolver(loop, [stream_info(bad1), stream_info(bad2)])
+    resolve_to_refused(loop)
 
     async def main():
         with pytest.raises(ExceptionGroup) as info:
@@ -394,13 +370,7 @@ def test_happy_eyeballs_overtakes_a_hanging_attempt(loop, sockets):
     tried = scripted_connect(loop, hang={stuck})
 
     async def main():
-        accept = asyncio.ensure_future(loop.sock_accept(srv))
-        transport, proto = await loop.create_connection(
-            Recorder, "example.test", 1, happy_eyeballs_delay=0.01
-        )
-        sockets((await accept)[0])
-        assert transport.get_extra_info("peername") == srv.getsockname()
-        await close_transport(transport, proto)
+        await connect_to_listener(loop, sockets, srv, "example.test", 1, happy_eyeballs_delay=0.01)
 
     loop.run_until_complete(main())
     assert tried == [stuck, srv.getsockname()]
@@ -408,28 +378,16 @@ def test_happy_eyeballs_overtakes_a_hanging_attempt(loop, sockets):
 
 def test_happy_eyeballs_mix_of_refused_and_working(loop, sockets):
     srv = listener(sockets)
-    bad1, bad2 = refused_address(), refused_address()
-    fake_resolver(
-        loop, [stream_info(bad1), stream_info(bad2), stream_info(srv.getsockname())]
-    )
+    resolve_to_refused(loop, srv.getsockname())
 
     async def main():
-        accept = asyncio.ensure_future(loop.sock_accept(srv))
-        transport, proto = await loop.create_connection(
-            Recorder, "example.test", 1, happy_eyeballs_delay=0.25
-        )
-        sockets((await accept)[0])
-        assert transport.get_extra_info("peername") == srv.getsockname()
-        await close_transport(transport, proto)
+        await connect_to_listener(loop, sockets, srv, "example.test", 1, happy_eyeballs_delay=0.25)
 
     loop.run_until_complete(main())
 
 
 def test_happy_eyeballs_all_refused(loop):
-    bad1, bad2 = refused_address(), refused_address()
-    while bad2 == bad1:
-        bad2 = refused_address()
-    fake_resolver(loop, [stream_info(bad1), stream_info(bad2)])
+    resolve_to_refused(loop)
 
     async def main():
         with pytest.raises(OSError, match="Multiple exceptions"):
@@ -683,8 +641,7 @@ def test_unix_connection_with_sock(loop, sockets, tmp_path):
         conn = sockets((await accept)[0])
         transport, proto = await loop.create_unix_connection(Recorder, sock=sock)
         assert sock.gettimeout() == 0
-        await loop.sock_sendall(conn, b"back")
-        assert await proto.read_until(4) == b"back"
+        await peer_sends(loop, conn, proto, b"back")
         await close_transport(transport, proto)
 
     loop.run_until_complete(main())
@@ -700,24 +657,15 @@ def test_unix_connection_missing_path(loop, tmp_path):
 
 def test_unix_connection_bad_arguments(loop, tmp_path):
     async def main():
-        with pytest.raises(ValueError, match="no path and sock were specified"):
-            await loop.create_unix_connection(asyncio.Protocol)
-        with socket.socket(socket.AF_UNIX) as sock:
-            with pytest.raises(ValueError, match="path and sock can not be specified"):
-                await loop.create_unix_connection(asyncio.Protocol, str(tmp_path / "x"), sock=sock)
-        with socket.socket(socket.AF_INET) as sock:
-            with pytest.raises(ValueError, match="A UNIX Domain Stream Socket was expected"):
-                await loop.create_unix_connection(asyncio.Protocol, sock=sock)
+        await check_unix_arguments(
+            loop.create_unix_connection, str(tmp_path / "x"), "no path and sock were specified"
+        )
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             with pytest.raises(ValueError, match="A UNIX Domain Stream Socket was expected"):
                 await loop.create_unix_connection(asyncio.Protocol, sock=sock)
         with pytest.raises(ValueError, match="server_hostname is only meaningful with ssl"):
             await loop.create_unix_connection(
                 asyncio.Protocol, str(tmp_path / "x"), server_hostname="h"
-            )
-        with pytest.raises(ValueError, match="ssl_handshake_timeout is only meaningful"):
-            await loop.create_unix_connection(
-                asyncio.Protocol, str(tmp_path / "x"), ssl_handshake_timeout=1
             )
 
     loop.run_until_complete(main())
@@ -766,17 +714,6 @@ def test_connect_accepted_socket_checks(loop):
 
 # -- loop.sendfile ---------------------------------------------------------------------------
 
-PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
-
-
-@pytest.fixture
-def payload_file(tmp_path):
-    path = tmp_path / "payload.bin"
-    path.write_bytes(PAYLOAD)
-    with open(path, "rb") as f:
-        yield f
-
-
 async def connected_pair(loop, sockets):
     """A create_connection transport and the raw peer socket on the other end."""
     srv = listener(sockets)
@@ -784,16 +721,6 @@ async def connected_pair(loop, sockets):
     transport, proto = await loop.create_connection(Recorder, *srv.getsockname())
     conn, _ = await accept
     return transport, proto, sockets(conn)
-
-
-async def read_all(loop, conn, size):
-    got = bytearray()
-    while len(got) < size:
-        chunk = await loop.sock_recv(conn, 65536)
-        if not chunk:
-            break
-        got += chunk
-    return bytes(got)
 
 
 @pytest.mark.parametrize("offset, count", [(0, None), (1000, None), (10, 100_000)])
@@ -811,8 +738,7 @@ def test_sendfile_native(loop, sockets, payload_file, offset, count):
         assert transport.is_reading()
         transport.write(b"tail")
         assert await loop.sock_recv(conn, 10) == b"tail"
-        await loop.sock_sendall(conn, b"up")
-        assert await proto.read_until(2) == b"up"
+        await peer_sends(loop, conn, proto, b"up")
         await close_transport(transport, proto)
 
     loop.run_until_complete(main())
@@ -857,8 +783,7 @@ def test_sendfile_cancelled(loop, sockets, payload_file):
         with pytest.raises(asyncio.CancelledError):
             await task
         assert transport.is_reading() and not transport.is_closing()
-        await loop.sock_sendall(conn, b"after")
-        assert await proto.read_until(5) == b"after"
+        await peer_sends(loop, conn, proto, b"after")
         transport.abort()
         await proto.lost
 
@@ -891,8 +816,7 @@ def test_sendfile_fallback(loop, sockets):
         assert file.tell() == len(data)
         assert transport.get_protocol() is proto
         assert transport.is_reading()
-        await loop.sock_sendall(conn, b"still read")
-        assert await proto.read_until(10) == b"still read"
+        await peer_sends(loop, conn, proto, b"still read")
         await close_transport(transport, proto)
 
     loop.run_until_complete(main())

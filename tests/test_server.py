@@ -18,38 +18,8 @@ import stat
 
 import pytest
 
+from _netutil import check_unix_arguments, needs_ipv6
 from conftest import tokioloop_only
-
-HAS_IPV6 = socket.has_ipv6
-
-
-def _ipv6_loopback_works():
-    if not HAS_IPV6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-IPV6_OK = _ipv6_loopback_works()
-needs_ipv6 = pytest.mark.skipif(not IPV6_OK, reason="no IPv6 loopback")
-
-
-@pytest.fixture
-def sockets():
-    """Close every socket a test registers, even when it fails."""
-    made = []
-
-    def track(sock):
-        made.append(sock)
-        return sock
-
-    yield track
-    for s in made:
-        s.close()
 
 
 class Echo(asyncio.Protocol):
@@ -73,12 +43,16 @@ class Echo(asyncio.Protocol):
             self.lost.set_result(exc)
 
 
-def echo_factory():
+async def echo_server(create, *args, **kwargs):
+    """Serve ``Echo`` with ``create`` (loop.create_server or loop.create_unix_server, called
+    with ``args`` and ``kwargs``); returns the server and the list of the protocols it made."""
     made = []
-    return made, (lambda: Echo(made))
+    server = await create(lambda: Echo(made), *args, **kwargs)
+    return server, made
 
 
 async def tcp_client(loop, sockets, address, family=socket.AF_INET):
+    """A plain non-blocking socket of ``family`` (AF_UNIX too), connected to ``address``."""
     sock = sockets(socket.socket(family, socket.SOCK_STREAM))
     sock.setblocking(False)
     await loop.sock_connect(sock, address)
@@ -105,6 +79,15 @@ async def read_eof(loop, sock):
     return True
 
 
+async def echo_once(loop, sockets, made, address, family=socket.AF_INET):
+    """A client connects to the echo server at ``address``, has its ping echoed and hangs up;
+    returns once the server side (``made[0]``, the server's first connection) is lost."""
+    client = await tcp_client(loop, sockets, address, family)
+    assert await roundtrip(loop, client) == b"ping"
+    client.close()
+    await made[0].lost
+
+
 def address_of(server, index=0):
     return server.sockets[index].getsockname()
 
@@ -119,8 +102,7 @@ async def close_server(server):
 
 def test_serve_and_echo(loop, sockets):
     async def main():
-        made, factory = echo_factory()
-        server = await loop.create_server(factory, "127.0.0.1", 0)
+        server, made = await echo_server(loop.create_server, "127.0.0.1", 0)
         assert server.is_serving()
         assert server.get_loop() is loop
         client = await tcp_client(loop, sockets, address_of(server))
@@ -156,8 +138,7 @@ def test_sockets_property(loop):
 @pytest.mark.parametrize("host", [None, ""])
 def test_all_interfaces(loop, sockets, host):
     async def main():
-        made, factory = echo_factory()
-        server = await loop.create_server(factory, host, 0)
+        server, made = await echo_server(loop.create_server, host, 0)
         families = {s.family for s in server.sockets}
         assert socket.AF_INET in families
         v4 = next(s for s in server.sockets if s.family == socket.AF_INET)
@@ -165,10 +146,7 @@ def test_all_interfaces(loop, sockets, host):
         for s in server.sockets:
             if s.family == socket.AF_INET6:
                 assert s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) != 0
-        client = await tcp_client(loop, sockets, ("127.0.0.1", v4.getsockname()[1]))
-        assert await roundtrip(loop, client) == b"ping"
-        client.close()
-        await made[0].lost
+        await echo_once(loop, sockets, made, ("127.0.0.1", v4.getsockname()[1]))
         await close_server(server)
 
     loop.run_until_complete(main())
@@ -177,8 +155,7 @@ def test_all_interfaces(loop, sockets, host):
 @needs_ipv6
 def test_host_list(loop, sockets):
     async def main():
-        made, factory = echo_factory()
-        server = await loop.create_server(factory, ["127.0.0.1", "::1", "127.0.0.1"], 0)
+        server, made = await echo_server(loop.create_server, ["127.0.0.1", "::1", "127.0.0.1"], 0)
         by_family = {s.family: s.getsockname() for s in server.sockets}
         assert len(server.sockets) == 2  # the duplicate host is bound once
         assert set(by_family) == {socket.AF_INET, socket.AF_INET6}
@@ -209,14 +186,10 @@ def test_server_on_given_socket(loop, sockets):
     async def main():
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
-        made, factory = echo_factory()
-        server = await loop.create_server(factory, sock=sock)
+        server, made = await echo_server(loop.create_server, sock=sock)
         assert sock.gettimeout() == 0
         assert address_of(server) == sock.getsockname()
-        client = await tcp_client(loop, sockets, sock.getsockname())
-        assert await roundtrip(loop, client) == b"ping"
-        client.close()
-        await made[0].lost
+        await echo_once(loop, sockets, made, sock.getsockname())
         await close_server(server)
         assert sock.fileno() == -1  # the server owns and closes it
 
@@ -250,8 +223,7 @@ def test_reuse_address_off(loop):
 @tokioloop_only
 def test_keep_alive(loop, sockets):
     async def main():
-        made, factory = echo_factory()
-        server = await loop.create_server(factory, "127.0.0.1", 0, keep_alive=True)
+        server, made = await echo_server(loop.create_server, "127.0.0.1", 0, keep_alive=True)
         client = await tcp_client(loop, sockets, address_of(server))
         await roundtrip(loop, client)
         accepted = made[0].transport.get_extra_info("socket")
@@ -301,8 +273,7 @@ def test_create_server_bad_arguments(loop):
 
 def test_start_serving_later(loop, sockets):
     async def main():
-        made, factory = echo_factory()
-        server = await loop.create_server(factory, "127.0.0.1", 0, start_serving=False)
+        server, made = await echo_server(loop.create_server, "127.0.0.1", 0, start_serving=False)
         assert not server.is_serving()
         sock = sockets(socket.socket())
         sock.setblocking(False)
@@ -311,10 +282,7 @@ def test_start_serving_later(loop, sockets):
         await server.start_serving()
         assert server.is_serving()
         await server.start_serving()  # again: nothing changes
-        client = await tcp_client(loop, sockets, address_of(server))
-        assert await roundtrip(loop, client) == b"ping"
-        client.close()
-        await made[0].lost
+        await echo_once(loop, sockets, made, address_of(server))
         await close_server(server)
 
     loop.run_until_complete(main())
@@ -322,18 +290,14 @@ def test_start_serving_later(loop, sockets):
 
 def test_serve_forever_cancelled(loop, sockets):
     async def main():
-        made, factory = echo_factory()
-        server = await loop.create_server(factory, "127.0.0.1", 0, start_serving=False)
+        server, made = await echo_server(loop.create_server, "127.0.0.1", 0, start_serving=False)
         address = address_of(server)
         task = asyncio.ensure_future(server.serve_forever())
         await asyncio.sleep(0)
         assert server.is_serving()
         with pytest.raises(RuntimeError, match="is already being awaited on serve_forever"):
             await server.serve_forever()
-        client = await tcp_client(loop, sockets, address)
-        assert await roundtrip(loop, client) == b"ping"
-        client.close()
-        await made[0].lost
+        await echo_once(loop, sockets, made, address)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -346,8 +310,7 @@ def test_serve_forever_cancelled(loop, sockets):
 
 def test_close_keeps_connections(loop, sockets):
     async def main():
-        made, factory = echo_factory()
-        server = await loop.create_server(factory, "127.0.0.1", 0)
+        server, made = await echo_server(loop.create_server, "127.0.0.1", 0)
         address = address_of(server)
         client = await tcp_client(loop, sockets, address)
         await roundtrip(loop, client)
@@ -389,8 +352,7 @@ def test_wait_closed_without_connections(loop):
 def test_wait_closed_after_close_waits_for_connections(loop, sockets):
     # asyncio 3.12.1+ semantics (3.11 returns at once here).
     async def main():
-        made, factory = echo_factory()
-        server = await loop.create_server(factory, "127.0.0.1", 0)
+        server, made = await echo_server(loop.create_server, "127.0.0.1", 0)
         client = await tcp_client(loop, sockets, address_of(server))
         await roundtrip(loop, client)
         server.close()
@@ -409,8 +371,7 @@ def test_wait_closed_after_close_waits_for_connections(loop, sockets):
 @pytest.mark.parametrize("how", ["close_clients", "abort_clients"])
 def test_close_and_abort_clients(loop, sockets, how):
     async def main():
-        made, factory = echo_factory()
-        server = await loop.create_server(factory, "127.0.0.1", 0)
+        server, made = await echo_server(loop.create_server, "127.0.0.1", 0)
         clients = [await tcp_client(loop, sockets, address_of(server)) for _ in range(3)]
         for c in clients:
             await roundtrip(loop, c)
@@ -428,14 +389,10 @@ def test_close_and_abort_clients(loop, sockets, how):
 
 def test_async_with(loop, sockets):
     async def main():
-        made, factory = echo_factory()
-        server = await loop.create_server(factory, "127.0.0.1", 0)
+        server, made = await echo_server(loop.create_server, "127.0.0.1", 0)
         async with server as entered:
             assert entered is server
-            client = await tcp_client(loop, sockets, address_of(server))
-            assert await roundtrip(loop, client) == b"ping"
-            client.close()
-            await made[0].lost
+            await echo_once(loop, sockets, made, address_of(server))
         assert not server.is_serving() and server.sockets == ()
 
     loop.run_until_complete(main())
@@ -443,8 +400,7 @@ def test_async_with(loop, sockets):
 
 def test_accepted_transport(loop, sockets):
     async def main():
-        made, factory = echo_factory()
-        server = await loop.create_server(factory, "127.0.0.1", 0)
+        server, made = await echo_server(loop.create_server, "127.0.0.1", 0)
         client = await tcp_client(loop, sockets, address_of(server))
         await roundtrip(loop, client)
         transport = made[0].transport
@@ -462,27 +418,16 @@ def test_accepted_transport(loop, sockets):
 # -- Unix servers ----------------------------------------------------------------------------
 
 
-async def unix_client(loop, sockets, path):
-    sock = sockets(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
-    sock.setblocking(False)
-    await loop.sock_connect(sock, path)
-    return sock
-
-
 @pytest.mark.parametrize("kind", ["str", "pathlike"])
 def test_unix_server(loop, sockets, tmp_path, kind):
     path = tmp_path / "srv.sock"
     target = str(path) if kind == "str" else pathlib.Path(path)
 
     async def main():
-        made, factory = echo_factory()
-        server = await loop.create_unix_server(factory, target)
+        server, made = await echo_server(loop.create_unix_server, target)
         assert stat.S_ISSOCK(os.stat(path).st_mode)
         assert server.sockets[0].getsockname() == str(path)
-        client = await unix_client(loop, sockets, str(path))
-        assert await roundtrip(loop, client) == b"ping"
-        client.close()
-        await made[0].lost
+        await echo_once(loop, sockets, made, str(path), socket.AF_UNIX)
         await close_server(server)
 
     loop.run_until_complete(main())
@@ -492,13 +437,9 @@ def test_unix_server_abstract(loop, sockets):
     name = f"\0tokioloop-server-{os.getpid()}-{id(loop)}"
 
     async def main():
-        made, factory = echo_factory()
-        server = await loop.create_unix_server(factory, name)
+        server, made = await echo_server(loop.create_unix_server, name)
         assert server.sockets[0].getsockname() == name.encode()
-        client = await unix_client(loop, sockets, name)
-        assert await roundtrip(loop, client) == b"ping"
-        client.close()
-        await made[0].lost
+        await echo_once(loop, sockets, made, name, socket.AF_UNIX)
         await close_server(server)
 
     loop.run_until_complete(main())
@@ -512,12 +453,8 @@ def test_unix_server_replaces_stale_socket_file(loop, sockets, tmp_path):
     assert os.path.exists(path)
 
     async def main():
-        made, factory = echo_factory()
-        server = await loop.create_unix_server(factory, path)
-        client = await unix_client(loop, sockets, path)
-        assert await roundtrip(loop, client) == b"ping"
-        client.close()
-        await made[0].lost
+        server, made = await echo_server(loop.create_unix_server, path)
+        await echo_once(loop, sockets, made, path, socket.AF_UNIX)
         await close_server(server)
 
     loop.run_until_complete(main())
@@ -543,12 +480,8 @@ def test_unix_server_on_given_socket(loop, sockets, tmp_path):
     async def main():
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(path)
-        made, factory = echo_factory()
-        server = await loop.create_unix_server(factory, sock=sock)
-        client = await unix_client(loop, sockets, path)
-        assert await roundtrip(loop, client) == b"ping"
-        client.close()
-        await made[0].lost
+        server, made = await echo_server(loop.create_unix_server, sock=sock)
+        await echo_once(loop, sockets, made, path, socket.AF_UNIX)
         await close_server(server)
 
     loop.run_until_complete(main())
@@ -556,20 +489,12 @@ def test_unix_server_on_given_socket(loop, sockets, tmp_path):
 
 def test_unix_server_bad_arguments(loop, tmp_path):
     async def main():
-        with pytest.raises(ValueError, match="path was not specified, and no sock specified"):
-            await loop.create_unix_server(asyncio.Protocol)
-        with socket.socket(socket.AF_UNIX) as sock:
-            with pytest.raises(ValueError, match="path and sock can not be specified"):
-                await loop.create_unix_server(asyncio.Protocol, str(tmp_path / "x"), sock=sock)
-        with socket.socket(socket.AF_INET) as sock:
-            with pytest.raises(ValueError, match="A UNIX Domain Stream Socket was expected"):
-                await loop.create_unix_server(asyncio.Protocol, sock=sock)
+        await check_unix_arguments(
+            loop.create_unix_server, str(tmp_path / "x"),
+            "path was not specified, and no sock specified",
+        )
         with pytest.raises(TypeError, match="ssl argument must be an SSLContext or None"):
             await loop.create_unix_server(asyncio.Protocol, str(tmp_path / "x"), ssl=True)
-        with pytest.raises(ValueError, match="ssl_handshake_timeout is only meaningful"):
-            await loop.create_unix_server(
-                asyncio.Protocol, str(tmp_path / "x"), ssl_handshake_timeout=1
-            )
 
     loop.run_until_complete(main())
     assert not (tmp_path / "x").exists()
@@ -654,8 +579,7 @@ def test_accept_out_of_descriptors_backs_off_and_resumes(loop, sockets, exc_cont
         listener = FlakyListener(socket.AF_INET, socket.SOCK_STREAM)
         listener.bind(("127.0.0.1", 0))
         listener.failures = 1
-        made, factory = echo_factory()
-        server = await loop.create_server(factory, sock=listener)
+        server, made = await echo_server(loop.create_server, sock=listener)
         address = listener.getsockname()
         first = await tcp_client(loop, sockets, address)
         assert await roundtrip(loop, first, b"one") == b"one"
@@ -690,8 +614,7 @@ def test_accept_other_errors_are_reported_and_serving_goes_on(loop, sockets, exc
     async def main():
         listener = Failing(socket.AF_INET, socket.SOCK_STREAM)
         listener.bind(("127.0.0.1", 0))
-        made, factory = echo_factory()
-        server = await loop.create_server(factory, sock=listener)
+        server, made = await echo_server(loop.create_server, sock=listener)
         client = await tcp_client(loop, sockets, listener.getsockname())
         assert await roundtrip(loop, client) == b"ping"
         assert len(exc_contexts) == 1
@@ -730,8 +653,7 @@ def test_many_connections_do_not_leak_descriptors(loop, sockets):
         made.clear()
 
     async def main():
-        made, factory = echo_factory()
-        server = await loop.create_server(factory, "127.0.0.1", 0, backlog=1024)
+        server, made = await echo_server(loop.create_server, "127.0.0.1", 0, backlog=1024)
         for _ in range(rounds):
             await one_round(server, made)
         await close_server(server)

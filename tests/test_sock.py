@@ -8,35 +8,7 @@ import ssl
 
 import pytest
 
-HAS_IPV6 = socket.has_ipv6
-
-
-def _ipv6_loopback_works():
-    if not HAS_IPV6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-IPV6_OK = _ipv6_loopback_works()
-
-
-@pytest.fixture
-def sockets():
-    """Close every socket a test registers, even when it fails."""
-    made = []
-
-    def track(*socks):
-        made.extend(socks)
-        return socks[0] if len(socks) == 1 else socks
-
-    yield track
-    for s in made:
-        s.close()
+from _netutil import PAYLOAD, listener, needs_ipv6, read_all
 
 
 @pytest.fixture
@@ -45,14 +17,6 @@ def pair(sockets):
     a.setblocking(False)
     b.setblocking(False)
     return sockets(a, b)
-
-
-def listener(sockets, family=socket.AF_INET, host="127.0.0.1"):
-    srv = sockets(socket.socket(family, socket.SOCK_STREAM))
-    srv.setblocking(False)
-    srv.bind((host, 0))
-    srv.listen(5)
-    return srv
 
 
 def tcp_client(sockets, family=socket.AF_INET):
@@ -259,7 +223,7 @@ def test_tcp_connect_accept_roundtrip(loop, sockets):
     assert loop.run_until_complete(main()) == b"pong"
 
 
-@pytest.mark.skipif(not IPV6_OK, reason="no IPv6 loopback")
+@needs_ipv6
 def test_tcp_ipv6_roundtrip(loop, sockets):
     srv = listener(sockets, socket.AF_INET6, "::1")
     client = tcp_client(sockets, socket.AF_INET6)
@@ -420,27 +384,6 @@ def test_ssl_socket_rejected(loop, sockets, name, args):
 
 # -- sock_sendfile -------------------------------------------------------------------------
 
-DATA = bytes(range(256)) * 4096  # 1 MiB
-
-
-@pytest.fixture
-def datafile(tmp_path):
-    path = tmp_path / "data.bin"
-    path.write_bytes(DATA)
-    with open(path, "rb") as f:
-        yield f
-
-
-async def _drain(loop, sock, expect):
-    got = bytearray()
-    while len(got) < expect:
-        chunk = await loop.sock_recv(sock, 65536)
-        if not chunk:
-            break
-        got += chunk
-    return bytes(got)
-
-
 def _sendfile_roundtrip(loop, pair, file, **kwargs):
     a, b = pair
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -448,29 +391,29 @@ def _sendfile_roundtrip(loop, pair, file, **kwargs):
     async def main():
         count = kwargs.get("count")
         offset = kwargs.get("offset", 0)
-        expect = (count if count else len(DATA) - offset)
-        reader = asyncio.ensure_future(_drain(loop, b, expect))
+        expect = (count if count else len(PAYLOAD) - offset)
+        reader = asyncio.ensure_future(read_all(loop, b, expect))
         sent = await loop.sock_sendfile(a, file, **kwargs)
         return sent, await reader
 
     return loop.run_until_complete(main())
 
 
-def test_sendfile_whole(loop, pair, datafile):
-    sent, got = _sendfile_roundtrip(loop, pair, datafile)
-    assert sent == len(DATA)
-    assert got == DATA
-    assert datafile.tell() == len(DATA)
+def test_sendfile_whole(loop, pair, payload_file):
+    sent, got = _sendfile_roundtrip(loop, pair, payload_file)
+    assert sent == len(PAYLOAD)
+    assert got == PAYLOAD
+    assert payload_file.tell() == len(PAYLOAD)
 
 
-def test_sendfile_offset_count(loop, pair, datafile):
-    sent, got = _sendfile_roundtrip(loop, pair, datafile, offset=1000, count=300000)
+def test_sendfile_offset_count(loop, pair, payload_file):
+    sent, got = _sendfile_roundtrip(loop, pair, payload_file, offset=1000, count=300000)
     assert sent == 300000
-    assert got == DATA[1000:301000]
-    assert datafile.tell() == 301000
+    assert got == PAYLOAD[1000:301000]
+    assert payload_file.tell() == 301000
 
 
-def test_sendfile_fallback_offset_count(loop, pair, datafile):
+def test_sendfile_fallback_offset_count(loop, pair, payload_file):
     # A file object without fileno(): only the read + sock_sendall path can send it.
     class Plain:
         mode = "rb"
@@ -484,11 +427,11 @@ def test_sendfile_fallback_offset_count(loop, pair, datafile):
         def seek(self, pos):
             return self._f.seek(pos)
 
-    plain = Plain(datafile)
+    plain = Plain(payload_file)
     sent, got = _sendfile_roundtrip(loop, pair, plain, offset=10, count=200000)
     assert sent == 200000
-    assert got == DATA[10:200010]
-    assert datafile.tell() == 200010
+    assert got == PAYLOAD[10:200010]
+    assert payload_file.tell() == 200010
 
 
 def test_sendfile_no_fallback_raises(loop, pair):
@@ -510,7 +453,7 @@ def test_sendfile_empty_file(loop, pair, tmp_path):
         assert loop.run_until_complete(loop.sock_sendfile(pair[0], f)) == 0
 
 
-def test_sendfile_param_checks(loop, sockets, pair, datafile, tmp_path):
+def test_sendfile_param_checks(loop, sockets, pair, payload_file, tmp_path):
     a, _ = pair
     udp = sockets(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     udp.setblocking(False)
@@ -518,30 +461,30 @@ def test_sendfile_param_checks(loop, sockets, pair, datafile, tmp_path):
     text.write_text("x")
     run = loop.run_until_complete
     with pytest.raises(ValueError, match="only SOCK_STREAM"):
-        run(loop.sock_sendfile(udp, datafile))
+        run(loop.sock_sendfile(udp, payload_file))
     with open(text, "r") as tf:
         with pytest.raises(ValueError, match="binary mode"):
             run(loop.sock_sendfile(a, tf))
     with pytest.raises(ValueError, match="count must be a positive integer"):
-        run(loop.sock_sendfile(a, datafile, count=0))
+        run(loop.sock_sendfile(a, payload_file, count=0))
     with pytest.raises(TypeError, match="count must be a positive integer"):
-        run(loop.sock_sendfile(a, datafile, count=1.5))
+        run(loop.sock_sendfile(a, payload_file, count=1.5))
     with pytest.raises(ValueError, match="offset must be a non-negative integer"):
-        run(loop.sock_sendfile(a, datafile, offset=-1))
+        run(loop.sock_sendfile(a, payload_file, offset=-1))
     with pytest.raises(TypeError, match="offset must be a non-negative integer"):
-        run(loop.sock_sendfile(a, datafile, offset="1"))
+        run(loop.sock_sendfile(a, payload_file, offset="1"))
     blocking = sockets(socket.socket())
     loop.set_debug(True)
     with pytest.raises(ValueError, match="the socket must be non-blocking"):
-        run(loop.sock_sendfile(blocking, datafile))
+        run(loop.sock_sendfile(blocking, payload_file))
 
 
-def test_sendfile_cancel_removes_writer(loop, pair, datafile):
+def test_sendfile_cancel_removes_writer(loop, pair, payload_file):
     a, b = pair
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
 
     async def main():
-        task = asyncio.ensure_future(loop.sock_sendfile(a, datafile))
+        task = asyncio.ensure_future(loop.sock_sendfile(a, payload_file))
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         assert not task.done()
@@ -552,12 +495,12 @@ def test_sendfile_cancel_removes_writer(loop, pair, datafile):
     loop.run_until_complete(main())
 
 
-def test_sendfile_peer_closed(loop, pair, datafile):
+def test_sendfile_peer_closed(loop, pair, payload_file):
     a, b = pair
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
 
     async def main():
-        task = asyncio.ensure_future(loop.sock_sendfile(a, datafile))
+        task = asyncio.ensure_future(loop.sock_sendfile(a, payload_file))
         await asyncio.sleep(0)
         b.close()
         with pytest.raises(OSError):

@@ -26,20 +26,6 @@ LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, timeout 0: close() sends a
 # -- fixtures and helpers ------------------------------------------------------------------
 
 
-@pytest.fixture
-def sockets():
-    """Close every socket a test registers, even when it fails."""
-    made = []
-
-    def track(*socks):
-        made.extend(socks)
-        return socks[0] if len(socks) == 1 else socks
-
-    yield track
-    for s in made:
-        s.close()
-
-
 @pytest.fixture(params=["unix", "tcp"])
 def pair_kind(request):
     return request.param
@@ -206,6 +192,22 @@ async def peer_read_to_eof(loop, sock):
 async def spin(turns=5):
     for _ in range(turns):
         await asyncio.sleep(0)
+
+
+async def settle():
+    """Let the loop run for a while (turns, 50 ms, turns): what is ready has been handled."""
+    await spin()
+    await asyncio.sleep(0.05)
+    await spin()
+
+
+def write_beyond_kernel_buffers(tr, size):
+    """Write ``size`` random bytes (more than a ``small`` pair's kernel buffers take, the peer
+    not reading): some stay in the transport's buffer. Returns what was written."""
+    payload = os.urandom(size)
+    tr.write(payload)
+    assert tr.get_write_buffer_size() > 0
+    return payload
 
 
 async def close_and_wait(tr, proto):
@@ -566,9 +568,7 @@ def test_write_eof_waits_for_buffered_data(loop, sockets, pair_kind):
 
     async def main():
         tr, proto = await attach(loop, ours)
-        payload = os.urandom(MiB)
-        tr.write(payload)
-        assert tr.get_write_buffer_size() > 0
+        payload = write_beyond_kernel_buffers(tr, MiB)
         tr.write_eof()
         assert await peer_read_to_eof(loop, peer) == payload
         assert not proto.lost.done()
@@ -585,9 +585,7 @@ def test_close_flushes_pending_data(loop, sockets, pair_kind):
 
     async def main():
         tr, proto = await attach(loop, ours)
-        payload = os.urandom(2 * MiB)
-        tr.write(payload)
-        assert tr.get_write_buffer_size() > 0
+        payload = write_beyond_kernel_buffers(tr, 2 * MiB)
         tr.close()
         await spin()
         # The peer is not reading, so nothing can complete the flush yet.
@@ -607,9 +605,7 @@ def test_abort_drops_pending_data(loop, sockets, pair_kind):
 
     async def main():
         tr, proto = await attach(loop, ours)
-        payload = os.urandom(4 * MiB)
-        tr.write(payload)
-        assert tr.get_write_buffer_size() > 0
+        payload = write_beyond_kernel_buffers(tr, 4 * MiB)
         tr.abort()
         assert tr.is_closing()
         assert tr.get_write_buffer_size() == 0
@@ -635,9 +631,7 @@ def test_pause_resume_reading(loop, sockets, pair_kind):
         tr.pause_reading()  # idempotent
         assert tr.is_reading() is False
         await loop.sock_sendall(peer, b"while paused")
-        await spin()
-        await asyncio.sleep(0.05)
-        await spin()
+        await settle()
         assert proto.data == b""
         tr.resume_reading()
         tr.resume_reading()  # idempotent
@@ -648,9 +642,7 @@ def test_pause_resume_reading(loop, sockets, pair_kind):
         tr.pause_reading()
         await loop.sock_sendall(peer, b"+tail")
         peer.shutdown(socket.SHUT_WR)
-        await spin()
-        await asyncio.sleep(0.05)
-        await spin()
+        await settle()
         assert proto.events == ["made", "data"]
         assert bytes(proto.data) == b"while paused"
         tr.resume_reading()
@@ -692,9 +684,7 @@ def test_pause_reading_in_connection_made(loop, sockets):
     async def main():
         tr, proto = await attach(loop, ours, Paused)
         assert tr.is_reading() is False
-        await spin()
-        await asyncio.sleep(0.05)
-        await spin()
+        await settle()
         assert proto.events == ["made"]
         tr.resume_reading()
         await proto.until_data(5)
@@ -1081,9 +1071,7 @@ def test_get_buffer_only_called_when_data_arrives(loop, sockets):
     async def main():
         tr, proto = await attach(loop, ours, lambda: Counting(64))
         try:
-            await spin()
-            await asyncio.sleep(0.05)
-            await spin()
+            await settle()
             assert calls == [], "get_buffer() called before any data was readable"
             await loop.sock_sendall(peer, b"hello")
             await proto_until(lambda: len(proto.data) == 5)

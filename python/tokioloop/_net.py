@@ -99,6 +99,34 @@ def _check_stream(sock):
         raise ValueError(f"A Stream Socket was expected, got {sock!r}")
 
 
+def _check_ssl_timeouts(with_ssl, ssl_handshake_timeout, ssl_shutdown_timeout):
+    """The TLS timeouts are refused without ``ssl`` (``with_ssl``: whether it was given)."""
+    if ssl_handshake_timeout is not None and not with_ssl:
+        raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+    if ssl_shutdown_timeout is not None and not with_ssl:
+        raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+
+
+def _check_server_ssl(ssl, with_ssl, ssl_handshake_timeout, ssl_shutdown_timeout):
+    """The servers' ssl checks: no bool for ``ssl``, then the TLS timeouts (asyncio's
+    create_server counts any ``ssl`` not None as given, create_unix_server a true one)."""
+    if isinstance(ssl, bool):
+        raise TypeError("ssl argument must be an SSLContext or None")
+    _check_ssl_timeouts(with_ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
+
+
+def _check_address_or_sock(has_address, sock, address_names, missing_message, check_sock):
+    """An address (host/port, or a path) or a socket, not both; a given socket must pass
+    ``check_sock``. The messages are asyncio's."""
+    if has_address:
+        if sock is not None:
+            raise ValueError(f"{address_names} and sock can not be specified at the same time")
+    elif sock is None:
+        raise ValueError(missing_message)
+    else:
+        check_sock(sock)
+
+
 def _single_connect_error(errors):
     """asyncio's rule for reporting several failed connection attempts as one OSError."""
     if len(errors) == 1:
@@ -130,20 +158,14 @@ class NetSupport:
         if server_hostname is None and ssl and not host:
             # (With a host, TLS would default server_hostname to it.)
             raise ValueError("You must set server_hostname when using ssl without a host")
-        if ssl_handshake_timeout is not None and not ssl:
-            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-        if ssl_shutdown_timeout is not None and not ssl:
-            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        _check_ssl_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         if sock is not None:
             _reject_ssl_socket(sock)
-        if host is not None or port is not None:
-            if sock is not None:
-                raise ValueError("host/port and sock can not be specified at the same time")
-        elif sock is None:
-            raise ValueError("host and port was not specified and no sock specified")
-        else:
-            # AF_UNIX is accepted too, as long as it is a stream socket (as in asyncio).
-            _check_stream(sock)
+        # AF_UNIX is accepted too, as long as it is a stream socket (as in asyncio).
+        _check_address_or_sock(
+            host is not None or port is not None, sock, "host/port",
+            "host and port was not specified and no sock specified", _check_stream,
+        )
         if all_errors and _ExceptionGroup is None:  # pragma: no cover - Python 3.10
             raise TypeError("all_errors needs ExceptionGroup (Python 3.11+ or 'exceptiongroup')")
         if ssl:
@@ -258,23 +280,33 @@ class NetSupport:
         """Build the transport on a connected socket; wait until it is set up.
 
         A socket this loop created is closed if no transport could take it over."""
-        waiter = self.create_future()
         try:
             sock.setblocking(False)
             protocol = protocol_factory()
-            transport = self._make_socket_transport(sock, protocol, waiter)
+            transport, set_up = self._net_new_transport(sock, protocol)
         except BaseException:
             if own_sock:
                 sock.close()
             raise
+        await set_up
+        return transport, protocol
+
+    def _net_new_transport(self, sock, protocol, **kwargs):
+        """Make the socket transport for ``protocol`` on ``sock``. Returns it and a coroutine
+        to await at once: it waits until the transport is set up, closing it if that fails."""
+        waiter = self.create_future()
+        transport = self._make_socket_transport(sock, protocol, waiter, **kwargs)
+        return transport, self._net_transport_set_up(transport, waiter)
+
+    @staticmethod
+    async def _net_transport_set_up(transport, waiter):
         try:
             await waiter
         except BaseException:
             transport.close()
             raise
         finally:
-            waiter = None
-        return transport, protocol
+            waiter = None  # no traceback -> frame -> exception cycles
 
     async def create_unix_connection(
         self, protocol_factory, path=None, *, ssl=None, sock=None, server_hostname=None,
@@ -288,18 +320,12 @@ class NetSupport:
         else:
             if server_hostname is not None:
                 raise ValueError("server_hostname is only meaningful with ssl")
-            if ssl_handshake_timeout is not None:
-                raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-            if ssl_shutdown_timeout is not None:
-                raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+            _check_ssl_timeouts(False, ssl_handshake_timeout, ssl_shutdown_timeout)
+        _check_address_or_sock(
+            path is not None, sock, "path", "no path and sock were specified", _check_unix_stream
+        )
         if path is not None:
-            if sock is not None:
-                raise ValueError("path and sock can not be specified at the same time")
             path = os.fspath(path)
-        elif sock is None:
-            raise ValueError("no path and sock were specified")
-        else:
-            _check_unix_stream(sock)
         if ssl:
             raise _ssl_not_built("create_unix_connection")
 
@@ -322,10 +348,7 @@ class NetSupport:
     ):
         """Wrap a connection accepted outside the loop; return ``(transport, protocol)``."""
         _check_stream(sock)
-        if ssl_handshake_timeout is not None and not ssl:
-            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-        if ssl_shutdown_timeout is not None and not ssl:
-            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        _check_ssl_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         _reject_ssl_socket(sock)
         if ssl:
             raise _ssl_not_built("connect_accepted_socket")
@@ -348,21 +371,13 @@ class NetSupport:
         a sequence of them) and ``port``, or on the listening ``sock``. Returns a Server.
 
         Each address a host resolves to gets its own socket; duplicates are bound once."""
-        if isinstance(ssl, bool):
-            raise TypeError("ssl argument must be an SSLContext or None")
-        if ssl_handshake_timeout is not None and ssl is None:
-            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-        if ssl_shutdown_timeout is not None and ssl is None:
-            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        _check_server_ssl(ssl, ssl is not None, ssl_handshake_timeout, ssl_shutdown_timeout)
         if sock is not None:
             _reject_ssl_socket(sock)
-        if host is not None or port is not None:
-            if sock is not None:
-                raise ValueError("host/port and sock can not be specified at the same time")
-        elif sock is None:
-            raise ValueError("Neither host/port nor sock were specified")
-        else:
-            _check_stream(sock)
+        _check_address_or_sock(
+            host is not None or port is not None, sock, "host/port",
+            "Neither host/port nor sock were specified", _check_stream,
+        )
         if ssl is not None:
             raise _ssl_not_built("create_server")
 
@@ -465,20 +480,13 @@ class NetSupport:
 
         A stale socket file at ``path`` is removed first. With ``cleanup_socket`` the socket
         file is unlinked when the server closes, if it is still the one bound here."""
-        if isinstance(ssl, bool):
-            raise TypeError("ssl argument must be an SSLContext or None")
-        if ssl_handshake_timeout is not None and not ssl:
-            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-        if ssl_shutdown_timeout is not None and not ssl:
-            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        _check_server_ssl(ssl, ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
+        _check_address_or_sock(
+            path is not None, sock, "path", "path was not specified, and no sock specified",
+            _check_unix_stream,
+        )
         if path is not None:
-            if sock is not None:
-                raise ValueError("path and sock can not be specified at the same time")
             path = os.fspath(path)
-        elif sock is None:
-            raise ValueError("path was not specified, and no sock specified")
-        else:
-            _check_unix_stream(sock)
         if ssl:
             raise _ssl_not_built("create_unix_server")
 
@@ -584,17 +592,10 @@ class NetSupport:
                 conn.close()  # the server closed between accept() and now
                 return
             protocol = server._protocol_factory()
-            waiter = self.create_future()
-            transport = self._make_socket_transport(
-                conn, protocol, waiter, extra=extra, server=server
+            transport, set_up = self._net_new_transport(
+                conn, protocol, extra=extra, server=server
             )
-            try:
-                await waiter
-            except BaseException:
-                transport.close()
-                raise
-            finally:
-                waiter = None
+            await set_up
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
