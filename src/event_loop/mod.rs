@@ -41,6 +41,11 @@ pub fn install_fast_paths(class: &Bound<'_, pyo3::types::PyType>) -> PyResult<()
     fastcall::install(class)
 }
 
+thread_local! {
+    /// What one dispatch queues, kept for its capacity (always left empty).
+    static DISPATCHED: std::cell::RefCell<Vec<Ready>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 struct State {
     ready: VecDeque<Ready>,
     timers: Timers,
@@ -162,11 +167,13 @@ impl LoopCore {
         if !self.io_pending.load(Ordering::Acquire) {
             return;
         }
-        let mut ready = Vec::new();
-        self.io.lock().dispatch(py, &mut ready);
-        if !ready.is_empty() {
-            self.state.lock().ready.extend(ready);
-        }
+        DISPATCHED.with(|cell| {
+            let mut ready = cell.borrow_mut();
+            self.io.lock().dispatch(py, &mut ready);
+            if !ready.is_empty() {
+                self.state.lock().ready.extend(ready.drain(..));
+            }
+        });
     }
 
     /// Moves due timers to the ready queue, then hands the whole queue to `batch`.

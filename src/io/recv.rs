@@ -18,7 +18,7 @@ use crate::errors::last_errno;
 /// The per-thread buffer's size: asyncio's `max_size` for one socket read.
 pub const BUFFER_SIZE: usize = 256 * 1024;
 /// A read at least this big suggests the next one will be too (see the module doc).
-pub const LARGE_READ: usize = 64 * 1024;
+pub const LARGE_READ: usize = 16 * 1024;
 
 unsafe extern "C" {
     /// CPython's in-place resize of a fresh bytes object (not in pyo3-ffi; exported by every

@@ -182,6 +182,10 @@ pub struct Registry {
     fds: FdMap<Registration>,
     /// Directions to re-check next turn (may hold stale entries; `hot` is the truth).
     hot: Vec<(RawFd, Direction)>,
+    /// Last turn's hot list and edge list, kept for their capacity: a dispatch swaps them in
+    /// rather than growing fresh vectors every turn.
+    spare_hot: Vec<(RawFd, Direction)>,
+    spare_edges: Vec<(RawFd, u64, Direction)>,
     round: u64,
     next_id: u64,
     notices: Arc<Notices>,
@@ -192,6 +196,8 @@ impl Registry {
         Registry {
             fds: FdMap::default(),
             hot: Vec::new(),
+            spare_hot: Vec::new(),
+            spare_edges: Vec::new(),
             round: 0,
             next_id: 1,
             notices: Arc::new(Notices {
@@ -462,8 +468,9 @@ impl Registry {
     pub fn dispatch(&mut self, py: Python<'_>, out: &mut Vec<Ready>) {
         self.round += 1;
         let round = self.round;
-        let previously_hot = std::mem::take(&mut self.hot);
-        for (fd, direction) in previously_hot {
+        let mut previously_hot = std::mem::take(&mut self.spare_hot);
+        std::mem::swap(&mut previously_hot, &mut self.hot);
+        for (fd, direction) in previously_hot.drain(..) {
             if let Some(registration) = self.fds.get_mut(&fd) {
                 let side = registration.side(direction);
                 if side.hot && side.checked_round != round {
@@ -474,8 +481,10 @@ impl Registry {
                 }
             }
         }
-        let edges = std::mem::take(&mut *self.notices.edges.lock());
-        for (fd, id, direction) in edges {
+        self.spare_hot = previously_hot;
+        let mut edges = std::mem::take(&mut self.spare_edges);
+        std::mem::swap(&mut edges, &mut *self.notices.edges.lock());
+        for (fd, id, direction) in edges.drain(..) {
             if let Some(registration) = self.fds.get_mut(&fd) {
                 let same_registration = registration.id == id;
                 let side = registration.side(direction);
@@ -490,6 +499,7 @@ impl Registry {
                 }
             }
         }
+        self.spare_edges = edges;
         // Wakers fire only inside the reactor, on this thread, never during a dispatch.
         self.notices
             .pending
