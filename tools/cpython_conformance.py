@@ -58,7 +58,7 @@ CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conformance_ch
 LOOPS = ("asyncio", "tokioloop")
 PASS = frozenset({"passed", "expected-failure"})
 FAIL = frozenset({"failed", "error", "unexpected-success", "timeout", "crash", "not-run"})
-NOT_BUILT_RE = re.compile(r"tokioloop does not implement loop\.(\w+)\(\)")
+NOT_BUILT_RE = re.compile(r"tokioloop does not implement loop\.(\w+)\((ssl=\.\.\.)?\)")
 
 
 def test_asyncio_dir():
@@ -271,8 +271,10 @@ def classify(test_id, tok, base, rules):
                 and tok["outcome"] in PASS):
             return "loop-independent", "", "created no event loop"
     area, reason = rules.area_of(test_id)
-    if area == "core" and tok and tok["outcome"] in FAIL:
+    if area in BUILT_AREAS and tok and tok["outcome"] in FAIL:
         match = NOT_BUILT_RE.search(tok.get("reason", ""))
+        if match and match.group(2):
+            return "behavioural", "tls", f"stopped at loop.{match.group(1)}(ssl=...) (TLS not built)"
         if match and match.group(1) in UNBUILT_METHOD_AREAS:
             method = match.group(1)
             return "behavioural", UNBUILT_METHOD_AREAS[method], f"stopped at loop.{method}() (not built)"
