@@ -37,7 +37,7 @@ fn would_block(errno: i32) -> bool {
 fn recv_once(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyBytes>>> {
     let expect_large = LAST_READ_LARGE.with(|last| last.get());
     match recv_bytes(py, fd, n, libc::MSG_DONTWAIT, expect_large)? {
-        Received::Data(data, got) => {
+        Received::Data(data, got, _) => {
             LAST_READ_LARGE.with(|last| last.set(got >= LARGE_READ));
             Ok(Some(data))
         }

@@ -877,3 +877,17 @@ def test_sendfile_unsupported_transport(loop):
             await loop.sendfile(Plain(), io.BytesIO(b"x"))
 
     loop.run_until_complete(main())
+
+
+@pytest.mark.parametrize("method", ["create_connection", "create_server"])
+def test_closed_socket_as_sock_raises_oserror(loop, method):
+    """A closed socket passed as sock=: the same OSError (EBADF) on both loops, nothing leaked."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.close()
+
+    async def main():
+        with pytest.raises(OSError) as info:
+            await getattr(loop, method)(asyncio.Protocol, sock=sock)
+        return info.value.errno
+
+    assert loop.run_until_complete(main()) == errno.EBADF

@@ -1,11 +1,15 @@
 """Socket stream transports (TCP and Unix): ``Loop._make_socket_transport``.
 
-``SocketTransport`` subclasses the native ``StreamTransport``, which owns everything per read
-and per write: the receive into a per-thread buffer and the protocol call, the direct send,
-the queue flushed with one ``sendmsg``. This class keeps what happens once per connection and
-what the native side calls by name when something rare happens: set-up, ``close`` (flushes)
-and ``abort`` (drops), EOF, errors, the flow-control calls into the protocol, extra info and
-sendfile's hand-over. Every connection path (create_connection, create_server, the Unix
+``SocketTransport`` is an ``asyncio.Transport`` driven by a native engine, ``StreamTransport``,
+which owns everything per read and per write: the receive into a per-thread buffer and the
+protocol call, the direct send, the queue flushed with one ``sendmsg``. The engine's
+``write``, ``get_write_buffer_size``, ``is_closing``, ``is_reading`` and ``get_protocol`` are
+bound onto each transport, so calling them runs no Python. This class keeps what happens
+once per connection and what the engine calls by name when something rare happens: set-up,
+``close`` (flushes) and ``abort`` (drops), EOF, errors, the flow-control calls into the
+protocol, extra info and sendfile's hand-over. (A native base class cannot be combined with
+asyncio's slotted ``BaseTransport``; composition keeps ``isinstance(t, asyncio.Transport)``
+true.) Every connection path (create_connection, create_server, the Unix
 variants, connect_accepted_socket) builds its transport through
 
     loop._make_socket_transport(sock, protocol, waiter=None, *, extra=None, server=None)
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import socket
 import warnings
-from asyncio import constants, futures, protocols, trsock
+from asyncio import constants, futures, protocols, transports, trsock
 from asyncio.log import logger
 
 from ._tokioloop import StreamTransport
@@ -38,13 +42,46 @@ def _set_tcp_nodelay(sock):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class SocketTransport(StreamTransport):
+def _engine_state(name):
+    """A transport attribute that lives in the native engine (the hot path reads it there)."""
+
+    def get(self):
+        return getattr(self._core, name)
+
+    def set(self, value):
+        setattr(self._core, name, value)
+
+    return property(get, set)
+
+
+class SocketTransport(transports.Transport):
     """An ``asyncio.Transport`` over a connected stream socket, reading and writing natively."""
 
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
+    _closing = _engine_state("_closing")
+    _conn_lost = _engine_state("_conn_lost")
+    _paused = _engine_state("_paused")
+    _eof = _engine_state("_eof")
+    _protocol_paused = _engine_state("_protocol_paused")
+    _high_water = _engine_state("_high_water")
+    _low_water = _engine_state("_low_water")
+    _sendfile_active = _engine_state("_sendfile_active")
+    _sock_fd = _engine_state("_sock_fd")
+
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
-        self._extra = {} if extra is None else extra
+        super().__init__(extra)
+        self._sock = None
+        core = StreamTransport(loop, sock, self)
+        if not core._attach_io():
+            core._detach_io()
+            raise RuntimeError(f"File descriptor {core._sock_fd} is already watched by the loop")
+        self._core = core
+        self.write = core.write
+        self.get_write_buffer_size = core.get_write_buffer_size
+        self.is_closing = core.is_closing
+        self.is_reading = core.is_reading
+        self.get_protocol = core.get_protocol
         self._extra["socket"] = trsock.TransportSocket(sock)
         try:
             self._extra["sockname"] = sock.getsockname()
@@ -60,15 +97,13 @@ class SocketTransport(StreamTransport):
         self._server = None
         self._empty_waiter = None
         self._protocol_connected = False
-        if not self._attach_io():
-            raise RuntimeError(f"File descriptor {self._sock_fd} is already watched by the loop")
         self.set_protocol(protocol)
         self._server = server
         if server is not None:
             server._attach(self)
         _set_tcp_nodelay(sock)
         loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(self._start_reading)
+        loop.call_soon(core._start_reading)
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
@@ -89,7 +124,7 @@ class SocketTransport(StreamTransport):
         sock = getattr(self, "_sock", None)
         if sock is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._detach_io()
+            self._core._detach_io()
             sock.close()
 
     # -- the asyncio.Transport interface ------------------------------------------------
@@ -99,7 +134,7 @@ class SocketTransport(StreamTransport):
         return self._extra.get(name, default)
 
     def set_protocol(self, protocol):
-        self._set_protocol(protocol, isinstance(protocol, protocols.BufferedProtocol))
+        self._core._set_protocol(protocol, isinstance(protocol, protocols.BufferedProtocol))
         self._protocol_connected = True
 
     @property
@@ -110,7 +145,7 @@ class SocketTransport(StreamTransport):
         if self._closing or self._paused:
             return
         self._paused = True
-        self._stop_reading()
+        self._core._stop_reading()
         if self._loop.get_debug():
             logger.debug("%r pauses reading", self)
 
@@ -118,7 +153,7 @@ class SocketTransport(StreamTransport):
         if self._closing or not self._paused:
             return
         self._paused = False
-        self._start_reading()
+        self._core._start_reading()
         if self._loop.get_debug():
             logger.debug("%r resumes reading", self)
 
@@ -155,7 +190,7 @@ class SocketTransport(StreamTransport):
         if self._closing:
             return
         self._closing = True
-        self._stop_reading()
+        self._core._stop_reading()
         if not self.get_write_buffer_size():
             self._conn_lost += 1
             self._loop.call_soon(self._call_connection_lost, None)
@@ -179,10 +214,10 @@ class SocketTransport(StreamTransport):
     def _force_close(self, exc):
         if self._conn_lost:
             return
-        self._clear_write_buffer()
+        self._core._clear_write_buffer()
         if not self._closing:
             self._closing = True
-            self._stop_reading()
+            self._core._stop_reading()
         self._conn_lost += 1
         self._loop.call_soon(self._call_connection_lost, exc)
 
@@ -191,10 +226,10 @@ class SocketTransport(StreamTransport):
             if self._protocol_connected:
                 self._protocol.connection_lost(exc)
         finally:
-            self._detach_io()
+            self._core._detach_io()
             self._sock.close()
             self._sock = None
-            self._take_protocol()
+            self._core._take_protocol()
             self._loop = None
             server = self._server
             if server is not None:
@@ -212,12 +247,12 @@ class SocketTransport(StreamTransport):
             self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
             return
         if keep_open:
-            self._stop_reading()
+            self._core._stop_reading()
         else:
             self.close()
 
     def _on_write_error(self, exc):
-        self._clear_write_buffer()
+        self._core._clear_write_buffer()
         self._fatal_error(exc, "Fatal write error on socket transport")
         if self._empty_waiter is not None:
             self._empty_waiter.set_exception(exc)
@@ -229,9 +264,6 @@ class SocketTransport(StreamTransport):
             self._call_connection_lost(None)
         elif self._eof:
             self._sock.shutdown(socket.SHUT_WR)
-
-    def _log_lost_write(self):
-        logger.warning("socket.send() raised exception.")
 
     def _maybe_pause_protocol(self):
         if self.get_write_buffer_size() <= self._high_water or self._protocol_paused:

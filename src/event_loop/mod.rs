@@ -331,8 +331,12 @@ impl LoopCore {
         match outcome {
             Ok(Some(old)) => old.get().cancel_now(),
             Ok(None) => {}
-            Err(transport) => {
+            Err(engine) => {
                 drop(handle.get().callback.release());
+                let transport = engine
+                    .get()
+                    .python_transport(py)
+                    .unwrap_or_else(|| engine.into_any());
                 return Err(PyRuntimeError::new_err(format!(
                     "File descriptor {fd} is used by transport {}",
                     transport.bind(py).repr()?
@@ -601,9 +605,13 @@ impl LoopCore {
 
     /// The open native transport using `fd`, if any (asyncio refuses add_reader and sock_*
     /// on such a descriptor).
-    fn _fd_transport(&self, py: Python<'_>, fd: RawFd) -> Option<Py<StreamTransport>> {
+    fn _fd_transport(&self, py: Python<'_>, fd: RawFd) -> Option<Py<PyAny>> {
         let owner = self.io.lock().owner(py, fd)?;
-        (!owner.get().closing()).then_some(owner)
+        let engine = owner.get();
+        if engine.closing() {
+            return None;
+        }
+        engine.python_transport(py)
     }
 
     #[pyo3(signature = (fd, handle=None))]

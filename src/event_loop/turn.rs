@@ -131,8 +131,13 @@ fn run_stream(
     match crate::transports::stream::StreamTransport::run(transport, direction, edge) {
         Ok(()) => Ok(()),
         Err(err) if is_fatal(py, &err) => Err(err),
-        Err(err) => slf
-            .call_method1(intern!(py, "_transport_error"), (transport, err.into_value(py)))
-            .map(drop),
+        Err(err) => {
+            let shown = match transport.get().python_transport(py) {
+                Some(owner) => owner.into_bound(py),
+                None => transport.clone().into_any(),
+            };
+            slf.call_method1(intern!(py, "_transport_error"), (shown, err.into_value(py)))
+                .map(drop)
+        }
     }
 }

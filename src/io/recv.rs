@@ -19,6 +19,10 @@ use crate::errors::last_errno;
 pub const BUFFER_SIZE: usize = 256 * 1024;
 /// A read at least this big suggests the next one will be too (see the module doc).
 pub const LARGE_READ: usize = 16 * 1024;
+/// The direct path's allocation cap: under glibc's initial mmap threshold (128 KiB), so the
+/// block comes from the heap and shrinks in place. A bigger one would be mmap'd, and
+/// shrinking it copies and unmaps — paying page faults on every read.
+const DIRECT_MAX: usize = 112 * 1024;
 
 unsafe extern "C" {
     /// CPython's in-place resize of a fresh bytes object (not in pyo3-ffi; exported by every
@@ -31,15 +35,16 @@ thread_local! {
 }
 
 pub enum Received {
-    /// The bytes read (empty at end of stream).
-    Data(Py<PyBytes>, usize),
+    /// The bytes read (empty at end of stream), their count, and whether the read filled
+    /// the space it was given (then more may be waiting: the socket is not known drained).
+    Data(Py<PyBytes>, usize, bool),
     /// recv failed with this errno (EAGAIN included).
     Failed(i32),
 }
 
 /// `recv(fd, n, flags)` into a new exact-size bytes object.
 pub fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize, flags: i32, expect_large: bool) -> PyResult<Received> {
-    if n <= BUFFER_SIZE && !expect_large {
+    if n <= BUFFER_SIZE && (!expect_large || n <= LARGE_READ) {
         return Ok(BUFFER.with(|cell| {
             let mut buffer = cell.borrow_mut();
             // SAFETY: the buffer has BUFFER_SIZE >= n writable bytes.
@@ -48,13 +53,14 @@ pub fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize, flags: i32, expect_large:
                 Received::Failed(last_errno())
             } else {
                 let got = got as usize;
-                Received::Data(PyBytes::new(py, &buffer[..got]).unbind(), got)
+                Received::Data(PyBytes::new(py, &buffer[..got]).unbind(), got, got == n)
             }
         }));
     }
     // SAFETY: a new, uninitialised bytes object of n bytes that only we reference; recv
     // fills a prefix, and _PyBytes_Resize (allowed on a refcount-1 bytes) cuts it to that.
     // On failure the object is released (Resize does so itself and sets an exception).
+    let n = n.min(DIRECT_MAX);
     unsafe {
         let mut object = ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as ffi::Py_ssize_t);
         if object.is_null() {
@@ -71,6 +77,6 @@ pub fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize, flags: i32, expect_large:
             return Err(PyErr::fetch(py));
         }
         let bytes = Bound::from_owned_ptr(py, object).cast_into_unchecked::<PyBytes>();
-        Ok(Received::Data(bytes.unbind(), got))
+        Ok(Received::Data(bytes.unbind(), got, got == n))
     }
 }

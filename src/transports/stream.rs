@@ -13,8 +13,8 @@
 //! flush of a capped `sendmsg` the transport queues itself for the next turn instead, which is
 //! what a level-triggered selector would do. Everything that happens once per connection —
 //! close, abort, EOF, error reporting, flow-control calls into the protocol, extra info —
-//! is the Python subclass `tokioloop._transport.SocketTransport`, which these methods call by
-//! name. The inner lock is never held while Python code runs or a Python object is dropped.
+//! is the Python class `tokioloop._transport.SocketTransport` (an `asyncio.Transport`, whose
+//! engine this is), which these methods call by name. The inner lock is never held while Python code runs or a Python object is dropped.
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -71,6 +71,10 @@ struct Inner {
 pub struct StreamTransport {
     fd: RawFd,
     core: Py<LoopCore>,
+    /// The Python transport (`tokioloop._transport.SocketTransport`) this is the engine of:
+    /// the object protocol callbacks and error reports see. Held while the socket is
+    /// registered (as a selector's reader handle holds asyncio's), dropped at detach.
+    owner: Mutex<Option<Py<PyAny>>>,
     /// The context protocol callbacks run in: a copy of the creator's, as asyncio's readers.
     context: Py<PyAny>,
     inner: Mutex<Inner>,
@@ -127,6 +131,11 @@ impl StreamTransport {
             .push_ready(Ready::Stream(slf.clone().unbind(), direction, false));
     }
 
+    /// The Python transport, as users see it (None once detached).
+    pub fn python_transport(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.owner.lock().as_ref().map(|o| o.clone_ref(py))
+    }
+
     pub fn closing(&self) -> bool {
         self.inner.lock().closing
     }
@@ -140,13 +149,30 @@ impl StreamTransport {
         }
     }
 
+    /// The Python transport, for the rare paths implemented there; None once detached.
+    fn owner<'py>(slf: &Bound<'py, Self>) -> Option<Bound<'py, PyAny>> {
+        let owner = slf.get().owner.lock().as_ref().map(|o| o.clone_ref(slf.py()));
+        owner.map(|o| o.into_bound(slf.py()))
+    }
+
+    /// Calls `owner.name(*args)`; nothing if the transport is already detached.
+    fn up<'py>(
+        slf: &Bound<'py, Self>,
+        name: &Bound<'py, PyString>,
+        args: impl pyo3::call::PyCallArgs<'py>,
+    ) -> PyResult<()> {
+        match Self::owner(slf) {
+            Some(owner) => owner.call_method1(name, args).map(drop),
+            None => Ok(()),
+        }
+    }
+
     fn fatal(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
         if is_fatal(py, &err) {
             return Err(err);
         }
-        slf.call_method1(intern!(py, "_fatal_error"), (err.into_value(py), message))
-            .map(drop)
+        Self::up(slf, intern!(py, "_fatal_error"), (err.into_value(py), message))
     }
 
     /// The turn's entry: one read or one flush, inside the transport's context.
@@ -194,9 +220,9 @@ impl StreamTransport {
         }
         let expect_large = this.inner.lock().last_read_large;
         let received = match recv_bytes(py, this.fd, READ_SIZE, 0, expect_large)? {
-            Received::Data(data, n) => {
+            Received::Data(data, n, filled) => {
                 this.inner.lock().last_read_large = n >= LARGE_READ;
-                Ok((n, (n > 0).then_some(data)))
+                Ok((filled, (n > 0).then_some(data)))
             }
             Received::Failed(errno) => Err(errno),
         };
@@ -210,10 +236,10 @@ impl StreamTransport {
                 Ok(())
             }
             Err(errno) => Self::fatal(slf, os_error(errno), "Fatal read error on socket transport"),
-            Ok((_, None)) => slf.call_method0(intern!(py, "_on_eof")).map(drop),
-            Ok((n, Some(data))) => {
+            Ok((_, None)) => Self::up(slf, intern!(py, "_on_eof"), ()),
+            Ok((filled, Some(data))) => {
                 let data = data.into_bound(py);
-                if n < READ_SIZE {
+                if !filled {
                     Self::drained(slf, Direction::Read);
                 } else {
                     Self::requeue(slf, Direction::Read);
@@ -259,7 +285,7 @@ impl StreamTransport {
             return Self::fatal(slf, os_error(errno), "Fatal read error on socket transport");
         }
         if n == 0 {
-            return slf.call_method0(intern!(py, "_on_eof")).map(drop);
+            return Self::up(slf, intern!(py, "_on_eof"), ());
         }
         if (n as usize) < capacity {
             Self::drained(slf, Direction::Read);
@@ -339,9 +365,7 @@ impl StreamTransport {
             }
             Err(errno) => {
                 let err = os_error(errno);
-                return slf
-                    .call_method1(intern!(py, "_on_write_error"), (err.into_value(py),))
-                    .map(drop);
+                return Self::up(slf, intern!(py, "_on_write_error"), (err.into_value(py),));
             }
             Ok(took_all_offered) if more_queued => {
                 if took_all_offered {
@@ -357,12 +381,12 @@ impl StreamTransport {
             inner.protocol_paused && queued <= inner.low_water
         };
         if resume {
-            slf.call_method0(intern!(py, "_maybe_resume_protocol"))?;
+            Self::up(slf, intern!(py, "_maybe_resume_protocol"), ())?;
         }
         let empty = this.inner.lock().queue.is_empty();
         if empty {
             this.core(py).watch_stream(py, this.fd, Direction::Write, false);
-            slf.call_method0(intern!(py, "_on_drained"))?;
+            Self::up(slf, intern!(py, "_on_drained"), ())?;
         }
         Ok(())
     }
@@ -412,15 +436,9 @@ fn call_method_one(
 
 #[pymethods]
 impl StreamTransport {
-    /// `StreamTransport(loop, sock, ...)`: the remaining arguments are the subclass's.
+    /// `StreamTransport(loop, sock, owner)`: the engine of the Python transport `owner`.
     #[new]
-    #[pyo3(signature = (r#loop, sock, *_args, **_kwargs))]
-    fn new(
-        r#loop: &Bound<'_, PyAny>,
-        sock: &Bound<'_, PyAny>,
-        _args: &Bound<'_, pyo3::types::PyTuple>,
-        _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
-    ) -> PyResult<Self> {
+    fn new(r#loop: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, owner: Py<PyAny>) -> PyResult<Self> {
         let py = r#loop.py();
         let core = r#loop.cast::<LoopCore>()?.clone().unbind();
         let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
@@ -429,6 +447,7 @@ impl StreamTransport {
         Ok(StreamTransport {
             fd,
             core,
+            owner: Mutex::new(Some(owner)),
             context: context.unbind(),
             inner: Mutex::new(Inner {
                 protocol: None,
@@ -485,7 +504,9 @@ impl StreamTransport {
             inner.conn_lost += 1;
             drop(inner);
             if warn {
-                slf.call_method0(intern!(py, "_log_lost_write"))?;
+                py.import("asyncio.log")?
+                    .getattr(intern!(py, "logger"))?
+                    .call_method1(intern!(py, "warning"), ("socket.send() raised exception.",))?;
             }
             return Ok(());
         }
@@ -528,7 +549,7 @@ impl StreamTransport {
             Self::drained(slf, Direction::Write);
         }
         if over_high_water {
-            slf.call_method0(intern!(py, "_maybe_pause_protocol"))?;
+            Self::up(slf, intern!(py, "_maybe_pause_protocol"), ())?;
         }
         Ok(())
     }
@@ -571,6 +592,14 @@ impl StreamTransport {
         };
         drop(queue);
         this.core(py).release_stream(this.fd);
+        let owner = this.owner.lock().take();
+        drop(owner);
+    }
+
+    /// The Python transport this drives (None once detached).
+    #[getter]
+    fn _owner(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.owner.lock().as_ref().map(|o| o.clone_ref(py))
     }
 
     fn _set_protocol(&self, protocol: Py<PyAny>, buffered: bool) -> Option<Py<PyAny>> {
@@ -695,6 +724,11 @@ impl StreamTransport {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.core)?;
         visit.call(&self.context)?;
+        if let Some(owner) = self.owner.try_lock() {
+            if let Some(owner) = owner.as_ref() {
+                visit.call(owner)?;
+            }
+        }
         if let Some(inner) = self.inner.try_lock() {
             if let Some(protocol) = inner.protocol.as_ref() {
                 visit.call(protocol)?;
@@ -706,5 +740,7 @@ impl StreamTransport {
     fn __clear__(&self) {
         let protocol = self.inner.lock().protocol.take();
         drop(protocol);
+        let owner = self.owner.lock().take();
+        drop(owner);
     }
 }
