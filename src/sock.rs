@@ -24,6 +24,18 @@ use crate::io::recv::{recv_bytes, Received, LARGE_READ};
 use crate::io::registry::Direction;
 use crate::transports::stream::BufferView;
 
+/// The context a wait's retries run in. They run no user code (resolving the future
+/// schedules its callbacks in their own contexts), so one empty Context serves every wait
+/// instead of a copy of the caller's per wait. Handles never nest, so it is never entered twice.
+fn neutral_context(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static NEUTRAL: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+    NEUTRAL
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("contextvars")?.getattr("Context")?.call0()?.unbind())
+        })
+        .map(|context| context.bind(py))
+}
+
 thread_local! {
     /// Whether this thread's last sock_recv was large: the hint for `recv_bytes`.
     static LAST_READ_LARGE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -141,6 +153,13 @@ impl SockWait {
         operation: Operation,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let py = slf.py();
+        slf.get().check_open()?;
+        if let Some(transport) = slf.get().fd_transport(py, fd) {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+                "File descriptor {fd} is used by transport {}",
+                transport.bind(py).repr()?
+            )));
+        }
         let future = slf.call_method0(intern!(py, "create_future"))?;
         let wait = Bound::new(
             py,
@@ -154,7 +173,16 @@ impl SockWait {
         )?;
         let direction = wait.get().direction();
         let callback = wait.clone().into_any();
-        let handle = LoopCore::set_fd_callback(slf, fd, direction, callback, PyTuple::empty(py), Some(sock))?;
+        let context = neutral_context(py)?.clone();
+        let handle = LoopCore::set_fd_callback(
+            slf,
+            fd,
+            direction,
+            callback,
+            PyTuple::empty(py),
+            Some(sock),
+            Some(context),
+        )?;
         *wait.get().handle.lock() = Some(handle.clone_ref(py));
         PyTuple::new(py, [future.into_any(), handle.into_bound(py).into_any()])
     }

@@ -84,7 +84,7 @@ class SockSupport:
         data = _sock_recv_now(fd, n)
         if data is not None:
             return data
-        fut, handle = self._sock_wait(_sock_recv_wait, sock, fd, n)
+        fut, handle = _sock_recv_wait(self, sock, fd, n)
         try:
             return await fut
         finally:
@@ -117,18 +117,13 @@ class SockSupport:
         sent = _sock_send_now(fd, data)
         if sent is None:
             return None
-        fut, handle = self._sock_wait(_sock_sendall_wait, sock, fd, data, sent)
+        fut, handle = _sock_sendall_wait(self, sock, fd, data, sent)
         try:
             return await fut
         finally:
             if not fut.done() or fut.cancelled():  # left early: end the watch if still ours
                 self._remove_writer(fd, handle)
 
-    def _sock_wait(self, start, sock, fd, *args):
-        """Start a native wait on ``sock``: (future, handle of its watch)."""
-        self._check_closed()
-        self._ensure_fd_no_transport(fd)
-        return start(self, sock, fd, *args)
 
     async def sock_sendto(self, sock, data, address):
         """Send the datagram ``data`` to ``address``; return the number of bytes sent."""

@@ -81,7 +81,18 @@ fn current_thread_ident() -> u64 {
 }
 
 impl LoopCore {
-    fn check_open(&self) -> PyResult<()> {
+    /// The open native transport using `fd`, as Python sees it (asyncio refuses add_reader and
+    /// sock_* on such a descriptor).
+    pub(crate) fn fd_transport(&self, py: Python<'_>, fd: RawFd) -> Option<Py<PyAny>> {
+        let owner = self.io.lock().owner(py, fd)?;
+        let engine = owner.get();
+        if engine.closing() {
+            return None;
+        }
+        engine.python_transport(py)
+    }
+
+    pub(crate) fn check_open(&self) -> PyResult<()> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
         }
@@ -313,6 +324,7 @@ impl LoopCore {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         keeper: Option<&Bound<'_, PyAny>>,
+        context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
@@ -320,7 +332,7 @@ impl LoopCore {
         this.check_same_process()?;
         let handle = new_untracked(
             py,
-            Handle::new_persistent(Callback::new(py, callback, args, None, None)?),
+            Handle::new_persistent(Callback::new(py, callback, args, context, None)?),
         )?;
         let runtime = this.runtime()?;
         let _context = runtime.enter();
@@ -590,7 +602,7 @@ impl LoopCore {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        Self::set_fd_callback(slf, fd, Direction::Read, callback, args, None)
+        Self::set_fd_callback(slf, fd, Direction::Read, callback, args, None, None)
     }
 
     /// Watches `fd`; returns the handle, which `_remove_writer` can name to remove only it.
@@ -600,18 +612,13 @@ impl LoopCore {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        Self::set_fd_callback(slf, fd, Direction::Write, callback, args, None)
+        Self::set_fd_callback(slf, fd, Direction::Write, callback, args, None, None)
     }
 
     /// The open native transport using `fd`, if any (asyncio refuses add_reader and sock_*
     /// on such a descriptor).
     fn _fd_transport(&self, py: Python<'_>, fd: RawFd) -> Option<Py<PyAny>> {
-        let owner = self.io.lock().owner(py, fd)?;
-        let engine = owner.get();
-        if engine.closing() {
-            return None;
-        }
-        engine.python_transport(py)
+        self.fd_transport(py, fd)
     }
 
     #[pyo3(signature = (fd, handle=None))]
