@@ -50,6 +50,7 @@ impl Ready {
     }
 
     /// Drops the callback's references (close, GC clear); a transport item just goes.
+    #[inline]
     pub fn release(self) {
         if let Some(callback) = self.callback() {
             drop(callback.release());

@@ -78,13 +78,12 @@ pub async fn drive(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
                 item.finish();
                 continue;
             }
-            let outcome = if let Ready::Stream(transport, direction, edge) = &item {
-                run_stream(slf, transport, *direction, *edge)
-            } else if core.debug() {
-                slf.call_method1(intern!(py, "_run_handle_debug"), (item.object(py),))
-                    .map(drop)
-            } else {
-                run_handle(slf, &item)
+            let outcome = match &item {
+                Ready::Stream(transport, direction, edge) => run_stream(slf, transport, *direction, *edge),
+                _ if core.debug() => slf
+                    .call_method1(intern!(py, "_run_handle_debug"), (item.object(py),))
+                    .map(drop),
+                _ => run_handle(slf, &item),
             };
             item.finish();
             if let Err(err) = outcome {
