@@ -126,17 +126,17 @@ impl SockWait {
         }
     }
 
-    fn stop(&self) {
+    fn stop(&self, py: Python<'_>) {
         let handle = self.handle.lock().take();
         if let Some(handle) = handle {
             self.core
                 .get()
-                .remove_fd_callback(self.fd, self.direction(), Some(&handle));
+                .remove_fd_callback(py, self.fd, self.direction(), Some(&handle));
         }
     }
 
     fn finish(&self, py: Python<'_>, outcome: PyResult<Py<PyAny>>) -> PyResult<()> {
-        self.stop();
+        self.stop(py);
         let future = self.future.bind(py);
         match outcome {
             Ok(value) => future.call_method1(intern!(py, "set_result"), (value,))?,
@@ -198,7 +198,7 @@ impl SockWait {
             .call_method0(intern!(py, "done"))?
             .is_truthy()?
         {
-            self.stop();
+            self.stop(py);
             return Ok(());
         }
         match &self.operation {

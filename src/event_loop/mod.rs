@@ -360,6 +360,7 @@ impl LoopCore {
 
     pub(crate) fn remove_fd_callback(
         &self,
+        py: Python<'_>,
         fd: RawFd,
         direction: Direction,
         expected: Option<&Py<Handle>>,
@@ -367,7 +368,7 @@ impl LoopCore {
         if self.closed.load(Ordering::Relaxed) {
             return false;
         }
-        let old = Python::attach(|py| self.io.lock().remove(py, fd, direction, expected));
+        let old = self.io.lock().remove(py, fd, direction, expected);
         match old {
             Some(handle) => {
                 handle.get().cancel_now();
@@ -622,13 +623,13 @@ impl LoopCore {
     }
 
     #[pyo3(signature = (fd, handle=None))]
-    fn _remove_reader(&self, fd: RawFd, handle: Option<Py<Handle>>) -> bool {
-        self.remove_fd_callback(fd, Direction::Read, handle.as_ref())
+    fn _remove_reader(&self, py: Python<'_>, fd: RawFd, handle: Option<Py<Handle>>) -> bool {
+        self.remove_fd_callback(py, fd, Direction::Read, handle.as_ref())
     }
 
     #[pyo3(signature = (fd, handle=None))]
-    fn _remove_writer(&self, fd: RawFd, handle: Option<Py<Handle>>) -> bool {
-        self.remove_fd_callback(fd, Direction::Write, handle.as_ref())
+    fn _remove_writer(&self, py: Python<'_>, fd: RawFd, handle: Option<Py<Handle>>) -> bool {
+        self.remove_fd_callback(py, fd, Direction::Write, handle.as_ref())
     }
 
     /// Starts `socket.getaddrinfo(host, port, family, type, proto, flags)` on the runtime's

@@ -199,11 +199,11 @@ impl StreamTransport {
     fn on_readable(slf: &Bound<'_, Self>, edge: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (protocol, buffered) = {
+        let (protocol, buffered, expect_large) = {
             let inner = this.inner.lock();
             match inner.protocol.as_ref() {
                 Some(protocol) if inner.reading && inner.conn_lost == 0 => {
-                    (protocol.clone_ref(py), inner.buffered)
+                    (protocol.clone_ref(py), inner.buffered, inner.last_read_large)
                 }
                 _ => return Ok(()),
             }
@@ -218,7 +218,6 @@ impl StreamTransport {
             }
             return Self::read_into_protocol(slf, &protocol);
         }
-        let expect_large = this.inner.lock().last_read_large;
         let received = match recv_bytes(py, this.fd, READ_SIZE, 0, expect_large)? {
             Received::Data(data, n, filled) => {
                 this.inner.lock().last_read_large = n >= LARGE_READ;
@@ -594,12 +593,6 @@ impl StreamTransport {
         this.core(py).release_stream(this.fd);
         let owner = this.owner.lock().take();
         drop(owner);
-    }
-
-    /// The Python transport this drives (None once detached).
-    #[getter]
-    fn _owner(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.owner.lock().as_ref().map(|o| o.clone_ref(py))
     }
 
     fn _set_protocol(&self, protocol: Py<PyAny>, buffered: bool) -> Option<Py<PyAny>> {
