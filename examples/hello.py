@@ -24,9 +24,8 @@ async def main():
 
     # A timeout, as asyncio does it.
     try:
-        async with asyncio.timeout(0.02):
-            await asyncio.sleep(1)
-    except TimeoutError:
+        await asyncio.wait_for(asyncio.sleep(1), 0.02)
+    except asyncio.TimeoutError:
         print("timed out as asked")
     return "done"
 

@@ -100,7 +100,40 @@ def debug_flag(make):
         loop.close()
 
 
+def fork_worker(make):
+    """A pre-forking server's shape: a callback of a running loop forks; the worker runs a
+    loop of its own and leaves with sys.exit, unwinding through the parent's loop and
+    finalizing the interpreter normally. The parent reports the worker's exit code."""
+    kind = "tokioloop" if "tokioloop" in make.__module__ else "asyncio"
+
+    async def work():
+        await asyncio.sleep(0.01)
+        return 7
+
+    def run_in_worker():
+        if kind == "tokioloop":
+            import tokioloop
+
+            return tokioloop.run(work())
+        return asyncio.run(work())
+
+    async def main():
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0 if run_in_worker() == 7 else 3)
+        loop = asyncio.get_running_loop()
+        status = await loop.run_in_executor(None, lambda: os.waitpid(pid, 0)[1])
+        return os.waitstatus_to_exitcode(status)
+
+    loop = make()
+    try:
+        say(f"worker exit {loop.run_until_complete(main())}")
+    finally:
+        loop.close()
+
+
 SCENARIOS = {
+    "fork-worker": fork_worker,
     "sigint-idle": sigint_idle,
     "sigint-busy": sigint_busy,
     "sigint-executor": sigint_executor,

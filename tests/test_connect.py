@@ -17,6 +17,7 @@ import ssl
 import sys
 
 import pytest
+from _stdlib import loop_has, requires
 
 from _netutil import HAS_IPV6, PAYLOAD, check_unix_arguments, listener, needs_ipv6, read_all
 from conftest import tokioloop_only
@@ -274,6 +275,7 @@ def test_all_refused_different_messages_combined(loop):
     loop.run_until_complete(main())
 
 
+@requires("create_connection", "all_errors")
 @needs_exception_group
 @tokioloop_only
 def test_all_errors_raises_exception_group(loop):
@@ -289,6 +291,7 @@ def test_all_errors_raises_exception_group(loop):
     loop.run_until_complete(main())
 
 
+@requires("create_connection", "all_errors")
 @needs_exception_group
 @tokioloop_only
 def test_all_errors_single_failure_is_still_a_group(loop):
@@ -302,6 +305,7 @@ def test_all_errors_single_failure_is_still_a_group(loop):
     loop.run_until_complete(main())
 
 
+@requires("create_connection", "all_errors")
 @tokioloop_only
 def test_all_errors_success_is_unaffected(loop, sockets):
     srv = listener(sockets)
@@ -537,8 +541,9 @@ def test_ssl_socket_rejected(loop):
          "server_hostname is only meaningful with ssl"),
         ({"host": "127.0.0.1", "port": 1, "ssl_handshake_timeout": 1}, ValueError,
          "ssl_handshake_timeout is only meaningful with ssl"),
-        ({"host": "127.0.0.1", "port": 1, "ssl_shutdown_timeout": 1}, ValueError,
-         "ssl_shutdown_timeout is only meaningful with ssl"),
+        pytest.param({"host": "127.0.0.1", "port": 1, "ssl_shutdown_timeout": 1}, ValueError,
+                     "ssl_shutdown_timeout is only meaningful with ssl",
+                     marks=requires("create_connection", "ssl_shutdown_timeout")),
         ({"port": 1, "ssl": True}, ValueError,
          "You must set server_hostname when using ssl without a host"),
     ],
@@ -706,8 +711,12 @@ def test_connect_accepted_socket_checks(loop):
         with a, b:
             with pytest.raises(ValueError, match="ssl_handshake_timeout is only meaningful"):
                 await loop.connect_accepted_socket(asyncio.Protocol, a, ssl_handshake_timeout=1)
-            with pytest.raises(ValueError, match="ssl_shutdown_timeout is only meaningful"):
-                await loop.connect_accepted_socket(asyncio.Protocol, a, ssl_shutdown_timeout=1)
+            if loop_has("connect_accepted_socket", "ssl_shutdown_timeout"):
+                with pytest.raises(ValueError, match="ssl_shutdown_timeout is only meaningful"):
+                    await loop.connect_accepted_socket(asyncio.Protocol, a, ssl_shutdown_timeout=1)
+            else:
+                with pytest.raises(TypeError, match="ssl_shutdown_timeout"):
+                    await loop.connect_accepted_socket(asyncio.Protocol, a, ssl_shutdown_timeout=1)
 
     loop.run_until_complete(main())
 

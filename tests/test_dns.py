@@ -149,7 +149,9 @@ def test_close_with_a_lookup_in_flight(loop_kind):
     lookup.cancel()
     loop.run_until_complete(asyncio.gather(lookup, return_exceptions=True))
     loop.close()
-    assert lookup.cancelled()
+    # "localhost" may resolve (from /etc/hosts) before the cancel lands: either outcome is fine,
+    # what matters is that closing with the lookup's thread still running is clean.
+    assert lookup.cancelled() or lookup.exception() is None
 
 
 @tokioloop_only

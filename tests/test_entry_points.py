@@ -14,6 +14,7 @@ import sys
 import warnings
 
 import pytest
+from _stdlib import requires_runner
 
 from conftest import child_env, import_tokioloop, tokioloop_only
 
@@ -93,6 +94,7 @@ def test_run_refused_inside_running_loop(tokioloop_mod):
     assert not [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
 
 
+@requires_runner
 @tokioloop_only
 def test_runner_with_tokioloop_factory(tokioloop_mod):
     async def main():

@@ -61,3 +61,72 @@ def test_parent_loop_refuses_to_run_in_child(loop):
     sys.stdout.flush()
     sys.stderr.flush()
     assert _in_child(body) == 0
+
+
+def test_child_forked_inside_running_loop_runs_its_own(loop, loop_kind):
+    """What ProcessPoolExecutor's fork start method does: fork from inside a callback. The
+    child runs a new loop with the entry point of its kind (asyncio.run / tokioloop.run)."""
+    import tokioloop
+
+    run = asyncio.run if loop_kind == "asyncio" else tokioloop.run
+
+    async def child_work():
+        await asyncio.sleep(0.01)
+        return 5
+
+    async def main():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return _in_child(lambda: run(child_work()) == 5)
+
+    assert loop.run_until_complete(main()) == 0
+
+
+def test_parent_keeps_its_fds_when_child_discards_its_copy(loop, loop_kind):
+    """The child shares the parent's epoll instance: whatever it does with its copy of the
+    parent's loop must not unregister the parent's fds."""
+    r, w = os.pipe()
+    try:
+        fired = []
+        loop.add_reader(r, lambda: fired.append(os.read(r, 1)))
+
+        def body():
+            try:
+                loop.close()  # tokioloop: allowed in the child; asyncio: the loop is "running"
+            except RuntimeError:
+                pass
+            return True
+
+        async def main():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            assert _in_child(body) == 0
+            os.write(w, b"x")
+            for _ in range(200):
+                if fired:
+                    return fired
+                await asyncio.sleep(0.01)
+            return fired
+
+        assert loop.run_until_complete(main()) == [b"x"]
+        loop.remove_reader(r)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@tokioloop_only
+def test_forked_worker_exits(loop_kind):
+    """A worker forked from a running loop that leaves with sys.exit finalizes and exits.
+
+    tokioloop-only: the stdlib child of this exact shape did not exit here either (3.11; not
+    yet investigated, see the issue note), so there is no oracle to compare with."""
+    import subprocess
+
+    child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_child.py")
+    proc = subprocess.run(
+        [sys.executable, child, loop_kind, "fork-worker"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "worker exit 0" in proc.stdout, (proc.stdout, proc.stderr)

@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from _stdlib import requires_runner
 
 from conftest import CHILD, child_env
 
@@ -225,6 +226,7 @@ def test_keyboard_interrupt_in_child(loop_kind, scenario):
     assert out.splitlines() == ["got KeyboardInterrupt", "running=False", "closed=True"], (out, err)
 
 
+@requires_runner
 @pytest.mark.timeout(60)
 def test_runner_first_sigint_cancels_main_task(loop_kind):
     rc, out, err = _interrupt_child(loop_kind, "sigint-runner")

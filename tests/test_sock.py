@@ -7,6 +7,7 @@ import socket
 import ssl
 
 import pytest
+from _stdlib import loop_has, requires
 
 from _netutil import PAYLOAD, listener, needs_ipv6, read_all
 
@@ -303,6 +304,7 @@ def test_connect_unix_socketpair_path(loop, sockets, tmp_path):
     assert loop.run_until_complete(main()) == b"unix"
 
 
+@requires("sock_recvfrom")
 def test_udp_sendto_recvfrom(loop, sockets):
     a = sockets(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     b = sockets(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
@@ -329,6 +331,7 @@ def test_udp_sendto_recvfrom(loop, sockets):
     loop.run_until_complete(main())
 
 
+@requires("sock_recvfrom")
 def test_recvfrom_cancel_removes_reader(loop, sockets):
     s = sockets(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     s.setblocking(False)
@@ -354,6 +357,7 @@ SOCK_CALLS = [
     ("sock_connect", lambda s: (s, ("127.0.0.1", 9))),
     ("sock_accept", lambda s: (s,)),
 ]
+SOCK_CALLS = [(name, args) for name, args in SOCK_CALLS if loop_has(name)]
 
 
 @pytest.mark.parametrize("name,args", SOCK_CALLS, ids=[n for n, _ in SOCK_CALLS])
@@ -509,6 +513,7 @@ def test_sendfile_peer_closed(loop, pair, payload_file):
     loop.run_until_complete(main())
 
 
+@requires("sock_sendto")
 def test_sendto_retries_after_blocking(loop, sockets):
     # The retry looks the method up on the socket again each time (as asyncio does), so a
     # sendto that would block first is retried from the writer callback.

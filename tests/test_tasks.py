@@ -7,6 +7,7 @@ import inspect
 import sys
 
 import pytest
+from _stdlib import loop_has, requires
 
 from conftest import tokioloop_only
 
@@ -54,6 +55,7 @@ def test_create_task_name(loop):
     loop.run_until_complete(unnamed)
 
 
+@requires("create_task", "context")
 def test_create_task_context(loop):
     ctx = contextvars.copy_context()
     ctx.run(VAR.set, "task context")
@@ -122,15 +124,16 @@ def test_task_factory(loop):
     assert loop.run_until_complete(task) == 1
     assert created[0][0] is loop
 
-    ctx = contextvars.copy_context()
-    task2 = loop.create_task(work(), context=ctx)
-    assert loop.run_until_complete(task2) == 1
-    assert created[1][1] == {"context": ctx}
+    if loop_has("create_task", "context"):
+        ctx = contextvars.copy_context()
+        task2 = loop.create_task(work(), context=ctx)
+        assert loop.run_until_complete(task2) == 1
+        assert created[1][1] == {"context": ctx}
 
     loop.set_task_factory(None)
     assert loop.get_task_factory() is None
     loop.run_until_complete(loop.create_task(work()))
-    assert len(created) == 2
+    assert len(created) == (2 if loop_has("create_task", "context") else 1)
 
 
 def test_task_factory_used_by_run_until_complete(loop):
@@ -259,17 +262,17 @@ def test_create_task_eager_start(loop):
     assert loop.run_until_complete(main()) == "eager"
 
 
-@tokioloop_only
-@pytest.mark.skipif(sys.version_info >= (3, 12), reason="3.11 behaviour only")
-def test_eager_start_unsupported_on_311(loop):
-    """tokioloop-only: Python 3.11 has no eager tasks, so tokioloop refuses eager_start."""
+def test_eager_start_refused_where_create_task_lacks_it(loop):
+    """eager_start= is create_task's from 3.14; below it both loops refuse the keyword."""
+    if _stdlib_create_task_has_eager_start():
+        pytest.skip("this Python's loop.create_task() has eager_start")
 
     async def work():
         return 1
 
     coro = work()
     try:
-        with pytest.raises(NotImplementedError):
+        with pytest.raises(TypeError, match="eager_start"):
             loop.create_task(coro, eager_start=True)
     finally:
         coro.close()

@@ -54,6 +54,9 @@ BIND_ERROR_NAMES_WHOLE_ERROR = VERSION >= (3, 13)
 #: ``shutdown_default_executor(timeout=)`` (3.12+).
 EXECUTOR_SHUTDOWN_TIMEOUT = "timeout" in _loop_parameters("shutdown_default_executor")
 
+#: ``set_default_executor`` refuses anything but a ThreadPoolExecutor (3.11+); 3.10 warns.
+DEFAULT_EXECUTOR_MUST_BE_THREAD_POOL = VERSION >= (3, 11)
+
 #: ``Server.wait_closed()`` on a closed server waits for its connections to go (3.12.1+, CPython
 #: gh-79033); before it, it returns at once once the server is closed. A body change: by version.
 WAIT_CLOSED_WAITS_FOR_CLIENTS = sys.version_info >= (3, 12, 1)

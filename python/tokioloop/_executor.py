@@ -12,6 +12,8 @@ import threading
 import warnings
 from asyncio import futures
 
+from ._compat import DEFAULT_EXECUTOR_MUST_BE_THREAD_POOL
+
 
 class ExecutorSupport:
     """Mixin for ``Loop``: run_in_executor, set_default_executor, shutdown_default_executor."""
@@ -36,7 +38,14 @@ class ExecutorSupport:
     def set_default_executor(self, executor):
         """Use ``executor`` (a ThreadPoolExecutor) for ``run_in_executor(None, ...)``."""
         if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
-            raise TypeError("executor must be ThreadPoolExecutor instance")
+            if DEFAULT_EXECUTOR_MUST_BE_THREAD_POOL:
+                raise TypeError("executor must be ThreadPoolExecutor instance")
+            warnings.warn(
+                "Using the default executor that is not an instance of ThreadPoolExecutor "
+                "is deprecated and will be prohibited in Python 3.9",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         self._default_executor = executor
 
     async def shutdown_default_executor(self, timeout=None):
@@ -48,9 +57,8 @@ class ExecutorSupport:
         thread = threading.Thread(target=self._shutdown_executor_in_thread, args=(done,))
         thread.start()
         try:
-            async with asyncio.timeout(timeout):
-                await done
-        except TimeoutError:
+            await asyncio.wait_for(done, timeout)
+        except asyncio.TimeoutError:
             warnings.warn(
                 "The executor did not finishing joining its threads within "
                 f"{timeout} seconds.",

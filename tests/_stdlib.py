@@ -1,0 +1,73 @@
+"""What the running interpreter's asyncio has, asked of asyncio itself.
+
+Tests whose subject a version lacks skip with ``requires(...)``; tests of behaviour that changed
+between versions read the expectation from here or from the stdlib half of the test, never
+from a hard-coded version table. ``requires`` looks at the stdlib's own classes, so the
+stdlib-oracle half of every test agrees with the skip.
+"""
+
+import asyncio
+import inspect
+import sys
+
+import pytest
+
+_LOOP_CLASS = asyncio.SelectorEventLoop
+
+
+def loop_has(method, param=None):
+    """True if the running asyncio's loop has ``method`` (taking ``param``, if given)."""
+    found = getattr(_LOOP_CLASS, method, None)
+    if found is None:
+        return False
+    return param is None or param in inspect.signature(found).parameters
+
+
+def server_has(method):
+    return hasattr(asyncio.Server, method)
+
+
+def requires(method, param=None, *, server=False):
+    """Skip unless the running asyncio's loop (or Server) has ``method`` / ``param``."""
+    present = server_has(method) if server else loop_has(method, param)
+    what = f"Server.{method}()" if server else f"loop.{method}({param + '=' if param else ''})"
+    return pytest.mark.skipif(not present, reason=f"this Python's asyncio has no {what}")
+
+
+requires_runner = pytest.mark.skipif(not hasattr(asyncio, "Runner"), reason="this Python's asyncio has no Runner")
+
+
+# Bugs of particular stdlib releases that tokioloop does not copy. The stdlib half of a test
+# that meets one skips, naming it; the tokioloop half still asserts the intended behaviour.
+# Each entry is (affected on the running interpreter?, what the bug is).
+_RUNNING = sys.version_info[:3]
+STDLIB_BUGS = {
+    "pause_in_connection_made": (
+        _RUNNING < (3, 11),
+        "3.10's socket transport adds its reader after connection_made even when the "
+        "protocol paused reading there (fixed in 3.11)",
+    ),
+    "write_buffers_uncopied": (
+        (3, 12, 0) <= _RUNNING < (3, 12, 2),
+        "3.12.0-3.12.1's socket transport queues memoryviews of the caller's buffers "
+        "(a bytearray changed after write() is sent changed) and its writelines() fails "
+        "after close (_write_ready is None)",
+    ),
+    "call_at_none_asserts": (
+        _RUNNING < (3, 11),
+        "3.10's call_at(None, ...) fails an assert (AssertionError, gone under -O) rather than "
+        "raising TypeError",
+    ),
+    "refused_run_forever_clears_running_loop": (
+        _RUNNING == (3, 13, 0),
+        "3.13.0's run_forever() cleans up after a refused start, clearing the running loop "
+        "of the loop that is running (a nested run then hangs)",
+    ),
+}
+
+
+def skip_stdlib_bug(loop_kind, name):
+    """Skip the stdlib half of a test if the running stdlib has bug ``name``."""
+    affected, what = STDLIB_BUGS[name]
+    if loop_kind == "asyncio" and affected:
+        pytest.skip(f"stdlib bug: {what}")
