@@ -29,6 +29,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import nox
+from nox.command import CommandFailed
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 ROOT = Path(__file__).resolve().parent
@@ -200,3 +201,82 @@ def summary(session: nox.Session) -> None:
         print(f"no test report from: {', '.join(unreported)} (see their sessions above)", flush=True)
     print(f"total: {totals['passed']} passed, {totals['failed']} failed, "
           f"{totals['skipped']} skipped", flush=True)
+
+
+# --- wheels -------------------------------------------------------------------------------
+
+def _wheel_problems(session: nox.Session, version: str, wheels: list[Path],
+                    digests: dict[str, str]) -> list[str]:
+    """Check the one wheel for ``version``: manylinux-tagged, installs and runs examples/hello.py
+    in a fresh venv of that interpreter. Returns what is wrong (empty: all good)."""
+    from packaging.utils import parse_wheel_filename  # nox depends on packaging
+
+    tag = "cp" + version.replace(".", "")
+    mine = [w for w in wheels if any(t.interpreter == tag for t in parse_wheel_filename(w.name)[3])]
+    if len(mine) != 1:
+        return [f"{version}: expected one {tag} wheel in dist/, found {[w.name for w in mine]}"]
+    wheel = mine[0]
+    platforms = sorted({t.platform for t in parse_wheel_filename(wheel.name)[3]})
+    if not all(p.startswith("manylinux") for p in platforms):
+        return [f"{version}: {wheel.name} is not manylinux-tagged ({platforms})"]
+    if version not in FOUND:
+        return [f"{version}: no CPython {version} interpreter to check {wheel.name} with"]
+
+    venv = Path(session.create_tmp()).resolve() / f"check-{version}"
+    shutil.rmtree(venv, ignore_errors=True)
+    python = str(venv / "bin" / "python")
+    env = {"PYTHONPATH": None}  # the wheel alone, nothing from the environment or the tree
+    step = "creating its venv"
+    try:
+        session.run(str(FOUND[version]), "-m", "venv", str(venv), external=True)
+        step = "installing it"
+        session.run(python, "-m", "pip", "install", "--no-deps", "--no-index", str(wheel),
+                    external=True, env=env)
+        with session.chdir(venv):  # away from the source tree, whose python/ must not leak in
+            step = "importing its extension"
+            out = session.run(python, "-c", CHECK_EXTENSION, external=True, env=env, silent=True)
+            session.log(f"extension: {(out or '').strip()}")
+            digest = (out or "").split()[-1:]
+            for other, other_digest in digests.items():
+                if [other_digest] == digest:
+                    return [f"{version}: {wheel.name} holds the same extension as the {other} wheel"]
+            digests[version] = digest[0] if digest else ""
+            step = "running examples/hello.py"
+            session.run(python, str(ROOT / "examples" / "hello.py"), external=True, env=env)
+    except CommandFailed as exc:
+        return [f"{version}: {wheel.name} failed {step} ({exc.reason})"]
+    session.log(f"{version}: {wheel.name} installs and runs examples/hello.py")
+    return []
+
+
+@nox.session
+def wheels(session: nox.Session) -> None:
+    """Build manylinux wheels for CPython 3.10-3.13 and an sdist into dist/, then check each."""
+    missing = [v for v in PYTHONS if v not in FOUND]
+    if missing:
+        session.error(f"no interpreter for CPython {', '.join(missing)}: cannot build every wheel")
+    session.install("maturin>=1.5,<2", "ziglang")
+    DIST.mkdir(exist_ok=True)
+    for old in list(DIST.glob("tokioloop-*.whl")) + list(DIST.glob("tokioloop-*.tar.gz")):
+        old.unlink()  # a wheel left from an earlier run must not stand in for a missing one
+
+    # zig links against glibc 2.17's symbols, so the wheels install on manylinux2014 systems
+    # and later; maturin itself refuses to tag a wheel whose symbols need more.
+    interpreters = [arg for v in PYTHONS for arg in ("--interpreter", str(FOUND[v]))]
+    env = {"CARGO_TARGET_DIR": str(ROOT / "target" / "wheels")}
+    start = time.monotonic()
+    session.run("maturin", "build", "--release", "--zig", "--compatibility", "manylinux2014",
+                "--out", str(DIST), *interpreters, env=env)
+    session.run("maturin", "sdist", "--out", str(DIST), env=env)
+    session.log(f"built in {time.monotonic() - start:.0f} s")
+
+    built = sorted(DIST.glob("tokioloop-*.whl"))
+    sdists = sorted(DIST.glob("tokioloop-*.tar.gz"))
+    problems = [] if len(sdists) == 1 else [f"expected one sdist in dist/, found {sdists}"]
+    digests: dict[str, str] = {}
+    for version in PYTHONS:
+        problems += _wheel_problems(session, version, built, digests)
+    for path in built + sdists:
+        session.log(f"dist/{path.name}")
+    if problems:
+        session.error("wheels:\n  " + "\n  ".join(problems))
