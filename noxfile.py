@@ -14,7 +14,7 @@ Builds: every session builds the extension from source with the same ``CARGO_TAR
 (``target/nox``), so tokio and friends compile once; pyo3 and the crate itself rebuild for each
 interpreter (maturin hands cargo the interpreter, pyo3's build script reruns on a change). After
 installing, each session imports the extension in its venv and checks that it was built for that
-interpreter and is not byte-identical to the one another session of this run installed.
+interpreter and is not byte-identical to the one last installed for another version.
 """
 
 from __future__ import annotations
@@ -90,12 +90,16 @@ def _link_interpreters() -> dict[str, Path]:
     found = {}
     for version in PYTHONS:
         link = bindir / f"python{version}"
-        if link.is_symlink() or link.exists():
-            link.unlink()  # never leave a link to an interpreter that is gone
         exe = _find_python(version)
-        if exe is not None:
-            link.symlink_to(exe)
-            found[version] = exe
+        if exe is None:
+            link.unlink(missing_ok=True)  # never leave a link to an interpreter that is gone
+            continue
+        # Replace atomically: another nox run in this tree may be resolving the same link now.
+        tmp = bindir / f".python{version}.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(exe)
+        os.replace(tmp, link)
+        found[version] = exe
     os.environ["PATH"] = os.pathsep.join([str(bindir), os.environ.get("PATH", "")])
     return found
 
@@ -107,7 +111,6 @@ FOUND = _link_interpreters()
 
 # Filled in by each tests session of this nox run, printed by the "summary" session at the end.
 RESULTS: dict[str, dict] = {}
-EXT_HASHES: dict[str, str] = {}
 
 # Run inside each venv: the extension loads, comes from this venv (not a stray build in the
 # source tree) and carries this interpreter's ABI tag. Prints its path and sha256. Behaviour is
@@ -154,10 +157,14 @@ def tests(session: nox.Session) -> None:
     out = session.run("python", str(check), silent=True) or ""
     session.log(f"extension: {out.strip()}")
     digest = out.split()[-1] if out.split() else ""
-    for other, other_digest in EXT_HASHES.items():
-        if other != version and other_digest == digest:
+    # Each version's last installed extension is recorded in target/nox, so the check also
+    # spans separate (even concurrent) nox runs sharing this target dir. Two versions never
+    # legitimately build identical bytes (pyo3 compiles differently for each).
+    for other in PYTHONS:
+        record = TARGET / f"extension-{other}.sha256"
+        if other != version and record.exists() and record.read_text().strip() == digest:
             session.error(f"the extension installed for {version} is the one built for {other}: stale build")
-    EXT_HASHES[version] = digest
+    (TARGET / f"extension-{version}.sha256").write_text(digest + "\n")
 
     junit = TARGET / f"junit-{version}.xml"
     junit.unlink(missing_ok=True)
@@ -181,7 +188,8 @@ def summary(session: nox.Session) -> None:
     for version in PYTHONS:
         result = RESULTS.get(version)
         if result is None:
-            lines.append(f"tests-{version}: not run in this nox run")
+            why = "not run in this nox run" if version in FOUND else "no interpreter found (failed)"
+            lines.append(f"tests-{version}: {why}")
             continue
         counts = result.get("counts")
         timing = ", ".join(f"{k[:-2]} {result[k]:.0f} s" for k in ("build_s", "tests_s") if k in result)
