@@ -1,0 +1,290 @@
+"""nox sessions: the test matrix over every supported CPython, and the release wheels.
+
+    pip install nox && nox -s tests              # CPython 3.10-3.13, each in a fresh virtualenv
+    nox -s tests-3.12 -- tests/test_scheduling.py -x   # one version; after -- are pytest's args
+    nox -s wheels                                # manylinux wheels for 3.10-3.13 + sdist, checked
+
+Interpreters: pyenv's ``versions/3.X.*/bin/python3.X`` first (pyenv's shims only work for the
+global version, so ``python3.10`` on PATH may be a shim that refuses to run), then a working
+``python3.X`` on PATH. The ones found are linked into ``target/nox/interpreters``, which goes
+first on PATH, so nox resolves "3.10" to them whatever its version. A version that is missing
+fails its session: CI must never silently drop a version.
+
+Builds: every session builds the extension from source with the same ``CARGO_TARGET_DIR``
+(``target/nox``), so tokio and friends compile once; pyo3 and the crate itself rebuild for each
+interpreter (maturin hands cargo the interpreter, pyo3's build script reruns on a change). After
+installing, each session imports the extension in its venv and checks that it was built for that
+interpreter and is not byte-identical to the one last installed for another version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import nox
+from nox.command import CommandFailed
+
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+ROOT = Path(__file__).resolve().parent
+TARGET = ROOT / "target" / "nox"
+DIST = ROOT / "dist"
+
+nox.options.sessions = ["tests"]
+nox.options.error_on_missing_interpreters = True  # a missing version fails, never skips
+if hasattr(nox.options, "download_python"):  # nox >= 2025: never fetch an interpreter either
+    nox.options.download_python = "never"
+
+
+# --- interpreters -------------------------------------------------------------------------
+
+def _pyenv_root() -> Path:
+    if os.environ.get("PYENV_ROOT"):
+        return Path(os.environ["PYENV_ROOT"])
+    pyenv = shutil.which("pyenv")
+    if pyenv:
+        try:
+            out = subprocess.run([pyenv, "root"], capture_output=True, text=True, timeout=30)
+            if out.returncode == 0 and out.stdout.strip():
+                return Path(out.stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return Path.home() / ".pyenv"
+
+
+def _runs_as(exe: str | Path, version: str) -> bool:
+    """True if ``exe`` starts and is CPython ``version`` (pyenv shims for other versions fail)."""
+    probe = "import sys, platform; print('%d.%d' % sys.version_info[:2], platform.python_implementation())"
+    try:
+        out = subprocess.run([str(exe), "-c", probe], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and out.stdout.split() == [version, "CPython"]
+
+
+def _find_python(version: str) -> Path | None:
+    versions = _pyenv_root() / "versions"
+    pattern = re.compile(rf"{re.escape(version)}\.(\d+)")  # 3.13.0, not 3.13.0t or 3.13-dev
+    installed = [(int(m.group(1)), d) for d in versions.glob(f"{version}.*")
+                 if (m := pattern.fullmatch(d.name))]
+    for _, d in sorted(installed, reverse=True):
+        exe = d / "bin" / f"python{version}"
+        if exe.is_file() and _runs_as(exe, version):
+            return exe
+    on_path = shutil.which(f"python{version}")
+    if on_path and _runs_as(on_path, version):
+        return Path(on_path)
+    return None
+
+
+def _link_interpreters() -> dict[str, Path]:
+    """Find every version in PYTHONS and put a ``python3.X`` link to each first on PATH."""
+    bindir = TARGET / "interpreters"
+    bindir.mkdir(parents=True, exist_ok=True)
+    found = {}
+    for version in PYTHONS:
+        link = bindir / f"python{version}"
+        exe = _find_python(version)
+        if exe is None:
+            link.unlink(missing_ok=True)  # never leave a link to an interpreter that is gone
+            continue
+        # Replace atomically: another nox run in this tree may be resolving the same link now.
+        tmp = bindir / f".python{version}.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(exe)
+        os.replace(tmp, link)
+        found[version] = exe
+    os.environ["PATH"] = os.pathsep.join([str(bindir), os.environ.get("PATH", "")])
+    return found
+
+
+FOUND = _link_interpreters()
+
+
+# --- the test matrix ----------------------------------------------------------------------
+
+# Filled in by each tests session of this nox run, printed by the "summary" session at the end.
+RESULTS: dict[str, dict] = {}
+
+# Run inside each venv: the extension loads, comes from this venv (not a stray build in the
+# source tree) and carries this interpreter's ABI tag. Prints its path and sha256. Behaviour is
+# the test suite's business, not this check's.
+CHECK_EXTENSION = """
+import hashlib, os, sys, sysconfig
+import tokioloop._tokioloop as ext
+path = os.path.realpath(ext.__file__)
+assert path.startswith(os.path.realpath(sys.prefix) + os.sep), f"{path} is not inside {sys.prefix}"
+assert path.endswith(sysconfig.get_config_var("EXT_SUFFIX")), f"{path} is not built for {sys.version}"
+print(path, hashlib.sha256(open(path, "rb").read()).hexdigest())
+"""
+
+
+def _junit_counts(path: Path) -> dict | None:
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return None
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    total = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    total["passed"] = total["tests"] - total["failures"] - total["errors"] - total["skipped"]
+    return total
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """Build the extension from source for this CPython, install .[test] and run the tests."""
+    session.notify("summary")
+    version = session.python
+    result = RESULTS.setdefault(version, {"interpreter": FOUND.get(version)})
+    env = {"CARGO_TARGET_DIR": str(TARGET)}
+    if "PYTEST_ADDOPTS" in os.environ:
+        env["PYTEST_ADDOPTS"] = os.environ["PYTEST_ADDOPTS"]
+        session.log(f"PYTEST_ADDOPTS={env['PYTEST_ADDOPTS']}")
+    session.run("python", "-VV")
+
+    start = time.monotonic()
+    session.install(".[test]", env=env)
+    result["build_s"] = time.monotonic() - start
+
+    check = Path(session.create_tmp()) / "check_extension.py"
+    check.write_text(CHECK_EXTENSION)
+    out = session.run("python", str(check), silent=True) or ""
+    session.log(f"extension: {out.strip()}")
+    digest = out.split()[-1] if out.split() else ""
+    # Each version's last installed extension is recorded in target/nox, so the check also
+    # spans separate (even concurrent) nox runs sharing this target dir. Two versions never
+    # legitimately build identical bytes (pyo3 compiles differently for each).
+    for other in PYTHONS:
+        record = TARGET / f"extension-{other}.sha256"
+        if other != version and record.exists() and record.read_text().strip() == digest:
+            session.error(f"the extension installed for {version} is the one built for {other}: stale build")
+    (TARGET / f"extension-{version}.sha256").write_text(digest + "\n")
+
+    junit = TARGET / f"junit-{version}.xml"
+    junit.unlink(missing_ok=True)
+    args = session.posargs or ["tests", "-q"]
+    start = time.monotonic()
+    try:
+        session.run("python", "-m", "pytest", *args, f"--junitxml={junit}", env=env)
+    finally:
+        result["tests_s"] = time.monotonic() - start
+        result["counts"] = _junit_counts(junit)
+
+
+@nox.session(python=False)
+def summary(session: nox.Session) -> None:
+    """Per-version results of this run's tests sessions (queued by them; not run on its own)."""
+    if not RESULTS:
+        session.log("no tests session ran in this nox run")
+        return
+    totals = {"passed": 0, "failed": 0, "skipped": 0}
+    lines, unreported = [], []
+    for version in PYTHONS:
+        result = RESULTS.get(version)
+        if result is None:
+            why = "not run in this nox run" if version in FOUND else "no interpreter found (failed)"
+            lines.append(f"tests-{version}: {why}")
+            continue
+        counts = result.get("counts")
+        timing = ", ".join(f"{k[:-2]} {result[k]:.0f} s" for k in ("build_s", "tests_s") if k in result)
+        if counts is None:
+            status = "no test report (failed before or while running pytest)"
+            unreported.append(version)
+        else:
+            failed = counts["failures"] + counts["errors"]
+            totals["passed"] += counts["passed"]
+            totals["failed"] += failed
+            totals["skipped"] += counts["skipped"]
+            status = f"{counts['passed']} passed, {failed} failed, {counts['skipped']} skipped"
+        lines.append(f"tests-{version} ({result['interpreter']}): {status} [{timing}]")
+    for line in lines:
+        print(line, flush=True)
+    if unreported:
+        print(f"no test report from: {', '.join(unreported)} (see their sessions above)", flush=True)
+    print(f"total: {totals['passed']} passed, {totals['failed']} failed, "
+          f"{totals['skipped']} skipped", flush=True)
+
+
+# --- wheels -------------------------------------------------------------------------------
+
+def _wheel_problems(session: nox.Session, version: str, wheels: list[Path],
+                    digests: dict[str, str]) -> list[str]:
+    """Check the one wheel for ``version``: manylinux-tagged, installs and runs examples/hello.py
+    in a fresh venv of that interpreter. Returns what is wrong (empty: all good)."""
+    from packaging.utils import parse_wheel_filename  # nox depends on packaging
+
+    tag = "cp" + version.replace(".", "")
+    mine = [w for w in wheels if any(t.interpreter == tag for t in parse_wheel_filename(w.name)[3])]
+    if len(mine) != 1:
+        return [f"{version}: expected one {tag} wheel in dist/, found {[w.name for w in mine]}"]
+    wheel = mine[0]
+    platforms = sorted({t.platform for t in parse_wheel_filename(wheel.name)[3]})
+    if not all(p.startswith("manylinux") for p in platforms):
+        return [f"{version}: {wheel.name} is not manylinux-tagged ({platforms})"]
+    if version not in FOUND:
+        return [f"{version}: no CPython {version} interpreter to check {wheel.name} with"]
+
+    venv = Path(session.create_tmp()).resolve() / f"check-{version}"
+    shutil.rmtree(venv, ignore_errors=True)
+    python = str(venv / "bin" / "python")
+    env = {"PYTHONPATH": None}  # the wheel alone, nothing from the environment or the tree
+    step = "creating its venv"
+    try:
+        session.run(str(FOUND[version]), "-m", "venv", str(venv), external=True)
+        step = "installing it"
+        session.run(python, "-m", "pip", "install", "--no-deps", "--no-index", str(wheel),
+                    external=True, env=env)
+        with session.chdir(venv):  # away from the source tree, whose python/ must not leak in
+            step = "importing its extension"
+            out = session.run(python, "-c", CHECK_EXTENSION, external=True, env=env, silent=True)
+            session.log(f"extension: {(out or '').strip()}")
+            digest = (out or "").split()[-1:]
+            for other, other_digest in digests.items():
+                if [other_digest] == digest:
+                    return [f"{version}: {wheel.name} holds the same extension as the {other} wheel"]
+            digests[version] = digest[0] if digest else ""
+            step = "running examples/hello.py"
+            session.run(python, str(ROOT / "examples" / "hello.py"), external=True, env=env)
+    except CommandFailed as exc:
+        return [f"{version}: {wheel.name} failed {step} ({exc.reason})"]
+    session.log(f"{version}: {wheel.name} installs and runs examples/hello.py")
+    return []
+
+
+@nox.session
+def wheels(session: nox.Session) -> None:
+    """Build manylinux wheels for CPython 3.10-3.13 and an sdist into dist/, then check each."""
+    missing = [v for v in PYTHONS if v not in FOUND]
+    if missing:
+        session.error(f"no interpreter for CPython {', '.join(missing)}: cannot build every wheel")
+    session.install("maturin>=1.5,<2", "ziglang")
+    DIST.mkdir(exist_ok=True)
+    for old in list(DIST.glob("tokioloop-*.whl")) + list(DIST.glob("tokioloop-*.tar.gz")):
+        old.unlink()  # a wheel left from an earlier run must not stand in for a missing one
+
+    # zig links against glibc 2.17's symbols, so the wheels install on manylinux2014 systems
+    # and later; maturin itself refuses to tag a wheel whose symbols need more.
+    interpreters = [arg for v in PYTHONS for arg in ("--interpreter", str(FOUND[v]))]
+    env = {"CARGO_TARGET_DIR": str(ROOT / "target" / "wheels")}
+    start = time.monotonic()
+    session.run("maturin", "build", "--release", "--zig", "--compatibility", "manylinux2014",
+                "--out", str(DIST), *interpreters, env=env)
+    session.run("maturin", "sdist", "--out", str(DIST), env=env)
+    session.log(f"built in {time.monotonic() - start:.0f} s")
+
+    built = sorted(DIST.glob("tokioloop-*.whl"))
+    sdists = sorted(DIST.glob("tokioloop-*.tar.gz"))
+    problems = [] if len(sdists) == 1 else [f"expected one sdist in dist/, found {sdists}"]
+    digests: dict[str, str] = {}
+    for version in PYTHONS:
+        problems += _wheel_problems(session, version, built, digests)
+    for path in built + sdists:
+        session.log(f"dist/{path.name}")
+    if problems:
+        session.error("wheels:\n  " + "\n  ".join(problems))
