@@ -119,8 +119,10 @@ def test_parent_keeps_its_fds_when_child_discards_its_copy(loop, loop_kind):
 def test_forked_worker_exits(loop_kind):
     """A worker forked from a running loop that leaves with sys.exit finalizes and exits.
 
-    tokioloop-only: the stdlib child of this exact shape did not exit here either (3.11; not
-    yet investigated, see the issue note), so there is no oracle to compare with."""
+    tokioloop-only: on the stdlib loop this program hangs, in the parent. The worker's
+    ``loop.close()`` of its copy of the parent's loop unregisters the self-pipe from the epoll
+    instance the two processes share, so the parent never hears its executor's wake-up
+    (seen on 3.11 with py-spy). tokioloop's child never deregisters the parent's fds."""
     import subprocess
 
     child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_child.py")
