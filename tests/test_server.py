@@ -21,7 +21,6 @@ from _stdlib import loop_has, requires
 from tokioloop import _compat
 
 from _netutil import check_unix_arguments, needs_ipv6
-from conftest import tokioloop_only
 
 
 class Echo(asyncio.Protocol):

@@ -4,12 +4,10 @@ import asyncio
 import contextvars
 import gc
 import inspect
-import sys
 
 import pytest
 from _stdlib import loop_has, requires
 
-from conftest import tokioloop_only
 
 VAR = contextvars.ContextVar("VAR", default="unset")
 

@@ -69,7 +69,7 @@ def test_create_task_context_keyword(loop):
             assert loop.run_until_complete(task) == 1
         else:
             with pytest.raises(TypeError, match="context"):
-                loop.create_task(coro, context=None if False else object())
+                loop.create_task(coro, context=object())
     finally:
         coro.close()
 
