@@ -181,6 +181,7 @@ impl SockWait {
             callback,
             PyTuple::empty(py),
             Some(sock),
+            None,
             Some(context),
         )?;
         *wait.get().handle.lock() = Some(handle.clone_ref(py));

@@ -83,6 +83,9 @@ pub enum Target {
     Callback(Py<Handle>),
     /// A native transport; its read or write runs natively in the turn (edge-triggered).
     Stream(Py<StreamTransport>),
+    /// Never a direction's target: a registration's file object (see
+    /// `Registration::fileobj`) on its way out of the registry's lock to be dropped.
+    FileObject(Py<PyAny>),
 }
 
 impl Target {
@@ -90,6 +93,7 @@ impl Target {
         match self {
             Target::Callback(handle) => handle.get().callback.traverse(visit),
             Target::Stream(transport) => visit.call(transport),
+            Target::FileObject(object) => visit.call(object),
         }
     }
 
@@ -119,6 +123,11 @@ struct Registration {
     /// that object lives, the registration stays when its last callback goes, so the next
     /// wait on the same socket skips epoll_ctl ADD/DEL.
     keeper: Option<Py<PyAny>>,
+    /// The object the first of the current callbacks was registered with (a socket, or the
+    /// int itself; None for the loop's own watches), held as a selector key holds it: after
+    /// that object is closed (`fileno() == -1`), remove_reader/remove_writer given it still
+    /// find this registration. Cleared when the last callback goes.
+    fileobj: Option<Py<PyAny>>,
     read: Interest1,
     write: Interest1,
 }
@@ -145,6 +154,11 @@ impl Registration {
                 .cast::<PyWeakrefReference>()
                 .is_ok_and(|kept| kept.upgrade().is_some())
         })
+    }
+
+    fn has_callbacks(&self) -> bool {
+        matches!(self.read.target, Some(Target::Callback(_)))
+            || matches!(self.write.target, Some(Target::Callback(_)))
     }
 
     fn side(&mut self, direction: Direction) -> &mut Interest1 {
@@ -252,6 +266,7 @@ impl Registry {
                 keeper: keeper
                     .and_then(|sock| PyWeakrefReference::new(sock).ok())
                     .map(|w| w.into_any().unbind()),
+                fileobj: None,
                 read: side(Direction::Read),
                 write: side(Direction::Write),
             };
@@ -265,7 +280,8 @@ impl Registry {
     /// Sets the callback for one direction of `fd`, returning the one it replaces. A direction
     /// a native transport is using is refused: the transport comes back instead. (Its idle
     /// directions may be borrowed, as sendfile borrows the write side.)
-    /// `keeper`: the socket object of a sock_* wait (see [`Registry::ensure`]).
+    /// `keeper`: the socket object of a sock_* wait (see [`Registry::ensure`]); `fileobj`:
+    /// what add_reader/add_writer was given (see `Registration::fileobj`).
     pub fn set(
         &mut self,
         py: Python<'_>,
@@ -273,13 +289,21 @@ impl Registry {
         direction: Direction,
         handle: Py<Handle>,
         keeper: Option<&Bound<'_, PyAny>>,
+        fileobj: Option<&Bound<'_, PyAny>>,
     ) -> std::io::Result<Result<Option<Py<Handle>>, Py<StreamTransport>>> {
         let registration = self.ensure(fd, keeper)?;
         let owner = registration.owner.as_ref().map(|owner| owner.clone_ref(py));
-        let side = registration.side(direction);
-        if let (Some(Target::Stream(_)), Some(owner)) = (side.target.as_ref(), owner) {
+        if let (Some(Target::Stream(_)), Some(owner)) =
+            (registration.side(direction).target.as_ref(), owner)
+        {
             return Ok(Err(owner));
         }
+        if !registration.has_callbacks() {
+            // The first callback names the registration's object, as the first
+            // selector.register does (idle registrations hold none: nothing to drop here).
+            registration.fileobj = fileobj.map(|object| object.clone().unbind());
+        }
+        let side = registration.side(direction);
         let old = match side.target.replace(Target::Callback(handle)) {
             Some(Target::Callback(old)) => Some(old),
             _ => None,
@@ -305,22 +329,26 @@ impl Registry {
     }
 
     /// Removes one direction's callback — only if it is `expected`, when given — and drops the
-    /// registration once neither direction is left.
+    /// registration once neither direction is left. Returns the callback's handle and, when
+    /// the last callback went, the registration's file object: both for the caller to drop
+    /// outside the lock.
     pub fn remove(
         &mut self,
         py: Python<'_>,
         fd: RawFd,
         direction: Direction,
         expected: Option<&Py<Handle>>,
-    ) -> Option<Py<Handle>> {
-        let registration = self.fds.get_mut(&fd)?;
+    ) -> (Option<Py<Handle>>, Option<Py<PyAny>>) {
+        let Some(registration) = self.fds.get_mut(&fd) else {
+            return (None, None);
+        };
         let side = registration.side(direction);
         let Some(Target::Callback(current)) = side.target.as_ref() else {
-            return None;
+            return (None, None);
         };
         if let Some(expected) = expected {
             if !expected.is(current) {
-                return None;
+                return (None, None);
             }
         }
         side.hot = false;
@@ -328,10 +356,55 @@ impl Registry {
             Some(Target::Callback(old)) => Some(old),
             _ => None,
         };
+        let fileobj = if registration.has_callbacks() {
+            None
+        } else {
+            registration.fileobj.take()
+        };
         if registration.is_idle() && !registration.keeper_alive(py) {
+            // Dropping the AsyncFd deregisters the fd; if its owner closed it already, the
+            // kernel has forgotten it and the failed EPOLL_CTL_DEL is ignored by tokio.
             self.fds.remove(&fd);
         }
-        old
+        (old, fileobj)
+    }
+
+    /// The registration made with `fileobj` (compared by identity): its fd and whether a
+    /// callback watches each direction. How a closed socket object is still found.
+    pub fn find_fileobj(&self, fileobj: &Bound<'_, PyAny>) -> Option<(RawFd, bool, bool)> {
+        self.fds.iter().find_map(|(fd, registration)| {
+            let named = registration.fileobj.as_ref()?;
+            if !named.is(fileobj) {
+                return None;
+            }
+            Some((
+                *fd,
+                matches!(registration.read.target, Some(Target::Callback(_))),
+                matches!(registration.write.target, Some(Target::Callback(_))),
+            ))
+        })
+    }
+
+    /// Drops `fd`'s callbacks, its file object and, unless a transport owns it, the
+    /// registration: what a selector does when an operation on a closed object fails.
+    /// The references come back for the caller to drop outside the lock.
+    pub fn forget_callbacks(&mut self, fd: RawFd) -> Vec<Target> {
+        let mut out = Vec::new();
+        let Some(registration) = self.fds.get_mut(&fd) else {
+            return out;
+        };
+        for direction in [Direction::Read, Direction::Write] {
+            let side = registration.side(direction);
+            if matches!(side.target, Some(Target::Callback(_))) {
+                side.hot = false;
+                out.extend(side.target.take());
+            }
+        }
+        out.extend(registration.fileobj.take().map(Target::FileObject));
+        if registration.owner.is_none() {
+            self.fds.remove(&fd);
+        }
+        out
     }
 
     /// The native transport that owns `fd`, if any.
@@ -382,6 +455,7 @@ impl Registry {
             out.extend(registration.read.target.take());
             out.extend(registration.write.target.take());
             out.extend(registration.owner.take().map(Target::Stream));
+            out.extend(registration.fileobj.take().map(Target::FileObject));
         }
         out
     }
@@ -446,6 +520,9 @@ impl Registry {
             if let Some(owner) = registration.owner.as_ref() {
                 visit.call(owner)?;
             }
+            if let Some(fileobj) = registration.fileobj.as_ref() {
+                visit.call(fileobj)?;
+            }
         }
         Ok(())
     }
@@ -458,6 +535,7 @@ impl Registry {
             targets.extend(registration.read.target.take());
             targets.extend(registration.write.target.take());
             targets.extend(registration.owner.take().map(Target::Stream));
+            targets.extend(registration.fileobj.take().map(Target::FileObject));
         }
         targets
     }
