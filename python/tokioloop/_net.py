@@ -208,30 +208,44 @@ class NetSupport:
 
         # One list of OSErrors per attempt, in the order the attempts started.
         attempts = []
-        sock = None
-        if happy_eyeballs_delay is None:
-            for info in infos:
-                try:
-                    sock = await self._net_connect_one(attempts, info, local_infos)
-                    break
-                except OSError:
-                    continue
-        else:
-            sock, _, _ = await staggered.staggered_race(
-                (functools.partial(self._net_connect_one, attempts, info, local_infos)
-                 for info in infos),
-                happy_eyeballs_delay,
-                loop=self,
-            )
-        if sock is not None:
-            return sock
-        errors = [exc for attempt in attempts for exc in attempt]
         try:
+            sock = await self._net_connect_attempts(attempts, infos, local_infos,
+                                                    happy_eyeballs_delay)
+            if sock is not None:
+                return sock
+            errors = [exc for attempt in attempts for exc in attempt]
             if all_errors:
                 raise _ExceptionGroup("create_connection failed", errors)
             raise _single_connect_error(errors)
         finally:
-            errors = attempts = None  # no traceback -> frame -> exception cycles
+            # Each error's traceback holds this frame and its attempt's frames, which hold
+            # these lists (the race's partials too): empty them, or the errors would wait
+            # for the GC, held by a cycle through their own tracebacks.
+            for attempt in attempts:
+                attempt.clear()
+            attempts.clear()
+            errors = attempts = None
+
+    async def _net_connect_attempts(self, attempts, infos, local_infos, happy_eyeballs_delay):
+        """Try the addresses one after another, or in a staggered race; the connected socket
+        or None. Each attempt appends its list of errors to ``attempts``."""
+        if happy_eyeballs_delay is None:
+            for info in infos:
+                try:
+                    return await self._net_connect_one(attempts, info, local_infos)
+                except OSError:
+                    continue
+            return None
+        sock, _, race_errors = await staggered.staggered_race(
+            (functools.partial(self._net_connect_one, attempts, info, local_infos)
+             for info in infos),
+            happy_eyeballs_delay,
+            loop=self,
+        )
+        # The race's own list of the errors is held by its finished frames, which the
+        # errors' tracebacks hold: empty it (the errors are in ``attempts`` too).
+        race_errors.clear()
+        return sock
 
     async def _net_connect_one(self, attempts, info, local_infos):
         """Create a socket for ``info``, bind it to a matching local address, connect it."""
