@@ -18,12 +18,11 @@ import functools
 import itertools
 import os
 import socket
-import stat
 import sys
 from asyncio import constants, exceptions, protocols, staggered, tasks, trsock
 from asyncio.log import logger
 
-from ._server import Server
+from ._server import Server, _stat_path, _unlink_path
 from ._sock import _reject_ssl_socket
 
 _HAS_IPv6 = hasattr(socket, "AF_INET6")
@@ -512,11 +511,11 @@ class NetSupport:
             bound = sock.getsockname()
             if bound and not _is_abstract_unix_path(bound):
                 try:
-                    st = os.stat(bound)
+                    dev, ino, _ = _stat_path(bound)
                 except FileNotFoundError:
                     pass
                 else:
-                    unix_paths[sock] = (bound, st.st_dev, st.st_ino)
+                    unix_paths[sock] = (bound, dev, ino)
 
         sock.setblocking(False)
         server = Server(self, [sock], protocol_factory, backlog, unix_paths=unix_paths)
@@ -530,8 +529,8 @@ class NetSupport:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         if path and not _is_abstract_unix_path(path):
             try:
-                if stat.S_ISSOCK(os.stat(path).st_mode):
-                    os.remove(path)  # a stale socket file from an earlier server
+                if _stat_path(path)[2]:
+                    _unlink_path(path)  # a stale socket file from an earlier server
             except FileNotFoundError:
                 pass
             except OSError as exc:

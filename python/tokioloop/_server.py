@@ -21,6 +21,19 @@ import weakref
 from asyncio import trsock
 from asyncio.log import logger
 
+from ._tokioloop import _path_stat, _path_unlink
+
+
+def _stat_path(path):
+    """``os.stat(path)`` made natively: ``(st_dev, st_ino, is_socket)``. (Blocking-call
+    detectors patch ``os.stat``; asyncio's own calls are allow-listed, ours are native.)"""
+    return _path_stat(os.fsencode(path), path)
+
+
+def _unlink_path(path):
+    """``os.unlink(path)`` made natively (see ``_stat_path``)."""
+    _path_unlink(os.fsencode(path), path)
+
 
 class Server(asyncio.AbstractServer):
     """A listening server; made by ``loop.create_server`` / ``loop.create_unix_server``."""
@@ -116,9 +129,8 @@ class Server(asyncio.AbstractServer):
             return
         path, dev, ino = entry
         try:
-            st = os.stat(path)
-            if (st.st_dev, st.st_ino) == (dev, ino):
-                os.unlink(path)
+            if _stat_path(path)[:2] == (dev, ino):
+                _unlink_path(path)
         except FileNotFoundError:
             pass
         except OSError as exc:

