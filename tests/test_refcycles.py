@@ -29,6 +29,8 @@ import types
 
 import pytest
 
+from _netutil import connect_from_busy_address, free_port, serve_on_busy_address
+
 
 # gh-124858's fix (happy eyeballs refcycles): 3.12.8 and 3.13.1.
 STDLIB_HAPPY_EYEBALLS_LEAKS = sys.version_info < (3, 12, 8) or (
@@ -38,12 +40,6 @@ STDLIB_HAPPY_EYEBALLS_LEAKS = sys.version_info < (3, 12, 8) or (
 STDLIB_SOCK_RECV_LEAKS = True
 # ... and its sock_sendfile keeps the future its os.sendfile failure was set on.
 STDLIB_SOCK_SENDFILE_LEAKS = True
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def cycle_garbage(loop, make_coro, repeat=2):
@@ -160,13 +156,7 @@ def test_create_connection_all_errors(loop, loop_kind):
 
 def test_create_connection_local_bind_fails(loop, loop_kind):
     async def attempt():
-        with socket.socket() as busy:
-            busy.bind(("127.0.0.1", 0))
-            busy.listen()
-            with pytest.raises(OSError):
-                await loop.create_connection(
-                    asyncio.Protocol, "127.0.0.1", free_port(), local_addr=busy.getsockname()
-                )
+        await connect_from_busy_address(loop)
 
     expect_no_cycles(loop_kind, cycle_garbage(loop, attempt))
 
@@ -198,13 +188,7 @@ def test_sock_connect_cancelled(loop, loop_kind):
 
 def test_create_server_address_in_use(loop, loop_kind):
     async def attempt():
-        with socket.socket() as busy:
-            busy.bind(("127.0.0.1", 0))
-            busy.listen()
-            with pytest.raises(OSError):
-                await loop.create_server(
-                    asyncio.Protocol, "127.0.0.1", busy.getsockname()[1], reuse_address=False
-                )
+        await serve_on_busy_address(loop)
 
     expect_no_cycles(loop_kind, cycle_garbage(loop, attempt))
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import collections.abc
 import errno
-import functools
 import itertools
 import os
 import socket
 import sys
-from asyncio import constants, exceptions, protocols, staggered, tasks, trsock
+from asyncio import constants, exceptions, protocols, tasks, trsock
 from asyncio.log import logger
 
 from ._server import Server, _stat_path, _unlink_path
@@ -124,6 +123,21 @@ def _check_address_or_sock(has_address, sock, address_names, missing_message, ch
         raise ValueError(missing_message)
     else:
         check_sock(sock)
+
+
+def _first_connected(attempts):
+    """The first finished attempt (task) of a race that connected, or None."""
+    for task in attempts:
+        if task.done() and not task.cancelled() and task.exception() is None:
+            return task
+    return None
+
+
+def _settle_attempt(task):
+    """An attempt of a race that did not win: its error is consumed (the attempt lists
+    report it), and a socket it connected is closed."""
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()
 
 
 def _single_connect_error(errors):
@@ -235,16 +249,49 @@ class NetSupport:
                 except OSError:
                     continue
             return None
-        sock, _, race_errors = await staggered.staggered_race(
-            (functools.partial(self._net_connect_one, attempts, info, local_infos)
-             for info in infos),
-            happy_eyeballs_delay,
-            loop=self,
-        )
-        # The race's own list of the errors is held by its finished frames, which the
-        # errors' tracebacks hold: empty it (the errors are in ``attempts`` too).
-        race_errors.clear()
-        return sock
+        return await self._net_staggered_race(attempts, infos, local_infos, happy_eyeballs_delay)
+
+    async def _net_staggered_race(self, attempts, infos, local_infos, delay):
+        """RFC 8305's race, as asyncio's staggered_race runs it: the first attempt starts at
+        once, each next one when the one before it fails or ``delay`` seconds after it
+        started; the first socket to connect wins and the other attempts are cancelled.
+
+        Unlike the stdlib's race, every socket that lost is closed (one that connected
+        while the winner was chosen, or while this coroutine itself was cancelled), and the
+        attempts' errors are kept only in ``attempts``: nothing here leads back to them."""
+        started = []
+        winner = None
+        try:
+            for info in infos:
+                latest = self.create_task(self._net_connect_one(attempts, info, local_infos))
+                started.append(latest)
+                deadline = self.time() + delay
+                while not latest.done():
+                    timeout = deadline - self.time()
+                    if timeout <= 0:
+                        break
+                    await tasks.wait(started, timeout=timeout, return_when=tasks.FIRST_COMPLETED)
+                    winner = _first_connected(started)
+                    if winner is not None:
+                        return winner.result()
+            while True:
+                winner = _first_connected(started)
+                if winner is not None:
+                    return winner.result()
+                running = [task for task in started if not task.done()]
+                if not running:
+                    return None
+                await tasks.wait(running, return_when=tasks.FIRST_COMPLETED)
+        finally:
+            for task in started:
+                if task is winner:
+                    continue
+                if task.done():
+                    _settle_attempt(task)
+                else:
+                    task.cancel()
+                    task.add_done_callback(_settle_attempt)
+            latest = winner = started = None
 
     async def _net_connect_one(self, attempts, info, local_infos):
         """Create a socket for ``info``, bind it to a matching local address, connect it."""
@@ -394,7 +441,8 @@ class NetSupport:
         if ssl is not None:
             raise _ssl_not_built("create_server")
 
-        if sock is None:
+        own_sockets = sock is None
+        if own_sockets:
             if reuse_address is None:
                 reuse_address = os.name == "posix" and sys.platform != "cygwin"
             sockets = await self._net_bind_listeners(
@@ -402,12 +450,16 @@ class NetSupport:
             )
         else:
             sockets = [sock]
-        for listener in sockets:
-            listener.setblocking(False)
+        try:
+            for listener in sockets:
+                listener.setblocking(False)
+        except BaseException:
+            if own_sockets:
+                for listener in sockets:
+                    listener.close()
+            raise
         server = Server(self, sockets, protocol_factory, backlog, keep_alive=keep_alive)
-        if start_serving:
-            server._start_serving()
-            await tasks.sleep(0)  # one turn, as asyncio: the sockets are watched from now on
+        await self._net_start_server(server, start_serving, own_sockets)
         if self.get_debug():
             logger.info("%r is serving", server)
         return server
@@ -503,25 +555,41 @@ class NetSupport:
         if ssl:
             raise _ssl_not_built("create_unix_server")
 
-        if path is not None:
+        own_sock = path is not None
+        if own_sock:
             sock = self._net_bind_unix(path)
-
-        unix_paths = {}
-        if cleanup_socket:
-            bound = sock.getsockname()
-            if bound and not _is_abstract_unix_path(bound):
-                try:
-                    dev, ino, _ = _stat_path(bound)
-                except FileNotFoundError:
-                    pass
-                else:
-                    unix_paths[sock] = (bound, dev, ino)
-
-        sock.setblocking(False)
+        try:
+            unix_paths = {}
+            if cleanup_socket:
+                bound = sock.getsockname()
+                if bound and not _is_abstract_unix_path(bound):
+                    try:
+                        dev, ino, _ = _stat_path(bound)
+                    except FileNotFoundError:
+                        pass
+                    else:
+                        unix_paths[sock] = (bound, dev, ino)
+            sock.setblocking(False)
+        except BaseException:
+            if own_sock:
+                sock.close()
+            raise
         server = Server(self, [sock], protocol_factory, backlog, unix_paths=unix_paths)
-        if start_serving:
-            server._start_serving()
-            await tasks.sleep(0)
+        return await self._net_start_server(server, start_serving, own_sock)
+
+    @staticmethod
+    async def _net_start_server(server, start_serving, own_sockets):
+        """Start ``server`` if asked and give the loop one turn, as asyncio does (the sockets
+        are watched from then on). If that fails or is cancelled, no one will ever get the
+        server: it is closed, with the listening sockets the loop made (a socket the caller
+        passed is only unwatched: it stays the caller's)."""
+        try:
+            if start_serving:
+                server._start_serving()
+                await tasks.sleep(0)
+        except BaseException:
+            server._close(close_sockets=own_sockets)
+            raise
         return server
 
     @staticmethod

@@ -104,6 +104,11 @@ class Server(asyncio.AbstractServer):
 
     def close(self):
         """Stop listening and close the listening sockets; accepted connections stay open."""
+        self._close(close_sockets=True)
+
+    def _close(self, close_sockets):
+        """``close``; with ``close_sockets`` false the listening sockets are only unwatched
+        (a create_server that failed leaves a socket it was given to its owner)."""
         sockets = self._sockets
         if sockets is None:
             return
@@ -113,8 +118,9 @@ class Server(asyncio.AbstractServer):
             if retry is not None:
                 retry.cancel()
             self._loop._net_unwatch_listener(sock)
-            sock.close()
-            self._cleanup_unix_path(sock)
+            if close_sockets:
+                sock.close()
+                self._cleanup_unix_path(sock)
         self._serving = False
         fut = self._serving_forever_fut
         if fut is not None and not fut.done():
