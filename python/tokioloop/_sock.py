@@ -102,7 +102,7 @@ class SockSupport:
         data = _sock_recv_now(fd, n)
         if data is not None:
             return data
-        fut, handle = _sock_recv_wait(self, sock, fd, n)
+        fut, handle = _sock_recv_wait(self, fd, n)
         try:
             return await fut
         finally:
@@ -136,7 +136,7 @@ class SockSupport:
         sent = _sock_send_now(fd, data)
         if sent is None:
             return None
-        fut, handle = _sock_sendall_wait(self, sock, fd, data, sent)
+        fut, handle = _sock_sendall_wait(self, fd, data, sent)
         try:
             return await fut
         finally:

@@ -323,7 +323,6 @@ impl LoopCore {
         direction: Direction,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
-        keeper: Option<&Bound<'_, PyAny>>,
         fileobj: Option<&Bound<'_, PyAny>>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
@@ -340,7 +339,7 @@ impl LoopCore {
         let outcome = this
             .io
             .lock()
-            .set(py, fd, direction, handle.clone_ref(py), keeper, fileobj)?;
+            .set(py, fd, direction, handle.clone_ref(py), fileobj)?;
         match outcome {
             Ok(Some(old)) => old.get().cancel_now(),
             Ok(None) => {}
@@ -361,7 +360,7 @@ impl LoopCore {
 
     pub(crate) fn remove_fd_callback(
         &self,
-        py: Python<'_>,
+        _py: Python<'_>,
         fd: RawFd,
         direction: Direction,
         expected: Option<&Py<Handle>>,
@@ -369,7 +368,7 @@ impl LoopCore {
         if self.closed.load(Ordering::Relaxed) {
             return false;
         }
-        let (old, fileobj) = self.io.lock().remove(py, fd, direction, expected);
+        let (old, fileobj) = self.io.lock().remove(fd, direction, expected);
         drop(fileobj);
         match old {
             Some(handle) => {
@@ -608,7 +607,7 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         fileobj: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::set_fd_callback(slf, fd, Direction::Read, callback, args, None, fileobj.as_ref(), None)
+        Self::set_fd_callback(slf, fd, Direction::Read, callback, args, fileobj.as_ref(), None)
     }
 
     /// Watches `fd`; returns the handle, which `_remove_writer` can name to remove only it.
@@ -620,7 +619,7 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         fileobj: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::set_fd_callback(slf, fd, Direction::Write, callback, args, None, fileobj.as_ref(), None)
+        Self::set_fd_callback(slf, fd, Direction::Write, callback, args, fileobj.as_ref(), None)
     }
 
     /// The fd registered by add_reader/add_writer with `fileobj` (by identity), and whether

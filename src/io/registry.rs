@@ -25,7 +25,6 @@ use std::task::{Context, Poll, Wake as TaskWake, Waker};
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use pyo3::types::PyWeakrefReference;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -119,10 +118,6 @@ struct Registration {
     fd: AsyncFd<Watched>,
     /// The native transport that owns the descriptor, if one does: no add_reader on it.
     owner: Option<Py<StreamTransport>>,
-    /// A weak reference to the socket object whose sock_* waits made this registration. While
-    /// that object lives, the registration stays when its last callback goes, so the next
-    /// wait on the same socket skips epoll_ctl ADD/DEL.
-    keeper: Option<Py<PyAny>>,
     /// The object the first of the current callbacks was registered with (a socket, or the
     /// int itself; None for the loop's own watches), held as a selector key holds it: after
     /// that object is closed (`fileno() == -1`), remove_reader/remove_writer given it still
@@ -135,25 +130,6 @@ struct Registration {
 impl Registration {
     fn is_idle(&self) -> bool {
         self.owner.is_none() && self.read.target.is_none() && self.write.target.is_none()
-    }
-
-    /// True if `keeper` is the live socket object this registration was kept for.
-    fn kept_for(&self, keeper: Option<&Bound<'_, PyAny>>) -> bool {
-        let (Some(sock), Some(kept)) = (keeper, self.keeper.as_ref()) else {
-            return false;
-        };
-        let Ok(kept) = kept.bind(sock.py()).cast::<PyWeakrefReference>() else {
-            return false;
-        };
-        kept.upgrade().is_some_and(|object| object.is(sock))
-    }
-
-    fn keeper_alive(&self, py: Python<'_>) -> bool {
-        self.keeper.as_ref().is_some_and(|kept| {
-            kept.bind(py)
-                .cast::<PyWeakrefReference>()
-                .is_ok_and(|kept| kept.upgrade().is_some())
-        })
     }
 
     fn has_callbacks(&self) -> bool {
@@ -222,17 +198,16 @@ impl Registry {
         }
     }
 
-    /// Registers `fd` with the reactor if it is not yet. An idle registration (nothing
-    /// watching, kept for the socket `keeper` names) is reused only by that same socket
-    /// object; for anything else it may be stale — the fd closed and its number reused — so
-    /// it is dropped (deregistered) before the descriptor is registered afresh.
+    /// Registers `fd` with the reactor if it is not yet.
+    ///
+    /// A registration lives exactly as long as something watches the fd, never idle: the
+    /// owner of a descriptor may close it as soon as its last callback is removed, and tokio
+    /// keeps the bookkeeping of a registration whose EPOLL_CTL_DEL failed (the fd already
+    /// closed) until the runtime ends — about 450 bytes per closed socket. (sock_* waits
+    /// kept theirs between waits to save the ADD/DEL pair, which leaked that much for every
+    /// socket they had waited on.)
     /// Must be called inside the loop's runtime context (registration needs its reactor).
-    fn ensure(&mut self, fd: RawFd, keeper: Option<&Bound<'_, PyAny>>) -> std::io::Result<&mut Registration> {
-        if let Some(registration) = self.fds.get(&fd) {
-            if registration.is_idle() && !registration.kept_for(keeper) {
-                drop(self.fds.remove(&fd));
-            }
-        }
+    fn ensure(&mut self, fd: RawFd) -> std::io::Result<&mut Registration> {
         if !self.fds.contains_key(&fd) {
             let id = self.next_id;
             self.next_id += 1;
@@ -263,9 +238,6 @@ impl Registry {
                 id,
                 fd: fd_watch,
                 owner: None,
-                keeper: keeper
-                    .and_then(|sock| PyWeakrefReference::new(sock).ok())
-                    .map(|w| w.into_any().unbind()),
                 fileobj: None,
                 read: side(Direction::Read),
                 write: side(Direction::Write),
@@ -280,18 +252,16 @@ impl Registry {
     /// Sets the callback for one direction of `fd`, returning the one it replaces. A direction
     /// a native transport is using is refused: the transport comes back instead. (Its idle
     /// directions may be borrowed, as sendfile borrows the write side.)
-    /// `keeper`: the socket object of a sock_* wait (see [`Registry::ensure`]); `fileobj`:
-    /// what add_reader/add_writer was given (see `Registration::fileobj`).
+    /// `fileobj`: what add_reader/add_writer was given (see `Registration::fileobj`).
     pub fn set(
         &mut self,
         py: Python<'_>,
         fd: RawFd,
         direction: Direction,
         handle: Py<Handle>,
-        keeper: Option<&Bound<'_, PyAny>>,
         fileobj: Option<&Bound<'_, PyAny>>,
     ) -> std::io::Result<Result<Option<Py<Handle>>, Py<StreamTransport>>> {
-        let registration = self.ensure(fd, keeper)?;
+        let registration = self.ensure(fd)?;
         let owner = registration.owner.as_ref().map(|owner| owner.clone_ref(py));
         if let (Some(Target::Stream(_)), Some(owner)) =
             (registration.side(direction).target.as_ref(), owner)
@@ -300,7 +270,7 @@ impl Registry {
         }
         if !registration.has_callbacks() {
             // The first callback names the registration's object, as the first
-            // selector.register does (idle registrations hold none: nothing to drop here).
+            // selector.register does (a transport's registration holds none).
             registration.fileobj = fileobj.map(|object| object.clone().unbind());
         }
         let side = registration.side(direction);
@@ -334,7 +304,6 @@ impl Registry {
     /// outside the lock.
     pub fn remove(
         &mut self,
-        py: Python<'_>,
         fd: RawFd,
         direction: Direction,
         expected: Option<&Py<Handle>>,
@@ -361,7 +330,7 @@ impl Registry {
         } else {
             registration.fileobj.take()
         };
-        if registration.is_idle() && !registration.keeper_alive(py) {
+        if registration.is_idle() {
             // Dropping the AsyncFd deregisters the fd; if its owner closed it already, the
             // kernel has forgotten it and the failed EPOLL_CTL_DEL is ignored by tokio.
             self.fds.remove(&fd);
@@ -416,7 +385,7 @@ impl Registry {
     /// Registers a transport's socket; it then owns `fd` here until [`Registry::release_stream`].
     /// False if the descriptor is already watched — by callbacks or another transport.
     pub fn attach_stream(&mut self, fd: RawFd, transport: Py<StreamTransport>) -> std::io::Result<bool> {
-        let registration = self.ensure(fd, None)?;
+        let registration = self.ensure(fd)?;
         if registration.owner.is_some()
             || registration.read.target.is_some()
             || registration.write.target.is_some()
