@@ -181,3 +181,18 @@ def test_serve_forever_cancelled(loop, socket_path):
 
     run_under_blockbuster(loop, main())
     assert os.path.exists(socket_path) != removes_socket_file(loop)
+
+
+
+def test_shutdown_default_executor(loop_factory):
+    # asyncio.run ends with it: its thread hand-over (and join) must not be flagged.
+    async def main(loop):
+        await loop.run_in_executor(None, sum, [1, 2])
+        await loop.shutdown_default_executor()
+
+    for _ in range(10):
+        loop = loop_factory()
+        try:
+            run_under_blockbuster(loop, main(loop))
+        finally:
+            loop.close()
