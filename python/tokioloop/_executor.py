@@ -48,9 +48,9 @@ class ExecutorSupport:
         thread = threading.Thread(target=self._shutdown_executor_in_thread, args=(done,))
         thread.start()
         try:
-            async with asyncio.timeout(timeout):
-                await done
-        except TimeoutError:
+            # (wait_for rather than asyncio.timeout, which Python 3.10 lacks.)
+            await asyncio.wait_for(done, timeout)
+        except asyncio.TimeoutError:
             warnings.warn(
                 "The executor did not finishing joining its threads within "
                 f"{timeout} seconds.",
