@@ -81,9 +81,7 @@ fn sendfile_once(out_fd: RawFd, in_fd: RawFd, offset: i64, count: usize) -> Resu
     let mut length = libc::off_t::try_from(count).map_err(|_| libc::EOVERFLOW)?;
     // SAFETY: plain descriptors (a bad one is EBADF), a valid pointer to our local length
     // (in: how much to send, 0 meaning all; out: how much was sent) and no header/trailer.
-    let outcome = unsafe {
-        libc::sendfile(in_fd, out_fd, offset, &mut length, std::ptr::null_mut(), 0)
-    };
+    let outcome = unsafe { libc::sendfile(in_fd, out_fd, offset, &mut length, std::ptr::null_mut(), 0) };
     if outcome == 0 {
         return usize::try_from(length).map_err(|_| libc::EIO);
     }

@@ -625,10 +625,7 @@ impl LoopCore {
     /// The fd registered by add_reader/add_writer with `fileobj` (by identity), and whether
     /// a callback watches it for reading and for writing; None if there is no such
     /// registration. The slow path for a socket object closed since it was registered.
-    fn _fileobj_registration(
-        &self,
-        fileobj: &Bound<'_, PyAny>,
-    ) -> Option<(RawFd, bool, bool)> {
+    fn _fileobj_registration(&self, fileobj: &Bound<'_, PyAny>) -> Option<(RawFd, bool, bool)> {
         if self.closed.load(Ordering::Relaxed) {
             return None;
         }

@@ -263,8 +263,7 @@ impl Registry {
     ) -> std::io::Result<Result<Option<Py<Handle>>, Py<StreamTransport>>> {
         let registration = self.ensure(fd)?;
         let owner = registration.owner.as_ref().map(|owner| owner.clone_ref(py));
-        if let (Some(Target::Stream(_)), Some(owner)) =
-            (registration.side(direction).target.as_ref(), owner)
+        if let (Some(Target::Stream(_)), Some(owner)) = (registration.side(direction).target.as_ref(), owner)
         {
             return Ok(Err(owner));
         }
