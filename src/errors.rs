@@ -7,13 +7,17 @@ use pyo3::PyErr;
 
 /// The exception for `errno`, as `socket` methods raise it.
 pub fn os_error(errno: i32) -> PyErr {
+    PyOSError::new_err((errno, strerror(errno)))
+}
+
+/// The system's text for `errno`, as Python's `os.strerror` gives it.
+pub fn strerror(errno: i32) -> String {
     let message = std::io::Error::from_raw_os_error(errno).to_string();
     // std appends " (os error N)"; Python's strerror is the bare text.
-    let strerror = match message.rfind(" (os error") {
+    match message.rfind(" (os error") {
         Some(end) => message[..end].to_string(),
         None => message,
-    };
-    PyOSError::new_err((errno, strerror))
+    }
 }
 
 /// The calling thread's errno after a failed libc call.

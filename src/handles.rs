@@ -357,9 +357,11 @@ impl TimerHandle {
         self.callback.context(py)
     }
 
+    /// asyncio's attribute, read by some libraries (aiohttp): the same object as `when()`, so
+    /// an `int` given to `call_at` stays an `int`.
     #[getter]
-    fn _when(&self) -> f64 {
-        self.when
+    fn _when(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.when(py)
     }
 
     #[getter]

@@ -6,6 +6,7 @@ mod clock;
 mod dns;
 mod errors;
 mod event_loop;
+mod fs;
 mod handles;
 mod io;
 mod runtime;
@@ -26,5 +27,9 @@ fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sock::_sock_send_now, m)?)?;
     m.add_function(wrap_pyfunction!(sock::_sock_recv_wait, m)?)?;
     m.add_function(wrap_pyfunction!(sock::_sock_sendall_wait, m)?)?;
+    m.add_function(wrap_pyfunction!(fs::_sendfile, m)?)?;
+    m.add_function(wrap_pyfunction!(fs::_path_stat, m)?)?;
+    m.add_function(wrap_pyfunction!(fs::_path_unlink, m)?)?;
+    m.add("_SENDFILE_AVAILABLE", fs::SENDFILE_AVAILABLE)?;
     Ok(())
 }

@@ -148,7 +148,6 @@ impl SockWait {
     /// Creates the future, registers the wait and returns (future, handle).
     fn start<'py>(
         slf: &Bound<'py, LoopCore>,
-        sock: &Bound<'py, PyAny>,
         fd: RawFd,
         operation: Operation,
     ) -> PyResult<Bound<'py, PyTuple>> {
@@ -180,7 +179,7 @@ impl SockWait {
             direction,
             callback,
             PyTuple::empty(py),
-            Some(sock),
+            None,
             Some(context),
         )?;
         *wait.get().handle.lock() = Some(handle.clone_ref(py));
@@ -204,14 +203,7 @@ impl SockWait {
         match &self.operation {
             Operation::Recv(n) => match recv_once(py, self.fd, *n) {
                 Ok(None) => Ok(()),
-                Ok(Some(data)) => {
-                    if data.bind(py).as_bytes().len() < *n {
-                        // A short read drained the socket: forget tokio's readiness now, so
-                        // the next wait on this (kept) registration needs no poll(2).
-                        self.core.get().rearm_fd(self.fd, Direction::Read);
-                    }
-                    self.finish(py, Ok(data.into_any()))
-                }
+                Ok(Some(data)) => self.finish(py, Ok(data.into_any())),
                 Err(err) => self.finish(py, Err(err)),
             },
             Operation::SendAll { data, position } => {
@@ -250,25 +242,22 @@ impl SockWait {
 #[pyfunction]
 pub fn _sock_recv_wait<'py>(
     r#loop: &Bound<'py, LoopCore>,
-    sock: &Bound<'py, PyAny>,
     fd: RawFd,
     n: usize,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    SockWait::start(r#loop, sock, fd, Operation::Recv(n))
+    SockWait::start(r#loop, fd, Operation::Recv(n))
 }
 
 /// Sends `data[start:]` as the socket drains; the returned future resolves with None.
 #[pyfunction]
 pub fn _sock_sendall_wait<'py>(
     r#loop: &Bound<'py, LoopCore>,
-    sock: &Bound<'py, PyAny>,
     fd: RawFd,
     data: Bound<'py, PyAny>,
     start: usize,
 ) -> PyResult<Bound<'py, PyTuple>> {
     SockWait::start(
         r#loop,
-        sock,
         fd,
         Operation::SendAll {
             data: data.unbind(),

@@ -62,3 +62,32 @@ def listener(sockets, family=socket.AF_INET, host="127.0.0.1", backlog=16):
     srv.bind((host, 0))
     srv.listen(backlog)
     return srv
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 nobody listens on (connecting to it is refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def connect_from_busy_address(loop):
+    """create_connection whose local_addr is already taken: it fails with OSError."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(OSError):
+            await loop.create_connection(
+                asyncio.Protocol, "127.0.0.1", free_port(), local_addr=busy.getsockname()
+            )
+
+
+async def serve_on_busy_address(loop):
+    """create_server on a port another socket listens on: it fails with OSError."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(OSError):
+            await loop.create_server(
+                asyncio.Protocol, "127.0.0.1", busy.getsockname()[1], reuse_address=False
+            )

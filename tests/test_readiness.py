@@ -1,8 +1,12 @@
 """add_reader / add_writer and their removal."""
 
 import asyncio
+import errno
+import gc
 import os
 import socket
+import sys
+import weakref
 
 import pytest
 
@@ -376,3 +380,148 @@ def test_sock_wait_via_future(loop, pair):
         return await fut
 
     assert loop.run_until_complete(recv()) == b"async"
+
+
+# -- a file object closed while registered ------------------------------------------------
+# Selectors find a registration by the object it was made with, even once that object is
+# closed (fileno() == -1). Libraries rely on it: they close a socket, then remove its reader.
+
+
+def test_remove_reader_after_close_finds_registration(loop):
+    a, b = socket.socketpair()
+    loop.add_reader(a, lambda: None)
+    a.close()
+    assert loop.remove_reader(a) is True
+    assert loop.remove_reader(b) is False
+    b.close()
+    with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+        loop.remove_reader(a)  # the registration is gone with the removal
+
+
+def test_remove_writer_after_close_finds_registration(loop):
+    a, b = socket.socketpair()
+    loop.add_writer(a, lambda: None)
+    a.close()
+    assert loop.remove_writer(a) is True
+    b.close()
+
+
+def test_closed_object_other_direction_not_watched(loop):
+    a, b = socket.socketpair()
+    loop.add_reader(a, lambda: None)
+    a.close()
+    assert loop.remove_writer(a) is False
+    assert loop.remove_reader(a) is True
+    b.close()
+
+
+def test_closed_object_never_registered(loop):
+    a, b = socket.socketpair()
+    a.close()
+    b.close()
+    with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+        loop.remove_reader(a)
+    with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+        loop.remove_writer(a)
+    with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+        loop.add_reader(a, lambda: None)
+    with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+        loop.add_writer(a, lambda: None)
+
+
+def test_closed_object_registered_by_fd_number_is_not_found(loop):
+    # The registration names the int it was made with, not the socket.
+    a, b = socket.socketpair()
+    fd = a.fileno()
+    loop.add_reader(fd, lambda: None)
+    a.close()
+    with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+        loop.remove_reader(a)
+    assert loop.remove_reader(fd) is True
+    b.close()
+
+
+def test_closed_object_same_direction_replaced(loop):
+    a, b = socket.socketpair()
+    loop.add_reader(a, lambda: None)
+    a.close()
+    assert loop.add_reader(a, lambda: None) is None
+    assert loop.remove_reader(a) is True
+    b.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="epoll's error")
+def test_closed_object_new_direction_refused_and_registration_dropped(loop):
+    # Adding a direction asks epoll to modify the closed fd: EBADF, and the registration goes.
+    a, b = socket.socketpair()
+    loop.add_reader(a, lambda: None)
+    a.close()
+    with pytest.raises(OSError) as info:
+        loop.add_writer(a, lambda: None)
+    assert info.value.errno == errno.EBADF
+    with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+        loop.remove_reader(a)
+    b.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="epoll's error")
+def test_closed_object_both_directions(loop):
+    # Removing one direction asks epoll to keep the other: EBADF, and the registration goes.
+    a, b = socket.socketpair()
+    loop.add_reader(a, lambda: None)
+    loop.add_writer(a, lambda: None)
+    a.close()
+    with pytest.raises(OSError) as info:
+        loop.remove_reader(a)
+    assert info.value.errno == errno.EBADF
+    with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+        loop.remove_writer(a)
+    b.close()
+
+
+def test_closed_object_removed_on_closed_loop(loop):
+    a, b = socket.socketpair()
+    loop.add_reader(a, lambda: None)
+    loop.remove_reader(a)
+    a.close()
+    b.close()
+    loop.close()
+    assert loop.remove_reader(a) is False
+    assert loop.remove_writer(a) is False
+
+
+def test_closed_registration_released_and_fd_reusable(loop):
+    # The kernel drops a closed fd from epoll by itself; the loop's own record of it must
+    # go too, so the next socket given that fd number works normally.
+    a, b = socket.socketpair()
+    loop.add_reader(a, lambda: None)
+    number = a.fileno()
+    a.close()
+    assert loop.remove_reader(a) is True
+    c, d = socket.socketpair()
+    try:
+        if c.fileno() != number:
+            c, d = d, c
+        got = []
+        loop.add_reader(c, lambda: (got.append(c.recv(10)), loop.stop()))
+        d.send(b"x")
+        loop.run_forever()
+        assert got == [b"x"]
+        assert loop.remove_reader(c) is True
+    finally:
+        c.close()
+        d.close()
+        b.close()
+
+
+def test_closed_object_not_kept_after_removal(loop):
+    # The registration holds the object (as a selector key does) only while it is watched.
+    a, b = socket.socketpair()
+    loop.add_reader(a, lambda: None)
+    a.close()
+    loop.remove_reader(a)
+    ref = weakref.ref(a)
+    del a
+    gc.collect()
+    assert ref() is None
+    b.close()

@@ -225,6 +225,18 @@ def test_call_at_when_is_exact(loop):
     h.cancel()
 
 
+def test_timer_handle_private_when_keeps_type(loop):
+    # aiohttp reads TimerHandle._when: asyncio keeps the object given to call_at there.
+    at_int = loop.call_at(10**9, print)
+    at_float = loop.call_at(12.5, print)
+    later = loop.call_later(10, print)
+    assert type(at_int._when) is int and at_int._when == 10**9
+    assert type(at_float._when) is float and at_float._when == 12.5
+    assert later._when == later.when()
+    for handle in (at_int, at_float, later):
+        handle.cancel()
+
+
 def test_cancel_handle_before_start(loop):
     out = []
     h = loop.call_soon(out.append, "cancelled")

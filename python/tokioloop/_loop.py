@@ -10,6 +10,7 @@ and close. The mixins hold the exception handler, the executor and signals.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import sys
@@ -30,6 +31,8 @@ from ._tokioloop import LoopCore
 from ._unsupported import NotYetBuilt
 
 _DEBUG_STACK_DEPTH = 10
+_READ = "r"
+_WRITE = "w"
 
 #: Every tokioloop loop of this process, so a forked child can disown its parent's.
 _LOOPS = weakref.WeakSet()
@@ -58,6 +61,17 @@ def _stop_when_done(future):
             # The exception leaves run_forever by itself; stopping here would lose it.
             return
     futures._get_loop(future).stop()
+
+
+def _fileobj_to_fd(fileobj):
+    """The descriptor number of ``fileobj`` (an int, or an object with ``fileno()``), as
+    selectors read it; negative for a closed object, which the caller decides about."""
+    if isinstance(fileobj, int):
+        return fileobj
+    try:
+        return int(fileobj.fileno())
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError(f"Invalid file object: {fileobj!r}") from None
 
 
 def _format_handle(handle):
@@ -201,22 +215,11 @@ class Loop(
 
     # -- readiness ------------------------------------------------------------------------
 
-    @staticmethod
-    def _fileobj_to_fd(fileobj):
-        if isinstance(fileobj, int):
-            fd = fileobj
-        else:
-            try:
-                fd = int(fileobj.fileno())
-            except (AttributeError, TypeError, ValueError):
-                raise ValueError(f"Invalid file object: {fileobj!r}") from None
-        if fd < 0:
-            raise ValueError(f"Invalid file descriptor: {fd}")
-        return fd
-
     def _ensure_fd_no_transport(self, fd):
         """asyncio's rule: a descriptor an open transport uses is not for add_reader/sock_*."""
-        fd = self._fileobj_to_fd(fd)
+        fd = _fileobj_to_fd(fd)
+        if fd < 0:
+            raise ValueError(f"Invalid file descriptor: {fd}")
         transport = self._fd_transport(fd)
         if transport is not None:
             raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
@@ -225,28 +228,82 @@ class Loop(
     def add_reader(self, fd, callback, *args):
         """Call ``callback(*args)`` every turn while ``fd`` is readable."""
         self._check_closed()
-        fd = self._ensure_fd_no_transport(fd)
+        fileno = _fileobj_to_fd(fd)
+        if fileno < 0:
+            self._add_closed(fd, fileno, _READ, callback, args)
+            return None
+        self._ensure_fd_no_transport(fileno)
         if self.get_debug():
             self._check_callback(callback, "add_reader")
-        self._add_reader(fd, callback, args)
+        self._add_reader(fileno, callback, args, fd)
         return None
 
     def remove_reader(self, fd):
         """Stop watching ``fd`` for reading; True if it was watched."""
-        return self._remove_reader(self._ensure_fd_no_transport(fd))
+        fileno = _fileobj_to_fd(fd)
+        if fileno < 0:
+            return self._remove_closed(fd, fileno, _READ)
+        return self._remove_reader(self._ensure_fd_no_transport(fileno))
 
     def add_writer(self, fd, callback, *args):
         """Call ``callback(*args)`` every turn while ``fd`` is writable."""
         self._check_closed()
-        fd = self._ensure_fd_no_transport(fd)
+        fileno = _fileobj_to_fd(fd)
+        if fileno < 0:
+            self._add_closed(fd, fileno, _WRITE, callback, args)
+            return None
+        self._ensure_fd_no_transport(fileno)
         if self.get_debug():
             self._check_callback(callback, "add_writer")
-        self._add_writer(fd, callback, args)
+        self._add_writer(fileno, callback, args, fd)
         return None
 
     def remove_writer(self, fd):
         """Stop watching ``fd`` for writing; True if it was watched."""
-        return self._remove_writer(self._ensure_fd_no_transport(fd))
+        fileno = _fileobj_to_fd(fd)
+        if fileno < 0:
+            return self._remove_closed(fd, fileno, _WRITE)
+        return self._remove_writer(self._ensure_fd_no_transport(fileno))
+
+    # A file object closed since it was registered (fileno() == -1) is still found by the
+    # registration made with it, as selectors find their key by the object. What the stdlib's
+    # selector does then is followed: the same direction can be replaced or removed; changing
+    # what is watched fails, and the failure drops the whole registration.
+
+    def _closed_registration(self, fileobj, fileno):
+        found = None if isinstance(fileobj, int) else self._fileobj_registration(fileobj)
+        if found is None:
+            raise ValueError(f"Invalid file descriptor: {fileno}")
+        return found
+
+    def _closed_modify_failed(self, fd, fileno):
+        """Changing the directions watched for a closed object: the selector's modify fails
+        on the closed descriptor (epoll: EBADF; kqueue re-registers it, and its lookup by the
+        object fails) and drops the registration. Returns the exception to raise."""
+        self._forget_fd_callbacks(fd)
+        if sys.platform.startswith("linux"):
+            return OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return ValueError(f"Invalid file descriptor: {fileno}")
+
+    def _add_closed(self, fileobj, fileno, direction, callback, args):
+        fd, reading, writing = self._closed_registration(fileobj, fileno)
+        if (reading if direction is _READ else writing):
+            add = self._add_reader if direction is _READ else self._add_writer
+            add(fd, callback, args, fileobj)
+            return
+        raise self._closed_modify_failed(fd, fileno)
+
+    def _remove_closed(self, fileobj, fileno, direction):
+        if self.is_closed():
+            return False
+        fd, reading, writing = self._closed_registration(fileobj, fileno)
+        watched, other = (reading, writing) if direction is _READ else (writing, reading)
+        if not watched:
+            return False
+        if other:
+            raise self._closed_modify_failed(fd, fileno)
+        remove = self._remove_reader if direction is _READ else self._remove_writer
+        return remove(fd)
 
     def _debug_counts(self):
         """Pending work for leak checks: ready handles, live timers, user fd callbacks."""

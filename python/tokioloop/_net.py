@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import collections.abc
 import errno
-import functools
 import itertools
 import os
 import socket
-import stat
 import sys
-from asyncio import constants, exceptions, protocols, staggered, tasks, trsock
+from asyncio import constants, exceptions, protocols, tasks, trsock
 from asyncio.log import logger
 
 from . import _compat
-from ._server import Server
+from ._server import Server, _stat_path, _unlink_path
 from ._sock import _reject_ssl_socket
 
 _HAS_IPv6 = hasattr(socket, "AF_INET6")
@@ -118,6 +116,21 @@ def _check_address_or_sock(has_address, sock, address_names, missing_message, ch
         check_sock(sock)
 
 
+def _first_connected(attempts):
+    """The first finished attempt (task) of a race that connected, or None."""
+    for task in attempts:
+        if task.done() and not task.cancelled() and task.exception() is None:
+            return task
+    return None
+
+
+def _settle_attempt(task):
+    """An attempt of a race that did not win: its error is consumed (the attempt lists
+    report it), and a socket it connected is closed."""
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()
+
+
 def _single_connect_error(errors):
     """asyncio's rule for reporting several failed connection attempts as one OSError."""
     if len(errors) == 1:
@@ -197,30 +210,77 @@ class NetSupport:
 
         # One list of OSErrors per attempt, in the order the attempts started.
         attempts = []
-        sock = None
-        if happy_eyeballs_delay is None:
-            for info in infos:
-                try:
-                    sock = await self._net_connect_one(attempts, info, local_infos)
-                    break
-                except OSError:
-                    continue
-        else:
-            sock, _, _ = await staggered.staggered_race(
-                (functools.partial(self._net_connect_one, attempts, info, local_infos)
-                 for info in infos),
-                happy_eyeballs_delay,
-                loop=self,
-            )
-        if sock is not None:
-            return sock
-        errors = [exc for attempt in attempts for exc in attempt]
         try:
+            sock = await self._net_connect_attempts(attempts, infos, local_infos,
+                                                    happy_eyeballs_delay)
+            if sock is not None:
+                return sock
+            errors = [exc for attempt in attempts for exc in attempt]
             if all_errors:
                 raise ExceptionGroup("create_connection failed", errors)
             raise _single_connect_error(errors)
         finally:
-            errors = attempts = None  # no traceback -> frame -> exception cycles
+            # Each error's traceback holds this frame and its attempt's frames, which hold
+            # these lists (the race's partials too): empty them, or the errors would wait
+            # for the GC, held by a cycle through their own tracebacks.
+            for attempt in attempts:
+                attempt.clear()
+            attempts.clear()
+            errors = attempts = None
+
+    async def _net_connect_attempts(self, attempts, infos, local_infos, happy_eyeballs_delay):
+        """Try the addresses one after another, or in a staggered race; the connected socket
+        or None. Each attempt appends its list of errors to ``attempts``."""
+        if happy_eyeballs_delay is None:
+            for info in infos:
+                try:
+                    return await self._net_connect_one(attempts, info, local_infos)
+                except OSError:
+                    continue
+            return None
+        return await self._net_staggered_race(attempts, infos, local_infos, happy_eyeballs_delay)
+
+    async def _net_staggered_race(self, attempts, infos, local_infos, delay):
+        """RFC 8305's race, as asyncio's staggered_race runs it: the first attempt starts at
+        once, each next one when the one before it fails or ``delay`` seconds after it
+        started; the first socket to connect wins and the other attempts are cancelled.
+
+        Unlike the stdlib's race, every socket that lost is closed (one that connected
+        while the winner was chosen, or while this coroutine itself was cancelled), and the
+        attempts' errors are kept only in ``attempts``: nothing here leads back to them."""
+        started = []
+        winner = None
+        try:
+            for info in infos:
+                latest = self.create_task(self._net_connect_one(attempts, info, local_infos))
+                started.append(latest)
+                deadline = self.time() + delay
+                while not latest.done():
+                    timeout = deadline - self.time()
+                    if timeout <= 0:
+                        break
+                    await tasks.wait(started, timeout=timeout, return_when=tasks.FIRST_COMPLETED)
+                    winner = _first_connected(started)
+                    if winner is not None:
+                        return winner.result()
+            while True:
+                winner = _first_connected(started)
+                if winner is not None:
+                    return winner.result()
+                running = [task for task in started if not task.done()]
+                if not running:
+                    return None
+                await tasks.wait(running, return_when=tasks.FIRST_COMPLETED)
+        finally:
+            for task in started:
+                if task is winner:
+                    continue
+                if task.done():
+                    _settle_attempt(task)
+                else:
+                    task.cancel()
+                    task.add_done_callback(_settle_attempt)
+            latest = winner = started = None
 
     async def _net_connect_one(self, attempts, info, local_infos):
         """Create a socket for ``info``, bind it to a matching local address, connect it."""
@@ -370,7 +430,8 @@ class NetSupport:
         if ssl is not None:
             raise _ssl_not_built("create_server")
 
-        if sock is None:
+        own_sockets = sock is None
+        if own_sockets:
             if reuse_address is None:
                 reuse_address = os.name == "posix" and sys.platform != "cygwin"
             sockets = await self._net_bind_listeners(
@@ -378,12 +439,16 @@ class NetSupport:
             )
         else:
             sockets = [sock]
-        for listener in sockets:
-            listener.setblocking(False)
+        try:
+            for listener in sockets:
+                listener.setblocking(False)
+        except BaseException:
+            if own_sockets:
+                for listener in sockets:
+                    listener.close()
+            raise
         server = Server(self, sockets, protocol_factory, backlog, keep_alive=keep_alive)
-        if start_serving:
-            server._start_serving()
-            await tasks.sleep(0)  # one turn, as asyncio: the sockets are watched from now on
+        await self._net_start_server(server, start_serving, own_sockets)
         if self.get_debug():
             logger.info("%r is serving", server)
         return server
@@ -480,25 +545,41 @@ class NetSupport:
         if ssl:
             raise _ssl_not_built("create_unix_server")
 
-        if path is not None:
+        own_sock = path is not None
+        if own_sock:
             sock = self._net_bind_unix(path)
-
-        unix_paths = {}
-        if cleanup_socket and _compat.UNIX_SERVER_CLEANUP:
-            bound = sock.getsockname()
-            if bound and not _is_abstract_unix_path(bound):
-                try:
-                    st = os.stat(bound)
-                except FileNotFoundError:
-                    pass
-                else:
-                    unix_paths[sock] = (bound, st.st_dev, st.st_ino)
-
-        sock.setblocking(False)
+        try:
+            unix_paths = {}
+            if cleanup_socket and _compat.UNIX_SERVER_CLEANUP:
+                bound = sock.getsockname()
+                if bound and not _is_abstract_unix_path(bound):
+                    try:
+                        dev, ino, _ = _stat_path(bound)
+                    except FileNotFoundError:
+                        pass
+                    else:
+                        unix_paths[sock] = (bound, dev, ino)
+            sock.setblocking(False)
+        except BaseException:
+            if own_sock:
+                sock.close()
+            raise
         server = Server(self, [sock], protocol_factory, backlog, unix_paths=unix_paths)
-        if start_serving:
-            server._start_serving()
-            await tasks.sleep(0)
+        return await self._net_start_server(server, start_serving, own_sock)
+
+    @staticmethod
+    async def _net_start_server(server, start_serving, own_sockets):
+        """Start ``server`` if asked and give the loop one turn, as asyncio does (the sockets
+        are watched from then on). If that fails or is cancelled, no one will ever get the
+        server: it is closed, with the listening sockets the loop made (a socket the caller
+        passed is only unwatched: it stays the caller's)."""
+        try:
+            if start_serving:
+                server._start_serving()
+                await tasks.sleep(0)
+        except BaseException:
+            server._close(close_sockets=own_sockets)
+            raise
         return server
 
     @staticmethod
@@ -506,8 +587,8 @@ class NetSupport:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         if path and not _is_abstract_unix_path(path):
             try:
-                if stat.S_ISSOCK(os.stat(path).st_mode):
-                    os.remove(path)  # a stale socket file from an earlier server
+                if _stat_path(path)[2]:
+                    _unlink_path(path)  # a stale socket file from an earlier server
             except FileNotFoundError:
                 pass
             except OSError as exc:

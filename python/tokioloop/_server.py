@@ -22,6 +22,18 @@ from asyncio import trsock
 from asyncio.log import logger
 
 from . import _compat
+from ._tokioloop import _path_stat, _path_unlink
+
+
+def _stat_path(path):
+    """``os.stat(path)`` made natively: ``(st_dev, st_ino, is_socket)``. (Blocking-call
+    detectors patch ``os.stat``; asyncio's own calls are allow-listed, ours are native.)"""
+    return _path_stat(os.fsencode(path), path)
+
+
+def _unlink_path(path):
+    """``os.unlink(path)`` made natively (see ``_stat_path``)."""
+    _path_unlink(os.fsencode(path), path)
 
 
 class Server(asyncio.AbstractServer):
@@ -93,6 +105,11 @@ class Server(asyncio.AbstractServer):
 
     def close(self):
         """Stop listening and close the listening sockets; accepted connections stay open."""
+        self._close(close_sockets=True)
+
+    def _close(self, close_sockets):
+        """``close``; with ``close_sockets`` false the listening sockets are only unwatched
+        (a create_server that failed leaves a socket it was given to its owner)."""
         sockets = self._sockets
         if sockets is None:
             return
@@ -102,8 +119,9 @@ class Server(asyncio.AbstractServer):
             if retry is not None:
                 retry.cancel()
             self._loop._net_unwatch_listener(sock)
-            sock.close()
-            self._cleanup_unix_path(sock)
+            if close_sockets:
+                sock.close()
+                self._cleanup_unix_path(sock)
         self._serving = False
         fut = self._serving_forever_fut
         if fut is not None and not fut.done():
@@ -118,9 +136,8 @@ class Server(asyncio.AbstractServer):
             return
         path, dev, ino = entry
         try:
-            st = os.stat(path)
-            if (st.st_dev, st.st_ino) == (dev, ino):
-                os.unlink(path)
+            if _stat_path(path)[:2] == (dev, ino):
+                _unlink_path(path)
         except FileNotFoundError:
             pass
         except OSError as exc:

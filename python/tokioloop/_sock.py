@@ -15,7 +15,14 @@ import os
 import socket
 from asyncio import constants, exceptions
 
-from ._tokioloop import _sock_recv_now, _sock_recv_wait, _sock_send_now, _sock_sendall_wait
+from ._tokioloop import (
+    _SENDFILE_AVAILABLE,
+    _sendfile,
+    _sock_recv_now,
+    _sock_recv_wait,
+    _sock_send_now,
+    _sock_sendall_wait,
+)
 
 try:
     import ssl
@@ -65,15 +72,26 @@ class SockSupport:
         asyncio does; resolve ``fut`` unless it would block."""
         if not fut.done():
             _settle(fut, _call, sock, method, args)
+        fut = None  # see _settle: this frame is the f_back of one the traceback holds
 
     async def _sock_read_op(self, sock, method, *args):
         try:
             return _call(sock, method, args)
         except (BlockingIOError, InterruptedError):
             pass
+        return await self._sock_retry_when_ready(sock, _READ, method, *args)
+
+    async def _sock_retry_when_ready(self, sock, kind, method, *args):
+        """Retry ``sock.<method>(*args)`` whenever ``sock`` is ready for ``kind`` until it
+        does not block; return its result or raise its exception."""
         fut = self.create_future()
-        self._sock_watch(fut, sock.fileno(), _READ, self._sock_retry, fut, sock, method, *args)
-        return await fut
+        self._sock_watch(fut, sock.fileno(), kind, self._sock_retry, fut, sock, method, *args)
+        try:
+            return await fut
+        finally:
+            # An exception leaving here has this frame in its traceback: it must not also
+            # hold the future that holds the exception (a cycle only the GC would free).
+            fut = None
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -84,12 +102,13 @@ class SockSupport:
         data = _sock_recv_now(fd, n)
         if data is not None:
             return data
-        fut, handle = _sock_recv_wait(self, sock, fd, n)
+        fut, handle = _sock_recv_wait(self, fd, n)
         try:
             return await fut
         finally:
             if not fut.done() or fut.cancelled():  # left early: end the watch if still ours
                 self._remove_reader(fd, handle)
+            fut = None  # no traceback -> frame -> future -> exception cycle
 
     async def sock_recv_into(self, sock, buf):
         """Receive into the writable buffer ``buf``; return the number of bytes written."""
@@ -117,13 +136,13 @@ class SockSupport:
         sent = _sock_send_now(fd, data)
         if sent is None:
             return None
-        fut, handle = _sock_sendall_wait(self, sock, fd, data, sent)
+        fut, handle = _sock_sendall_wait(self, fd, data, sent)
         try:
             return await fut
         finally:
             if not fut.done() or fut.cancelled():  # left early: end the watch if still ours
                 self._remove_writer(fd, handle)
-
+            fut = None  # no traceback -> frame -> future -> exception cycle
 
     async def sock_sendto(self, sock, data, address):
         """Send the datagram ``data`` to ``address``; return the number of bytes sent."""
@@ -132,11 +151,7 @@ class SockSupport:
             return sock.sendto(data, address)
         except (BlockingIOError, InterruptedError):
             pass
-        fut = self.create_future()
-        self._sock_watch(
-            fut, sock.fileno(), _WRITE, self._sock_retry, fut, sock, "sendto", data, 0, address
-        )
-        return await fut
+        return await self._sock_retry_when_ready(sock, _WRITE, "sendto", data, 0, address)
 
     # -- connecting and accepting ---------------------------------------------------------
 
@@ -161,6 +176,7 @@ class SockSupport:
     def _sock_connect_done(self, fut, sock, address):
         if not fut.done():
             _settle(fut, _connect_outcome, sock, address)
+        fut = None  # see _settle: this frame is the f_back of one the traceback holds
 
     async def sock_accept(self, sock):
         """Accept a connection on the listening ``sock``; return ``(conn, address)``.
@@ -188,7 +204,7 @@ class SockSupport:
         return await self._sock_sendfile_fallback(sock, file, offset, count)
 
     async def _sock_sendfile_native(self, sock, file, offset, count):
-        if not hasattr(os, "sendfile"):
+        if not _SENDFILE_AVAILABLE:
             raise exceptions.SendfileNotAvailableError("os.sendfile() is not available")
         try:
             fileno = file.fileno()
@@ -204,7 +220,10 @@ class SockSupport:
         fut = self.create_future()
         state = _SendfileState(sock, fileno, offset, count, blocksize)
         self._sendfile_step(fut, state)
-        return await fut
+        try:
+            return await fut
+        finally:
+            fut = None  # no traceback -> frame -> future -> exception cycle
 
     def _sendfile_step(self, fut, state):
         """One os.sendfile call; re-arms itself as a writer callback until done."""
@@ -222,24 +241,14 @@ class SockSupport:
                 fut.set_result(state.total)
                 return
         try:
-            sent = os.sendfile(fd, state.fileno, state.offset, state.blocksize)
+            # os.sendfile's system call, made natively: blocking-call detectors patch
+            # os.sendfile and allow only asyncio's own callers.
+            sent = _sendfile(fd, state.fileno, state.offset, state.blocksize)
         except (BlockingIOError, InterruptedError):
             self._sendfile_rearm(fut, state, fd)
         except OSError as exc:
-            if state.watching is not None and exc.errno == errno.ENOTCONN and (
-                type(exc) is not ConnectionError
-            ):
-                # The peer went away mid-transfer: report it as ConnectionError, the same on
-                # every POSIX system.
-                normalized = ConnectionError("socket is not connected", errno.ENOTCONN)
-                normalized.__cause__ = exc
-                exc = normalized
             state.restore_position()
-            if state.total == 0:
-                # Typically a file os.sendfile cannot map: the caller may fall back.
-                fut.set_exception(exceptions.SendfileNotAvailableError("os.sendfile call failed"))
-            else:
-                fut.set_exception(exc)
+            fut.set_exception(_sendfile_error(exc, state))
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -253,6 +262,8 @@ class SockSupport:
                 state.offset += sent
                 state.total += sent
                 self._sendfile_rearm(fut, state, fd)
+        finally:
+            fut = None  # the exception's traceback holds this frame: no cycle through it
 
     def _sendfile_rearm(self, fut, state, fd):
         if not state.cancel_hooked:
@@ -296,6 +307,23 @@ class SockSupport:
                 file.seek(offset + total)
 
 
+def _sendfile_error(exc, state):
+    """What a failed os.sendfile step reports. (A function of its own: the exception's
+    traceback holds the step's frame, which must not hold a local naming this one.)"""
+    if state.total == 0:
+        # Typically a file os.sendfile cannot map: the caller may fall back.
+        return exceptions.SendfileNotAvailableError("os.sendfile call failed")
+    if state.watching is not None and exc.errno == errno.ENOTCONN and (
+        type(exc) is not ConnectionError
+    ):
+        # The peer went away mid-transfer: report it as ConnectionError, the same on every
+        # POSIX system.
+        normalized = ConnectionError("socket is not connected", errno.ENOTCONN)
+        normalized.__cause__ = exc
+        return normalized
+    return exc
+
+
 class _SendfileState:
     __slots__ = ("sock", "fileno", "offset", "count", "blocksize", "total", "watching",
                  "cancel_hooked")
@@ -331,6 +359,11 @@ def _settle(fut, operation, *args):
         fut.set_exception(exc)
     else:
         fut.set_result(result)
+    finally:
+        # The exception's traceback holds this frame, and through f_back its caller's: neither
+        # may keep the future that holds the exception (a cycle only the GC would free).
+        # Callers passing their own reference to ``fut`` drop it after the call.
+        fut = None
     return True
 
 

@@ -333,7 +333,7 @@ impl LoopCore {
         direction: Direction,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
-        keeper: Option<&Bound<'_, PyAny>>,
+        fileobj: Option<&Bound<'_, PyAny>>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
@@ -349,7 +349,7 @@ impl LoopCore {
         let outcome = this
             .io
             .lock()
-            .set(py, fd, direction, handle.clone_ref(py), keeper)?;
+            .set(py, fd, direction, handle.clone_ref(py), fileobj)?;
         match outcome {
             Ok(Some(old)) => old.get().cancel_now(),
             Ok(None) => {}
@@ -370,7 +370,7 @@ impl LoopCore {
 
     pub(crate) fn remove_fd_callback(
         &self,
-        py: Python<'_>,
+        _py: Python<'_>,
         fd: RawFd,
         direction: Direction,
         expected: Option<&Py<Handle>>,
@@ -378,7 +378,8 @@ impl LoopCore {
         if self.closed.load(Ordering::Relaxed) {
             return false;
         }
-        let old = self.io.lock().remove(py, fd, direction, expected);
+        let (old, fileobj) = self.io.lock().remove(fd, direction, expected);
+        drop(fileobj);
         match old {
             Some(handle) => {
                 handle.get().cancel_now();
@@ -627,23 +628,50 @@ impl LoopCore {
     }
 
     /// Watches `fd`; returns the handle, which `_remove_reader` can name to remove only it.
+    /// `fileobj`: the object add_reader was given, by which a closed socket is still found.
+    #[pyo3(signature = (fd, callback, args, fileobj=None))]
     fn _add_reader(
         slf: &Bound<'_, Self>,
         fd: RawFd,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
+        fileobj: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::set_fd_callback(slf, fd, Direction::Read, callback, args, None, None)
+        Self::set_fd_callback(slf, fd, Direction::Read, callback, args, fileobj.as_ref(), None)
     }
 
     /// Watches `fd`; returns the handle, which `_remove_writer` can name to remove only it.
+    #[pyo3(signature = (fd, callback, args, fileobj=None))]
     fn _add_writer(
         slf: &Bound<'_, Self>,
         fd: RawFd,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
+        fileobj: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::set_fd_callback(slf, fd, Direction::Write, callback, args, None, None)
+        Self::set_fd_callback(slf, fd, Direction::Write, callback, args, fileobj.as_ref(), None)
+    }
+
+    /// The fd registered by add_reader/add_writer with `fileobj` (by identity), and whether
+    /// a callback watches it for reading and for writing; None if there is no such
+    /// registration. The slow path for a socket object closed since it was registered.
+    fn _fileobj_registration(&self, fileobj: &Bound<'_, PyAny>) -> Option<(RawFd, bool, bool)> {
+        if self.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.io.lock().find_fileobj(fileobj)
+    }
+
+    /// Drops every callback watching `fd` (cancelling its handle) and the registration
+    /// itself: a selector's state after an operation on a closed file object failed.
+    fn _forget_fd_callbacks(&self, fd: RawFd) {
+        let targets = self.io.lock().forget_callbacks(fd);
+        for target in targets {
+            if let Target::Callback(handle) = &target {
+                handle.get().cancel_now();
+            }
+            drop(target);
+        }
     }
 
     /// The open native transport using `fd`, if any (asyncio refuses add_reader and sock_*

@@ -25,7 +25,6 @@ use std::task::{Context, Poll, Wake as TaskWake, Waker};
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use pyo3::types::PyWeakrefReference;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -83,6 +82,9 @@ pub enum Target {
     Callback(Py<Handle>),
     /// A native transport; its read or write runs natively in the turn (edge-triggered).
     Stream(Py<StreamTransport>),
+    /// Never a direction's target: a registration's file object (see
+    /// `Registration::fileobj`) on its way out of the registry's lock to be dropped.
+    FileObject(Py<PyAny>),
 }
 
 impl Target {
@@ -90,6 +92,7 @@ impl Target {
         match self {
             Target::Callback(handle) => handle.get().callback.traverse(visit),
             Target::Stream(transport) => visit.call(transport),
+            Target::FileObject(object) => visit.call(object),
         }
     }
 
@@ -115,10 +118,11 @@ struct Registration {
     fd: AsyncFd<Watched>,
     /// The native transport that owns the descriptor, if one does: no add_reader on it.
     owner: Option<Py<StreamTransport>>,
-    /// A weak reference to the socket object whose sock_* waits made this registration. While
-    /// that object lives, the registration stays when its last callback goes, so the next
-    /// wait on the same socket skips epoll_ctl ADD/DEL.
-    keeper: Option<Py<PyAny>>,
+    /// The object the first of the current callbacks was registered with (a socket, or the
+    /// int itself; None for the loop's own watches), held as a selector key holds it: after
+    /// that object is closed (`fileno() == -1`), remove_reader/remove_writer given it still
+    /// find this registration. Cleared when the last callback goes.
+    fileobj: Option<Py<PyAny>>,
     read: Interest1,
     write: Interest1,
 }
@@ -128,23 +132,9 @@ impl Registration {
         self.owner.is_none() && self.read.target.is_none() && self.write.target.is_none()
     }
 
-    /// True if `keeper` is the live socket object this registration was kept for.
-    fn kept_for(&self, keeper: Option<&Bound<'_, PyAny>>) -> bool {
-        let (Some(sock), Some(kept)) = (keeper, self.keeper.as_ref()) else {
-            return false;
-        };
-        let Ok(kept) = kept.bind(sock.py()).cast::<PyWeakrefReference>() else {
-            return false;
-        };
-        kept.upgrade().is_some_and(|object| object.is(sock))
-    }
-
-    fn keeper_alive(&self, py: Python<'_>) -> bool {
-        self.keeper.as_ref().is_some_and(|kept| {
-            kept.bind(py)
-                .cast::<PyWeakrefReference>()
-                .is_ok_and(|kept| kept.upgrade().is_some())
-        })
+    fn has_callbacks(&self) -> bool {
+        matches!(self.read.target, Some(Target::Callback(_)))
+            || matches!(self.write.target, Some(Target::Callback(_)))
     }
 
     fn side(&mut self, direction: Direction) -> &mut Interest1 {
@@ -208,17 +198,16 @@ impl Registry {
         }
     }
 
-    /// Registers `fd` with the reactor if it is not yet. An idle registration (nothing
-    /// watching, kept for the socket `keeper` names) is reused only by that same socket
-    /// object; for anything else it may be stale — the fd closed and its number reused — so
-    /// it is dropped (deregistered) before the descriptor is registered afresh.
+    /// Registers `fd` with the reactor if it is not yet.
+    ///
+    /// A registration lives exactly as long as something watches the fd, never idle: the
+    /// owner of a descriptor may close it as soon as its last callback is removed, and tokio
+    /// keeps the bookkeeping of a registration whose EPOLL_CTL_DEL failed (the fd already
+    /// closed) until the runtime ends — about 450 bytes per closed socket. (sock_* waits
+    /// kept theirs between waits to save the ADD/DEL pair, which leaked that much for every
+    /// socket they had waited on.)
     /// Must be called inside the loop's runtime context (registration needs its reactor).
-    fn ensure(&mut self, fd: RawFd, keeper: Option<&Bound<'_, PyAny>>) -> std::io::Result<&mut Registration> {
-        if let Some(registration) = self.fds.get(&fd) {
-            if registration.is_idle() && !registration.kept_for(keeper) {
-                drop(self.fds.remove(&fd));
-            }
-        }
+    fn ensure(&mut self, fd: RawFd) -> std::io::Result<&mut Registration> {
         if !self.fds.contains_key(&fd) {
             let id = self.next_id;
             self.next_id += 1;
@@ -249,9 +238,7 @@ impl Registry {
                 id,
                 fd: fd_watch,
                 owner: None,
-                keeper: keeper
-                    .and_then(|sock| PyWeakrefReference::new(sock).ok())
-                    .map(|w| w.into_any().unbind()),
+                fileobj: None,
                 read: side(Direction::Read),
                 write: side(Direction::Write),
             };
@@ -265,21 +252,27 @@ impl Registry {
     /// Sets the callback for one direction of `fd`, returning the one it replaces. A direction
     /// a native transport is using is refused: the transport comes back instead. (Its idle
     /// directions may be borrowed, as sendfile borrows the write side.)
-    /// `keeper`: the socket object of a sock_* wait (see [`Registry::ensure`]).
+    /// `fileobj`: what add_reader/add_writer was given (see `Registration::fileobj`).
     pub fn set(
         &mut self,
         py: Python<'_>,
         fd: RawFd,
         direction: Direction,
         handle: Py<Handle>,
-        keeper: Option<&Bound<'_, PyAny>>,
+        fileobj: Option<&Bound<'_, PyAny>>,
     ) -> std::io::Result<Result<Option<Py<Handle>>, Py<StreamTransport>>> {
-        let registration = self.ensure(fd, keeper)?;
+        let registration = self.ensure(fd)?;
         let owner = registration.owner.as_ref().map(|owner| owner.clone_ref(py));
-        let side = registration.side(direction);
-        if let (Some(Target::Stream(_)), Some(owner)) = (side.target.as_ref(), owner) {
+        if let (Some(Target::Stream(_)), Some(owner)) = (registration.side(direction).target.as_ref(), owner)
+        {
             return Ok(Err(owner));
         }
+        if !registration.has_callbacks() {
+            // The first callback names the registration's object, as the first
+            // selector.register does (a transport's registration holds none).
+            registration.fileobj = fileobj.map(|object| object.clone().unbind());
+        }
+        let side = registration.side(direction);
         let old = match side.target.replace(Target::Callback(handle)) {
             Some(Target::Callback(old)) => Some(old),
             _ => None,
@@ -305,22 +298,25 @@ impl Registry {
     }
 
     /// Removes one direction's callback — only if it is `expected`, when given — and drops the
-    /// registration once neither direction is left.
+    /// registration once neither direction is left. Returns the callback's handle and, when
+    /// the last callback went, the registration's file object: both for the caller to drop
+    /// outside the lock.
     pub fn remove(
         &mut self,
-        py: Python<'_>,
         fd: RawFd,
         direction: Direction,
         expected: Option<&Py<Handle>>,
-    ) -> Option<Py<Handle>> {
-        let registration = self.fds.get_mut(&fd)?;
+    ) -> (Option<Py<Handle>>, Option<Py<PyAny>>) {
+        let Some(registration) = self.fds.get_mut(&fd) else {
+            return (None, None);
+        };
         let side = registration.side(direction);
         let Some(Target::Callback(current)) = side.target.as_ref() else {
-            return None;
+            return (None, None);
         };
         if let Some(expected) = expected {
             if !expected.is(current) {
-                return None;
+                return (None, None);
             }
         }
         side.hot = false;
@@ -328,10 +324,55 @@ impl Registry {
             Some(Target::Callback(old)) => Some(old),
             _ => None,
         };
-        if registration.is_idle() && !registration.keeper_alive(py) {
+        let fileobj = if registration.has_callbacks() {
+            None
+        } else {
+            registration.fileobj.take()
+        };
+        if registration.is_idle() {
+            // Dropping the AsyncFd deregisters the fd; if its owner closed it already, the
+            // kernel has forgotten it and the failed EPOLL_CTL_DEL is ignored by tokio.
             self.fds.remove(&fd);
         }
-        old
+        (old, fileobj)
+    }
+
+    /// The registration made with `fileobj` (compared by identity): its fd and whether a
+    /// callback watches each direction. How a closed socket object is still found.
+    pub fn find_fileobj(&self, fileobj: &Bound<'_, PyAny>) -> Option<(RawFd, bool, bool)> {
+        self.fds.iter().find_map(|(fd, registration)| {
+            let named = registration.fileobj.as_ref()?;
+            if !named.is(fileobj) {
+                return None;
+            }
+            Some((
+                *fd,
+                matches!(registration.read.target, Some(Target::Callback(_))),
+                matches!(registration.write.target, Some(Target::Callback(_))),
+            ))
+        })
+    }
+
+    /// Drops `fd`'s callbacks, its file object and, unless a transport owns it, the
+    /// registration: what a selector does when an operation on a closed object fails.
+    /// The references come back for the caller to drop outside the lock.
+    pub fn forget_callbacks(&mut self, fd: RawFd) -> Vec<Target> {
+        let mut out = Vec::new();
+        let Some(registration) = self.fds.get_mut(&fd) else {
+            return out;
+        };
+        for direction in [Direction::Read, Direction::Write] {
+            let side = registration.side(direction);
+            if matches!(side.target, Some(Target::Callback(_))) {
+                side.hot = false;
+                out.extend(side.target.take());
+            }
+        }
+        out.extend(registration.fileobj.take().map(Target::FileObject));
+        if registration.owner.is_none() {
+            self.fds.remove(&fd);
+        }
+        out
     }
 
     /// The native transport that owns `fd`, if any.
@@ -343,7 +384,7 @@ impl Registry {
     /// Registers a transport's socket; it then owns `fd` here until [`Registry::release_stream`].
     /// False if the descriptor is already watched — by callbacks or another transport.
     pub fn attach_stream(&mut self, fd: RawFd, transport: Py<StreamTransport>) -> std::io::Result<bool> {
-        let registration = self.ensure(fd, None)?;
+        let registration = self.ensure(fd)?;
         if registration.owner.is_some()
             || registration.read.target.is_some()
             || registration.write.target.is_some()
@@ -382,6 +423,7 @@ impl Registry {
             out.extend(registration.read.target.take());
             out.extend(registration.write.target.take());
             out.extend(registration.owner.take().map(Target::Stream));
+            out.extend(registration.fileobj.take().map(Target::FileObject));
         }
         out
     }
@@ -446,6 +488,9 @@ impl Registry {
             if let Some(owner) = registration.owner.as_ref() {
                 visit.call(owner)?;
             }
+            if let Some(fileobj) = registration.fileobj.as_ref() {
+                visit.call(fileobj)?;
+            }
         }
         Ok(())
     }
@@ -468,6 +513,7 @@ impl Registry {
             targets.extend(registration.read.target.take());
             targets.extend(registration.write.target.take());
             targets.extend(registration.owner.take().map(Target::Stream));
+            targets.extend(registration.fileobj.take().map(Target::FileObject));
             dispose(registration);
         }
         targets
