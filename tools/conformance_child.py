@@ -252,6 +252,12 @@ class RecordingResult(unittest.TestResult):
 
     def startTest(self, test):
         super().startTest(test)
+        self._begin(test)
+        if self.test_timeout:
+            faulthandler.dump_traceback_later(self.test_timeout, exit=True)
+
+    def _begin(self, test):
+        """Open the record of ``test`` and announce it (the parent's "start" event)."""
         test_id = short_id(test)
         self.current = {
             "id": test_id,
@@ -261,14 +267,14 @@ class RecordingResult(unittest.TestResult):
             "loops_before": self.counter.snapshot(),
         }
         self.emit({"event": "start", "id": test_id})
-        if self.test_timeout:
-            faulthandler.dump_traceback_later(self.test_timeout, exit=True)
 
     def stopTest(self, test):
         if self.test_timeout:
             faulthandler.cancel_dump_traceback_later()
         super().stopTest(test)
         current, self.current = self.current, None
+        if current is None:
+            return  # nothing was opened for this test (and nothing was reported about it)
         before = current.pop("loops_before")
         now = self.counter.snapshot()
         current["loops"] = {k: now[k] - before[k] for k in now}
@@ -276,12 +282,21 @@ class RecordingResult(unittest.TestResult):
         self.emit({"event": "result", **current})
 
     def _set(self, test, outcome, reason):
-        if self.current is None or self.current["id"] != short_id(test):
-            # A class- or module-level fixture error: its own record, outside startTest.
+        if isinstance(test, unittest.suite._ErrorHolder):
+            # A class- or module-level fixture error or skip: its own record, outside any test.
             self.emit(
                 {"event": "result", "id": short_id(test), "outcome": outcome, "reason": reason,
                  "seconds": 0.0, "loops": None, "fixture": True}
             )
+            return
+        if self.current is None:
+            # unittest of 3.12.0-3.12.x reports a skipped test (its class or method decorated
+            # with a skip) with addSkip then stopTest, without startTest: open its record here.
+            self._begin(test)
+        elif self.current["id"] != short_id(test):
+            # Not the running test (a test object reporting about another): a record of its own.
+            self.emit({"event": "result", "id": short_id(test), "outcome": outcome,
+                       "reason": reason, "seconds": 0.0, "loops": None})
             return
         # Keep the first failure's reason; an error after a failure stays a failure.
         if self.current["outcome"] in ("passed", "skipped"):
