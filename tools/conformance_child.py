@@ -175,22 +175,33 @@ def apply_class_rules(module, rules, make_loop):
         original = getattr(module, class_name, None)
         if original is None:
             if rule.kind != "drop":  # dropping a class this platform lacks needs no note
-                notes.append(f"rules.txt:{rule.line}: {rule.pattern} not found (platform?)")
+                notes.append(f"rules.txt:{rule.line}: {rule.pattern} not found "
+                             f"(not on this platform or CPython version); rule not applied")
             continue
         if rule.kind == "adapt":
             method, adapter = rule.args
+            if adapter not in ADAPTERS or not callable(getattr(original, method, None)):
+                notes.append(f"rule error: rules.txt:{rule.line}: cannot adapt {rule.pattern}.{method} "
+                             f"with {adapter!r} here; rule not applied")
+                continue
             replacement = ADAPTERS[adapter](make_loop, original, vars(original).get(method))
             replacement.__name__ = method
             setattr(original, method, replacement)
             continue
-        delattr(module, class_name)
         if rule.kind == "drop":
+            delattr(module, class_name)
             continue
         method, new_name = rule.args
         if "bases" in rule.options:
-            bases = tuple(resolve(module, name) for name in rule.options["bases"].split(","))
+            try:
+                bases = tuple(resolve(module, name) for name in rule.options["bases"].split(","))
+            except AttributeError as exc:
+                notes.append(f"rule error: rules.txt:{rule.line}: bases of {rule.pattern}: {exc}; "
+                             f"rule not applied (the class runs unchanged)")
+                continue
         else:
             bases = (original,)
+        delattr(module, class_name)
 
         def factory(self, _make=make_loop):
             return _make()

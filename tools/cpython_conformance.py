@@ -422,6 +422,9 @@ def check(tests, runs, expected):
             what = "not run" if entry is None else f"now classified {entry['category']}/{entry['area']}"
             problems.append(f"STALE entry in {expected.name} ({what}): {test_id}")
     for run in runs:
+        if run.loop == "tokioloop":
+            problems.extend(f"module {run.module}: {note}" for note in run.notes
+                            if note.startswith("rule error: "))
         if run.loop == "tokioloop" and run.status not in ("ok", "skipped"):
             problems.append(f"module {run.module} on tokioloop: {run.status} {'; '.join(run.notes)}")
         if run.loop == "tokioloop" and run.module in core:
