@@ -12,8 +12,8 @@ Python async code runs unchanged; asyncio's documented behaviour is the contract
 from __future__ import annotations
 
 import asyncio as _asyncio
-import sys as _sys
 
+from . import _compat
 from ._loop import Loop
 from ._tokioloop import Handle, TimerHandle
 
@@ -29,16 +29,42 @@ def new_event_loop() -> Loop:
 def run(main, *, debug=None, **run_kwargs):
     """Run coroutine ``main`` on a new tokioloop loop and return its result, like ``asyncio.run``.
 
-    The loop is closed afterwards; extra keyword arguments go to ``asyncio.Runner``.
+    The loop is closed afterwards. On 3.11+ this is ``asyncio.Runner`` with tokioloop's loop
+    (extra keyword arguments go to it); on 3.10, which has no Runner, it does what 3.10's
+    ``asyncio.run`` does: cancel the tasks left, close async generators, shut the default
+    executor down, close the loop.
     """
     if _asyncio.events._get_running_loop() is not None:
         # Refuse before a loop exists, as asyncio.run does: nothing to clean up, nothing leaked.
         raise RuntimeError("tokioloop.run() cannot be called from a running event loop")
     if "loop_factory" in run_kwargs:
         raise TypeError("tokioloop.run() chooses the loop itself; use asyncio.run() for another loop_factory")
-    with _asyncio.Runner(debug=debug, loop_factory=new_event_loop, **run_kwargs) as runner:
-        return runner.run(main)
+    if _compat.HAS_RUNNER:
+        with _asyncio.Runner(debug=debug, loop_factory=new_event_loop, **run_kwargs) as runner:
+            return runner.run(main)
+    if run_kwargs:
+        raise TypeError(f"tokioloop.run() got an unexpected keyword argument '{next(iter(run_kwargs))}'")
+    return _run_without_runner(main, debug)
 
 
-if _sys.version_info < (3, 16):
+def _run_without_runner(main, debug):
+    if not _asyncio.iscoroutine(main):
+        raise ValueError(f"a coroutine was expected, got {main!r}")
+    loop = new_event_loop()
+    try:
+        _asyncio.set_event_loop(loop)
+        if debug is not None:
+            loop.set_debug(debug)
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            _asyncio.runners._cancel_all_tasks(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            _asyncio.set_event_loop(None)
+            loop.close()
+
+
+if _compat.HAS_POLICIES:
     from ._policy import EventLoopPolicy, install

@@ -13,10 +13,23 @@ import traceback
 from asyncio.log import logger
 from typing import Any, Callable, Optional
 
+from ._compat import EXCEPTION_HANDLER_IN_CALLBACK_CONTEXT
+
 _TRACEBACK_KEYS = {
     "source_traceback": "Object created at (most recent call last):\n",
     "handle_traceback": "Handle created at (most recent call last):\n",
 }
+
+
+def _callback_context(context):
+    """The contextvars.Context of the task, future or handle that failed, if it has one."""
+    for key in ("task", "future", "handle"):
+        thing = context.get(key)
+        if thing is not None:
+            get_context = getattr(thing, "get_context", None)
+            found = get_context() if get_context is not None else None
+            return found if hasattr(found, "run") else None
+    return None
 
 
 class ExceptionHandling:
@@ -67,7 +80,11 @@ class ExceptionHandling:
                 logger.error("Exception in default exception handler", exc_info=True)
             return
         try:
-            handler(self, context)
+            run_in = _callback_context(context) if EXCEPTION_HANDLER_IN_CALLBACK_CONTEXT else None
+            if run_in is None:
+                handler(self, context)
+            else:
+                run_in.run(handler, self, context)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:

@@ -10,12 +10,15 @@ and close. The mixins hold the exception handler, the executor and signals.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 import warnings
 from asyncio import coroutines, events, format_helpers, futures, tasks
 from asyncio.log import logger
 import weakref
 
+from . import _compat
 from ._dns import DnsSupport
 from ._errors import ExceptionHandling
 from ._executor import ExecutorSupport
@@ -27,6 +30,25 @@ from ._tokioloop import LoopCore
 from ._unsupported import NotYetBuilt
 
 _DEBUG_STACK_DEPTH = 10
+
+#: Every tokioloop loop of this process, so a forked child can disown its parent's.
+_LOOPS = weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    """A forked child's copies of the parent's loops share the parent's epoll instance and
+    signal wakeup fd: leave both to the parent. Each loop then refuses to run ("created in
+    another process"); new loops work. (asyncio 3.12+ resets its own state the same way.)"""
+    loops = list(_LOOPS)
+    ours = {loop._csock.fileno() for loop in loops if loop._csock is not None}
+    try:
+        previous = signal.set_wakeup_fd(-1)
+        if previous not in ours:
+            signal.set_wakeup_fd(previous)
+    except ValueError:  # the child's thread is not the main thread: not ours to change
+        pass
+    for loop in loops:
+        loop._abandon_after_fork()
 
 
 def _stop_when_done(future):
@@ -52,6 +74,7 @@ class Loop(
     """An asyncio event loop on a tokio current-thread runtime. Create with ``new_event_loop()``."""
 
     def __init__(self):
+        _LOOPS.add(self)
         self._asyncgens = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
         self.slow_callback_duration = 0.1
@@ -272,3 +295,11 @@ class Loop(
                 logger.warning("Executing %s took %.3f seconds", _format_handle(handle), elapsed)
         finally:
             self._current_handle = None
+
+
+# The running version's method set and signatures: 3.11's sock_recvfrom on 3.10, 3.12's
+# all_errors or 3.13's keep_alive on older versions are refused as their asyncio refuses them.
+_compat.conform_to_stdlib(Loop, asyncio.SelectorEventLoop)
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -23,6 +23,7 @@ import sys
 from asyncio import constants, exceptions, protocols, staggered, tasks, trsock
 from asyncio.log import logger
 
+from . import _compat
 from ._server import Server
 from ._sock import _reject_ssl_socket
 
@@ -33,15 +34,6 @@ _ACCEPT_RESOURCE_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, 
 
 _SENDFILE_FALLBACK_CHUNK = 16384  # what asyncio's transport fallback reads per step
 
-try:
-    _ExceptionGroup = ExceptionGroup  # 3.11+
-except NameError:  # pragma: no cover - Python 3.10
-    try:
-        from exceptiongroup import ExceptionGroup as _ExceptionGroup
-    except ImportError:
-        _ExceptionGroup = None
-
-
 def _ssl_not_built(method):
     return NotImplementedError(
         f"tokioloop does not implement loop.{method}(ssl=...) yet: TLS is not built"
@@ -49,8 +41,7 @@ def _ssl_not_built(method):
 
 
 def _bind_error_text(exc):
-    # The wording of asyncio's "error while attempting to bind" messages changed in 3.13.
-    if sys.version_info >= (3, 13) or exc.strerror is None:
+    if _compat.BIND_ERROR_NAMES_WHOLE_ERROR or exc.strerror is None:
         return str(exc).lower()
     return exc.strerror.lower()
 
@@ -166,8 +157,6 @@ class NetSupport:
             host is not None or port is not None, sock, "host/port",
             "host and port was not specified and no sock specified", _check_stream,
         )
-        if all_errors and _ExceptionGroup is None:  # pragma: no cover - Python 3.10
-            raise TypeError("all_errors needs ExceptionGroup (Python 3.11+ or 'exceptiongroup')")
         if ssl:
             raise _ssl_not_built("create_connection")
 
@@ -228,7 +217,7 @@ class NetSupport:
         errors = [exc for attempt in attempts for exc in attempt]
         try:
             if all_errors:
-                raise _ExceptionGroup("create_connection failed", errors)
+                raise ExceptionGroup("create_connection failed", errors)
             raise _single_connect_error(errors)
         finally:
             errors = attempts = None  # no traceback -> frame -> exception cycles
@@ -478,8 +467,9 @@ class NetSupport:
         """Listen on the Unix socket ``path`` (a leading NUL: Linux's abstract namespace) or
         on the listening ``sock``. Returns a Server.
 
-        A stale socket file at ``path`` is removed first. With ``cleanup_socket`` the socket
-        file is unlinked when the server closes, if it is still the one bound here."""
+        A stale socket file at ``path`` is removed first. From 3.13, with ``cleanup_socket``,
+        the socket file is unlinked when the server closes, if it is still the one bound here
+        (older versions' asyncio leaves it, and has no ``cleanup_socket``)."""
         _check_server_ssl(ssl, ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         _check_address_or_sock(
             path is not None, sock, "path", "path was not specified, and no sock specified",
@@ -494,7 +484,7 @@ class NetSupport:
             sock = self._net_bind_unix(path)
 
         unix_paths = {}
-        if cleanup_socket:
+        if cleanup_socket and _compat.UNIX_SERVER_CLEANUP:
             bound = sock.getsockname()
             if bound and not _is_abstract_unix_path(bound):
                 try:

@@ -7,10 +7,9 @@ DeprecationWarning the stdlib emits for the same use. Prefer ``loop_factory``.
 from __future__ import annotations
 
 import asyncio
-import sys
 import warnings
 
-_POLICY_DEPRECATED = sys.version_info >= (3, 14)
+from ._compat import POLICIES_DEPRECATED as _POLICY_DEPRECATED
 
 # The platform default policy (on Unix: with the child-watcher API subprocess code expects)
 _BasePolicy = asyncio.DefaultEventLoopPolicy

@@ -4,10 +4,10 @@ return.
 A Server owns its listening sockets and the set of connections it accepted. The accepting
 itself (watching the listening sockets, calling ``accept``, building transports) is the loop's
 job, in ``_net.NetSupport``; the Server only tells the loop when to start and stop, and keeps
-the bookkeeping ``close`` / ``wait_closed`` / ``close_clients`` need. The public API is
-asyncio 3.13's, whatever the running Python: ``close_clients``/``abort_clients`` exist, and
-``wait_closed`` returns once the server is closed *and* every accepted connection has gone
-(asyncio's behaviour since 3.12.1).
+the bookkeeping ``close`` / ``wait_closed`` / ``close_clients`` need. The public API is the
+running version's asyncio.Server: ``close_clients``/``abort_clients`` from 3.13; ``wait_closed``
+returns once the server is closed *and* every accepted connection has gone (since 3.12.1;
+before it, a server already closed returns at once).
 
 Transports tie themselves to their Server with ``server._attach(transport)`` when made and
 ``server._detach(transport)`` after ``connection_lost``.
@@ -20,6 +20,8 @@ import os
 import weakref
 from asyncio import trsock
 from asyncio.log import logger
+
+from . import _compat
 
 
 class Server(asyncio.AbstractServer):
@@ -163,6 +165,11 @@ class Server(asyncio.AbstractServer):
         """Wait until the server is closed and every connection it accepted has been lost."""
         if self._waiters is None:
             return
+        if self._sockets is None and not _compat.WAIT_CLOSED_WAITS_FOR_CLIENTS:
+            return
         waiter = self._loop.create_future()
         self._waiters.append(waiter)
         await waiter
+
+
+_compat.conform_to_stdlib(Server, asyncio.Server)

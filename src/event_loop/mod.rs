@@ -44,6 +44,9 @@ pub fn install_fast_paths(class: &Bound<'_, pyo3::types::PyType>) -> PyResult<()
 thread_local! {
     /// What one dispatch queues, kept for its capacity (always left empty).
     static DISPATCHED: std::cell::RefCell<Vec<Ready>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The pid of the process whose loop is running on this thread, 0 if none. A child forked
+    /// from a callback inherits the parent's value, which is how it knows that loop is not its.
+    static RUNNING_HERE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 struct State {
@@ -72,6 +75,8 @@ pub struct LoopCore {
     task_factory: Mutex<Option<Py<PyAny>>>,
     /// The process that made this loop: its runtime does not survive a fork.
     creator_pid: u32,
+    /// Set in a forked child (see `_abandon_after_fork`): the reactor is the parent's.
+    abandoned: AtomicBool,
     runtime: Option<Runtime>,
 }
 
@@ -99,8 +104,13 @@ impl LoopCore {
         Ok(())
     }
 
+    /// True in a process forked from the one that made this loop, once the fork is known.
+    pub(crate) fn abandoned_by_fork(&self) -> bool {
+        self.abandoned.load(Ordering::Relaxed)
+    }
+
     fn check_same_process(&self) -> PyResult<()> {
-        if std::process::id() != self.creator_pid {
+        if self.abandoned_by_fork() || std::process::id() != self.creator_pid {
             return Err(PyRuntimeError::new_err(
                 "this event loop was created in another process and cannot be used after fork(); \
                  create a new one with tokioloop.new_event_loop()",
@@ -410,6 +420,7 @@ impl LoopCore {
             task_factory: Mutex::new(None),
             dns: crate::dns::Lookups::default(),
             creator_pid: std::process::id(),
+            abandoned: AtomicBool::new(false),
             runtime: Some(runtime::build()?),
         })
     }
@@ -556,7 +567,8 @@ impl LoopCore {
         let this = slf.get();
         this.check_open()?;
         this.check_same_process()?;
-        if tokio::runtime::Handle::try_current().is_ok() {
+        let pid = std::process::id();
+        if RUNNING_HERE.with(|r| r.get()) == pid {
             return Err(PyRuntimeError::new_err(
                 "Cannot run the event loop while another loop is running",
             ));
@@ -565,9 +577,23 @@ impl LoopCore {
             return Err(PyRuntimeError::new_err("This event loop is already running"));
         }
         this.thread_ident.store(current_thread_ident(), Ordering::Relaxed);
-        let _running = RunningGuard(this);
+        let _running = RunningGuard(this, RUNNING_HERE.with(|r| r.replace(pid)));
         let _armed = runtime::ParkGuard::arm();
-        this.runtime()?.block_on(turn::drive(slf))
+        turn::drive(slf, this.runtime()?)
+    }
+
+    /// Called in a forked child for every loop the parent had (see `_loop.py`): the child
+    /// shares the parent's epoll instance, so deregistering an fd here would remove it from
+    /// the parent's loop. The registrations and the runtime are forgotten, not dropped; the
+    /// Python objects they referred to are released. Every later use raises RuntimeError.
+    fn _abandon_after_fork(&self) {
+        self.abandoned.store(true, Ordering::SeqCst);
+        self.running.store(false, Ordering::SeqCst);
+        self.thread_ident.store(0, Ordering::Relaxed);
+        let targets = self.io.lock().abandon();
+        for target in targets {
+            target.release();
+        }
     }
 
     /// Runs one handle as the turn would (debug mode's timed path calls this).
@@ -589,7 +615,11 @@ impl LoopCore {
             let mut state = self.state.lock();
             (std::mem::take(&mut state.ready), state.timers.drain())
         };
-        let fd_handles = self.io.lock().drain();
+        let fd_handles = if self.abandoned_by_fork() || std::process::id() != self.creator_pid {
+            self.io.lock().abandon()
+        } else {
+            self.io.lock().drain()
+        };
         let lookups = self.dns.clear();
         release_all(ready, timers, fd_handles);
         drop(lookups);
@@ -739,11 +769,13 @@ impl LoopCore {
     }
 }
 
-/// Resets the per-run state when `_run_native` ends, whether by return, error or panic.
-struct RunningGuard<'a>(&'a LoopCore);
+/// Resets the per-run state when `_run_native` ends, whether by return, error or panic; holds
+/// what `RUNNING_HERE` said before this run.
+struct RunningGuard<'a>(&'a LoopCore, u32);
 
 impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
+        RUNNING_HERE.with(|r| r.set(self.1));
         let core = self.0;
         core.wake.set_waker(None);
         core.wake.set_idle(false);
@@ -768,6 +800,13 @@ impl Drop for LoopCore {
     fn drop(&mut self) {
         // Registrations deregister through the runtime's reactor: drop them first. Then let
         // the runtime go without blocking — this may run inside another loop's block_on.
+        if self.abandoned_by_fork() || std::process::id() != self.creator_pid {
+            // A forked child: the reactor's epoll instance is shared with the parent, and the
+            // scheduler may be mid-turn in the parent's copy. Leak both rather than touch them.
+            std::mem::forget(self.io.get_mut().abandon());
+            std::mem::forget(self.runtime.take());
+            return;
+        }
         drop(self.io.get_mut().drain());
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();

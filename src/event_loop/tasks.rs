@@ -5,7 +5,7 @@
 //! classes are looked up on `asyncio.futures` / `asyncio.tasks` at each call, as the stdlib
 //! loop does, so patching them keeps working. Called only from `LoopCore`'s methods.
 
-use pyo3::exceptions::PyNotImplementedError;
+use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -56,7 +56,15 @@ pub fn new_future<'py>(event_loop: &Bound<'py, PyAny>) -> PyResult<Bound<'py, Py
     call_with_loop(&future_class, &[], event_loop)
 }
 
-/// What `loop.create_task` does in the stdlib, with our optional `eager_start`.
+/// A keyword the running version's `loop.create_task` does not take, refused as Python would.
+fn refuse_keyword(name: &str, since: &str) -> PyErr {
+    PyTypeError::new_err(format!(
+        "create_task() got an unexpected keyword argument '{name}' (asyncio has it from Python {since})"
+    ))
+}
+
+/// What `loop.create_task` does in the running version's stdlib: `context=` from 3.11,
+/// `eager_start=` from 3.14 (its documented form; refused below it, as the stdlib refuses it).
 pub fn new_task<'py>(
     event_loop: &Bound<'py, PyAny>,
     factory: Option<Bound<'py, PyAny>>,
@@ -67,12 +75,13 @@ pub fn new_task<'py>(
     debug: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = event_loop.py();
-    if eager_start.is_some() && py.version_info() < (3, 12) {
-        return Err(PyNotImplementedError::new_err(
-            "create_task(eager_start=...) needs CPython 3.12+, whose asyncio.Task can start eagerly",
-        ));
+    if eager_start.is_some() && py.version_info() < (3, 14) {
+        return Err(refuse_keyword("eager_start", "3.14"));
     }
     let context = context.filter(|c| !c.is_none());
+    if context.is_some() && py.version_info() < (3, 11) {
+        return Err(refuse_keyword("context", "3.11"));
+    }
     let name = name.filter(|n| !n.is_none());
     let Some(factory) = factory else {
         let task_class = module(py, &TASKS_MODULE, "asyncio.tasks")?.getattr(intern!(py, "Task"))?;
@@ -82,7 +91,9 @@ pub fn new_task<'py>(
             let kwargs = PyDict::new(py);
             kwargs.set_item(intern!(py, "loop"), event_loop)?;
             kwargs.set_item(intern!(py, "name"), name)?;
-            kwargs.set_item(intern!(py, "context"), context)?;
+            if let Some(context) = context {
+                kwargs.set_item(intern!(py, "context"), context)?;
+            }
             if let Some(eager) = eager_start {
                 kwargs.set_item(intern!(py, "eager_start"), eager)?;
             }

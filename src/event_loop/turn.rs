@@ -1,4 +1,4 @@
-//! The turn: what `run_forever` does, natively, inside one tokio `block_on`.
+//! The turn: what `run_forever` does, natively, entering tokio's `block_on` only to wait.
 //!
 //! Each turn mirrors asyncio's `_run_once`: (1) park until the earliest timer, an fd edge or a
 //! wake-up if nothing is ready — or, if work is ready, poll the reactor without blocking, but
@@ -7,14 +7,24 @@
 //! (4) run exactly the handles that were ready at that point — what they schedule runs next
 //! turn. Pending signals are checked every turn, so Ctrl+C leaves promptly whether the loop is
 //! idle or busy. Only `LoopCore::_run_native` calls [`drive`].
+//!
+//! Python callbacks run *outside* `block_on`: only the park (1) is inside it. A process forked
+//! from a callback (multiprocessing's fork start method, a pre-forking server) therefore
+//! inherits a thread that is in no tokio runtime, with every runtime's scheduler core in its
+//! place, so the child can build and run a loop of its own. Entering `block_on` only to wait
+//! costs nothing on the busy path, where no wait happens.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
+use tokio::runtime::Runtime;
+use tokio::time::Sleep;
 
 use super::ready::Ready;
 use super::LoopCore;
@@ -25,12 +35,15 @@ const BUSY_TURNS_PER_POLL: u32 = 61;
 const BUSY_POLL_INTERVAL: Duration = Duration::from_micros(200);
 
 /// Runs turns until `stop()` or an exception that must leave `run_forever`.
-pub async fn drive(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
     let py = slf.py();
     let core = slf.get();
-    let waker = poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+    // block_on's waker wakes the runtime's driver and stays valid across block_on calls.
+    let (waker, mut sleep) = runtime.block_on(async {
+        let waker = poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+        (waker, Box::pin(tokio::time::sleep(Duration::from_secs(86_400))))
+    });
     core.wake.set_waker(Some(waker));
-    let mut sleep = Box::pin(tokio::time::sleep(Duration::from_secs(86_400)));
     let mut batch: VecDeque<Ready> = VecDeque::new();
     let mut busy_turns = 0u32;
     let mut last_poll = Instant::now();
@@ -44,28 +57,12 @@ pub async fn drive(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
             if busy_turns >= BUSY_TURNS_PER_POLL
                 || (busy_turns % 8 == 0 && last_poll.elapsed() >= BUSY_POLL_INTERVAL)
             {
-                tokio::task::yield_now().await;
+                runtime.block_on(tokio::task::yield_now());
                 busy_turns = 0;
                 last_poll = Instant::now();
             }
         } else {
-            let deadline = core.next_deadline(py);
-            if let Some(deadline) = deadline {
-                sleep.as_mut().reset(clock::instant_at(deadline).into());
-            }
-            poll_fn(|cx| {
-                if deadline.is_some() && sleep.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(());
-                }
-                core.wake.set_idle(true);
-                if core.has_work() {
-                    core.wake.set_idle(false);
-                    return Poll::Ready(());
-                }
-                Poll::Pending
-            })
-            .await;
-            core.wake.set_idle(false);
+            park(py, core, runtime, &mut sleep);
             busy_turns = 0;
             last_poll = Instant::now();
         }
@@ -94,7 +91,37 @@ pub async fn drive(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         if core.take_stopping() {
             return Ok(());
         }
+        if core.abandoned_by_fork() {
+            // A callback forked and this is the child, back in the parent's loop.
+            return Err(PyRuntimeError::new_err(
+                "this event loop was created in another process and cannot be used after fork(); \
+                 create a new one with tokioloop.new_event_loop()",
+            ));
+        }
     }
+}
+
+/// Waits in the reactor until the earliest timer, an fd edge or a wake-up.
+fn park(py: Python<'_>, core: &LoopCore, runtime: &Runtime, sleep: &mut Pin<Box<Sleep>>) {
+    let deadline = core.next_deadline(py);
+    runtime.block_on(async {
+        if let Some(deadline) = deadline {
+            sleep.as_mut().reset(clock::instant_at(deadline).into());
+        }
+        poll_fn(|cx| {
+            if deadline.is_some() && sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            core.wake.set_idle(true);
+            if core.has_work() {
+                core.wake.set_idle(false);
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+        .await
+    });
+    core.wake.set_idle(false);
 }
 
 /// Runs one handle: an ordinary exception goes to the loop's exception handler as asyncio

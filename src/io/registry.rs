@@ -450,14 +450,25 @@ impl Registry {
         Ok(())
     }
 
-    /// Forgets every registration (loop close); the caller drops the targets outside its lock.
+    /// Empties the registry, deregistering every fd; returns the targets for release.
     pub fn drain(&mut self) -> Vec<Target> {
+        self.take_all(drop)
+    }
+
+    /// Like [`Registry::drain`], but the reactor registrations are forgotten rather than
+    /// deregistered: in a forked child, the epoll instance is the parent's too.
+    pub fn abandon(&mut self) -> Vec<Target> {
+        self.take_all(std::mem::forget)
+    }
+
+    fn take_all(&mut self, dispose: fn(Registration)) -> Vec<Target> {
         let mut targets = Vec::new();
         self.hot.clear();
         for (_, mut registration) in self.fds.drain() {
             targets.extend(registration.read.target.take());
             targets.extend(registration.write.target.take());
             targets.extend(registration.owner.take().map(Target::Stream));
+            dispose(registration);
         }
         targets
     }

@@ -1,0 +1,144 @@
+"""Where the supported CPython versions (3.10-3.13, 3.14 APIs by their documentation) differ.
+
+The running interpreter's asyncio is tokioloop's specification, so every behaviour that changed
+between versions is decided here, once, and the rest of the package reads these names. Each is
+found by asking the running asyncio (feature detection) where that is possible, and by version
+number only where the change leaves no attribute or signature to look at.
+
+``conform_to_stdlib(cls, reference)`` applies the API-shape rules to a class after it is built:
+a public method the running version's ``reference`` class does not have is hidden (getattr
+raises AttributeError, as on the stdlib loop), and a keyword argument the running version's
+method does not take is refused with the TypeError Python itself raises for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import sys
+from asyncio import base_events
+
+VERSION = sys.version_info[:2]
+
+#: ``asyncio.Runner`` (3.11+); below it ``tokioloop.run`` drives the loop itself.
+HAS_RUNNER = hasattr(asyncio, "Runner")
+
+#: asyncio's event-loop policies: deprecated from 3.14 (each use warns), removed in 3.16.
+POLICIES_DEPRECATED = VERSION >= (3, 14)
+HAS_POLICIES = VERSION < (3, 16)
+
+#: A custom exception handler runs inside the failing task's or handle's context (3.12+,
+#: CPython gh-96704). The change is inside ``call_exception_handler``'s body: no attribute
+#: tells it, so the version does.
+EXCEPTION_HANDLER_IN_CALLBACK_CONTEXT = VERSION >= (3, 12)
+
+
+def _loop_parameters(name):
+    method = getattr(base_events.BaseEventLoop, name, None)
+    if method is None:
+        return frozenset()
+    return frozenset(inspect.signature(method).parameters)
+
+
+#: ``create_unix_server(cleanup_socket=)``: the socket file is removed when the server closes
+#: (3.13+); before it asyncio leaves the file in place.
+UNIX_SERVER_CLEANUP = "cleanup_socket" in inspect.signature(
+    asyncio.unix_events._UnixSelectorEventLoop.create_unix_server
+).parameters if sys.platform != "win32" else False
+
+#: asyncio's "error while attempting to bind" message quotes the whole OSError (3.13+) rather
+#: than its strerror. A message change: by version.
+BIND_ERROR_NAMES_WHOLE_ERROR = VERSION >= (3, 13)
+
+#: ``shutdown_default_executor(timeout=)`` (3.12+).
+EXECUTOR_SHUTDOWN_TIMEOUT = "timeout" in _loop_parameters("shutdown_default_executor")
+
+#: ``Server.wait_closed()`` on a closed server waits for its connections to go (3.12.1+, CPython
+#: gh-79033); before it, it returns at once once the server is closed. A body change: by version.
+WAIT_CLOSED_WAITS_FOR_CLIENTS = sys.version_info >= (3, 12, 1)
+
+#: ``asyncio.Server.close_clients()`` / ``abort_clients()`` (3.13+).
+SERVER_CLOSES_CLIENTS = hasattr(base_events.Server, "close_clients")
+
+
+class _Absent:
+    """A class attribute that is not there: the running version's asyncio has no such method."""
+
+    def __init__(self, name, owner_name):
+        self._name = name
+        self._owner_name = owner_name
+
+    def __get__(self, instance, owner=None):
+        raise AttributeError(
+            f"'{self._owner_name}' object has no attribute '{self._name}' "
+            f"(not in Python {VERSION[0]}.{VERSION[1]}'s asyncio)"
+        )
+
+
+def _parameter_gate(func, reference_signature):
+    """``func`` taking only the arguments ``reference_signature`` takes, or None if it already does.
+
+    An argument the reference lacks is refused with the TypeError Python raises for it.
+    """
+    ours = inspect.signature(func).parameters
+    theirs = reference_signature.parameters
+    refused = frozenset(
+        name for name, p in ours.items()
+        if name not in theirs and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    )
+    if not refused:
+        return None
+    if any(p.kind is p.VAR_POSITIONAL for p in theirs.values()):
+        max_positional = None
+    else:
+        max_positional = sum(
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in theirs.values()
+        )
+    qualname = func.__name__
+
+    @functools.wraps(func)
+    def gated(*args, **kwargs):
+        if max_positional is not None and len(args) > max_positional:
+            raise TypeError(
+                f"{qualname}() takes {max_positional} positional arguments but {len(args)} were given"
+            )
+        for key in kwargs:
+            if key in refused:
+                raise TypeError(f"{qualname}() got an unexpected keyword argument '{key}'")
+        return func(*args, **kwargs)
+
+    gated.__signature__ = reference_signature
+    if inspect.iscoroutinefunction(func):
+        # Callers that ask (asyncio.iscoroutinefunction, inspect) still see a coroutine function.
+        if hasattr(inspect, "markcoroutinefunction"):
+            inspect.markcoroutinefunction(gated)
+        else:
+            gated._is_coroutine = asyncio.coroutines._is_coroutine
+    return gated
+
+
+def conform_to_stdlib(cls, reference, *, own=()):
+    """Give ``cls`` the running version's API shape of ``reference`` (see the module doc).
+
+    ``own`` names public attributes that are tokioloop's own additions, kept on every version.
+    Methods written natively (builtins) gate themselves and are left alone.
+    """
+    for name in dir(cls):
+        if name.startswith("_") or name in own:
+            continue
+        attr = inspect.getattr_static(cls, name)
+        if not callable(attr):
+            continue
+        if not hasattr(reference, name):
+            setattr(cls, name, _Absent(name, cls.__name__))
+            continue
+        if inspect.isbuiltin(attr) or inspect.ismethoddescriptor(attr):
+            continue
+        try:
+            gated = _parameter_gate(attr, inspect.signature(getattr(reference, name)))
+        except (TypeError, ValueError):  # no signature to compare
+            continue
+        if gated is not None:
+            setattr(cls, name, gated)
+    return cls
