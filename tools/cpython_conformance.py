@@ -475,7 +475,7 @@ def parse_args(argv):
     parser.add_argument("--baseline", action="store_true",
                         help="with --check: also run stdlib asyncio (for the score)")
     parser.add_argument("--list-failures", action="store_true",
-                        help="print every core-area behavioural failure on tokioloop")
+                        help="print every built-area behavioural failure on tokioloop")
     parser.add_argument("--list-implementation", action="store_true",
                         help="print every implementation test with its reason")
     return parser.parse_args(argv)
@@ -534,7 +534,7 @@ def main(argv=None):
             if e["category"] == "implementation":
                 print(f"  {tid}: {e['reason']}")
     if args.list_failures:
-        print("\ncore-area behavioural failures on tokioloop:")
+        print("\nbuilt-area behavioural failures on tokioloop:")
         for tid, e in failures:
             base = outcome(e, "asyncio") if with_baseline else "?"
             rec = e.get("tokioloop") or {}
