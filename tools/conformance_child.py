@@ -175,22 +175,33 @@ def apply_class_rules(module, rules, make_loop):
         original = getattr(module, class_name, None)
         if original is None:
             if rule.kind != "drop":  # dropping a class this platform lacks needs no note
-                notes.append(f"rules.txt:{rule.line}: {rule.pattern} not found (platform?)")
+                notes.append(f"rules.txt:{rule.line}: {rule.pattern} not found "
+                             f"(not on this platform or CPython version); rule not applied")
             continue
         if rule.kind == "adapt":
             method, adapter = rule.args
+            if adapter not in ADAPTERS:  # (METHOD may come from the classes it is mixed into)
+                notes.append(f"rule error: rules.txt:{rule.line}: cannot adapt {rule.pattern}.{method} "
+                             f"with {adapter!r} here; rule not applied")
+                continue
             replacement = ADAPTERS[adapter](make_loop, original, vars(original).get(method))
             replacement.__name__ = method
             setattr(original, method, replacement)
             continue
-        delattr(module, class_name)
         if rule.kind == "drop":
+            delattr(module, class_name)
             continue
         method, new_name = rule.args
         if "bases" in rule.options:
-            bases = tuple(resolve(module, name) for name in rule.options["bases"].split(","))
+            try:
+                bases = tuple(resolve(module, name) for name in rule.options["bases"].split(","))
+            except AttributeError as exc:
+                notes.append(f"rule error: rules.txt:{rule.line}: bases of {rule.pattern}: {exc}; "
+                             f"rule not applied (the class runs unchanged)")
+                continue
         else:
             bases = (original,)
+        delattr(module, class_name)
 
         def factory(self, _make=make_loop):
             return _make()
@@ -241,7 +252,12 @@ def shorten(text):
 
 
 class RecordingResult(unittest.TestResult):
-    """Emits one JSON record per test start and per test outcome (and per fixture error)."""
+    """Emits one JSON record per test start and per test outcome (and per fixture error).
+
+    A test's record spans its whole call (``TestCase.__call__``, see ``watch_test_calls``), not
+    only startTest..stopTest: on 3.10 ``IsolatedAsyncioTestCase`` creates its event loop before
+    startTest and closes it after stopTest, and an error there escapes the test's ``run()``.
+    """
 
     def __init__(self, emit, counter, test_timeout):
         super().__init__()
@@ -249,9 +265,34 @@ class RecordingResult(unittest.TestResult):
         self.counter = counter
         self.test_timeout = test_timeout
         self.current = None
+        self.calling = None  # the test whose __call__ is running, if any
+
+    def enter(self, test):
+        """The test's call begins: open its record and arm the watchdog."""
+        self.calling = test
+        self._begin(test)
+
+    def leave(self, test, escaped=None):
+        """The test's call ended (``escaped``: the exc_info of an error out of its run())."""
+        if escaped is not None:
+            self.addError(test, escaped)
+        self.calling = None
+        self._finish()
 
     def startTest(self, test):
         super().startTest(test)
+        if self.current is None or self.current["id"] != short_id(test):
+            self._begin(test)  # a test run without going through TestCase.__call__
+
+    def stopTest(self, test):
+        super().stopTest(test)
+        if self.calling is None:
+            self._finish()
+
+    def _begin(self, test):
+        """Open the record of ``test`` and announce it (the parent's "start" event)."""
+        if self.current is not None:
+            self._finish()
         test_id = short_id(test)
         self.current = {
             "id": test_id,
@@ -264,11 +305,13 @@ class RecordingResult(unittest.TestResult):
         if self.test_timeout:
             faulthandler.dump_traceback_later(self.test_timeout, exit=True)
 
-    def stopTest(self, test):
+    def _finish(self):
+        """Close the open record, if any, and emit it."""
         if self.test_timeout:
             faulthandler.cancel_dump_traceback_later()
-        super().stopTest(test)
         current, self.current = self.current, None
+        if current is None:
+            return
         before = current.pop("loops_before")
         now = self.counter.snapshot()
         current["loops"] = {k: now[k] - before[k] for k in now}
@@ -276,12 +319,21 @@ class RecordingResult(unittest.TestResult):
         self.emit({"event": "result", **current})
 
     def _set(self, test, outcome, reason):
-        if self.current is None or self.current["id"] != short_id(test):
-            # A class- or module-level fixture error: its own record, outside startTest.
+        if isinstance(test, unittest.suite._ErrorHolder):
+            # A class- or module-level fixture error or skip: its own record, outside any test.
             self.emit(
                 {"event": "result", "id": short_id(test), "outcome": outcome, "reason": reason,
                  "seconds": 0.0, "loops": None, "fixture": True}
             )
+            return
+        if self.current is None:
+            # Outside any call (unittest of 3.12.x reports a skipped test with addSkip then
+            # stopTest, without startTest): open its record here.
+            self._begin(test)
+        elif self.current["id"] != short_id(test):
+            # Not the running test (a test object reporting about another): a record of its own.
+            self.emit({"event": "result", "id": short_id(test), "outcome": outcome,
+                       "reason": reason, "seconds": 0.0, "loops": None})
             return
         # Keep the first failure's reason; an error after a failure stays a failure.
         if self.current["outcome"] in ("passed", "skipped"):
@@ -313,6 +365,32 @@ class RecordingResult(unittest.TestResult):
         if err is not None:
             kind = "failed" if issubclass(err[0], test.failureException) else "error"
             self._set(test, kind, f"subtest {subtest._subDescription()}: {summarize_exception(err)}")
+
+
+def watch_test_calls():
+    """Wrap ``unittest.TestCase.__call__`` so a ``RecordingResult`` sees each test's whole call.
+
+    Loops a test creates before its startTest (3.10's ``IsolatedAsyncioTestCase``) are counted
+    for it, and an exception escaping its ``run()`` (3.10's ``IsolatedAsyncioTestCase`` closes
+    its loop after stopTest, outside unittest's error handling) is recorded as the test's error
+    instead of ending the whole module.
+    """
+    original = unittest.TestCase.__call__
+
+    def __call__(self, result=None, *args, **kwargs):
+        if not isinstance(result, RecordingResult):
+            return original(self, result, *args, **kwargs)
+        result.enter(self)
+        escaped = None
+        try:
+            return original(self, result, *args, **kwargs)
+        except Exception:
+            escaped = sys.exc_info()
+            return result
+        finally:
+            result.leave(self, escaped)
+
+    unittest.TestCase.__call__ = __call__
 
 
 def iter_tests(suite):
@@ -392,6 +470,7 @@ def main(argv=None):
     emit({"event": "plan", "ids": [short_id(test) for test in iter_tests(suite)]})
     if excluded:
         suite = filter_suite(suite, excluded)
+    watch_test_calls()
     result = RecordingResult(emit, counter, args.test_timeout)
     suite.run(result)
     emit({"event": "done", "loops": counter.snapshot(),

@@ -24,20 +24,58 @@ dropped). Kinds:
 The first matching rule of each family (implementation, area) wins; drop, retarget and adapt
 rules all apply.
 
-``expected_failures.txt``: ``TEST_ID | reason`` lines, one per core-area test known to fail
-on tokioloop; a ``[flaky]`` tag in the reason tolerates a pass.
+A rule may start with a Python-version qualifier in brackets, ``[>=3.12]``, ``[<3.11]``,
+``[==3.10]`` or several joined by commas (``[>=3.11,<3.13]``): the rule exists only on the
+interpreters it names (``version_matches``, the one place this is decided). Rules need no
+qualifier merely because their class or test is absent on some version: a pattern that matches
+nothing does nothing, and a class rule whose class is missing only leaves a note. Qualify a rule
+when it must differ between versions (a class that exists everywhere but changed).
+
+``expected_failures-X.Y.txt``, one per CPython minor version (``expected_file``): ``TEST_ID |
+reason`` lines, one per built-area test known to fail on tokioloop under that version; a
+``[flaky]`` tag in the reason tolerates a pass. The files are per version because the tests,
+their classes and tokioloop's failures differ by version, and each file only shrinks on its own.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
+import re
+import sys
 from dataclasses import dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RULES_FILE = os.path.join(REPO, "tests", "cpython", "rules.txt")
-EXPECTED_FILE = os.path.join(REPO, "tests", "cpython", "expected_failures.txt")
+SUPPORTED_VERSIONS = ((3, 10), (3, 11), (3, 12), (3, 13))
+
+
+def expected_file(version=None):
+    """``tests/cpython/expected_failures-X.Y.txt`` for ``version`` (default: this interpreter)."""
+    major, minor = version or sys.version_info[:2]
+    return os.path.join(REPO, "tests", "cpython", f"expected_failures-{major}.{minor}.txt")
+
+
+_QUALIFIER_RE = re.compile(r"^(>=|<=|==|!=|>|<)(\d+)\.(\d+)$")
+
+
+def version_matches(spec, version=None):
+    """Whether ``version`` (default: this interpreter) satisfies ``spec``, e.g. ``>=3.11,<3.13``.
+
+    The one place where rules (and anything else) decide by Python version.
+    """
+    version = tuple(version or sys.version_info[:2])
+    for term in spec.split(","):
+        match = _QUALIFIER_RE.match(term.strip())
+        if not match:
+            raise ValueError(f"bad version qualifier {term.strip()!r} (e.g. '>=3.12', '<3.11')")
+        op, wanted = match.group(1), (int(match.group(2)), int(match.group(3)))
+        ok = {">=": version >= wanted, "<=": version <= wanted, "==": version == wanted,
+              "!=": version != wanted, ">": version > wanted, "<": version < wanted}[op]
+        if not ok:
+            return False
+    return True
 
 #: Areas tokioloop has built; every test of these areas is checked by ``--check``.
 BUILT_AREAS = frozenset({"core", "dns", "sockets", "tcp", "unix", "servers", "streams", "sendfile"})
@@ -117,13 +155,25 @@ class Rules:
         return None
 
 
-def load_rules(path=RULES_FILE) -> Rules:
+def load_rules(path=RULES_FILE, version=None) -> Rules:
+    """The rules of ``path`` that hold for ``version`` (default: this interpreter)."""
     implementation, areas, classes = [], [], []
     with open(path, encoding="utf-8") as fh:
         for number, raw in enumerate(fh, 1):
             text = raw.strip()
             if not text or text.startswith("#"):
                 continue
+            if text.startswith("["):
+                spec, closed, text = text[1:].partition("]")
+                if not closed:
+                    raise ValueError(f"{path}:{number}: unclosed version qualifier")
+                try:
+                    applies = version_matches(spec, version)
+                except ValueError as exc:
+                    raise ValueError(f"{path}:{number}: {exc}") from None
+                if not applies:
+                    continue
+                text = text.strip()
             if "|" not in text:
                 raise ValueError(f"{path}:{number}: rule without '| reason': {text!r}")
             head, reason = (part.strip() for part in text.split("|", 1))
@@ -154,12 +204,19 @@ def load_rules(path=RULES_FILE) -> Rules:
 class Expected:
     reasons: dict  # test id -> reason
     flaky: set
+    name: str = "expected failures"  # the file's path relative to the repository
 
     def __contains__(self, test_id):
         return test_id in self.reasons
 
 
-def load_expected(path=EXPECTED_FILE) -> Expected:
+def load_expected(path=None) -> Expected:
+    """The expected failures of ``path`` (default: this interpreter's ``expected_file()``)."""
+    path = path or expected_file()
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{os.path.relpath(path)} does not exist: this CPython version has no expected "
+            "failures file yet (run --check --list-failures and write one)")
     reasons, flaky = {}, set()
     with open(path, encoding="utf-8") as fh:
         for number, raw in enumerate(fh, 1):
@@ -174,4 +231,4 @@ def load_expected(path=EXPECTED_FILE) -> Expected:
             reasons[test_id] = reason
             if "[flaky]" in reason:
                 flaky.add(test_id)
-    return Expected(reasons, flaky)
+    return Expected(reasons, flaky, os.path.relpath(path, REPO))
