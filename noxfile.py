@@ -19,7 +19,6 @@ interpreter and is not byte-identical to the one last installed for another vers
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil

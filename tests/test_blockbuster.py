@@ -10,10 +10,10 @@ is seen. Each test runs on both loops: the stdlib shows the scenario itself is c
 import asyncio
 import os
 import socket
-import sys
 import tempfile
 
 import pytest
+from _stdlib import loop_has
 
 blockbuster = pytest.importorskip("blockbuster")
 
@@ -45,8 +45,8 @@ def run_under_blockbuster(loop, coro):
 
 def removes_socket_file(loop):
     """Whether closing a Unix server removes its socket file: asyncio does since 3.13
-    (cleanup_socket); tokioloop has 3.13's API on every version."""
-    return sys.version_info >= (3, 13) or not loop.__class__.__module__.startswith("asyncio")
+    (cleanup_socket), and tokioloop follows the running version."""
+    return loop_has("create_unix_server", "cleanup_socket")
 
 
 @pytest.fixture

@@ -73,15 +73,29 @@ def full_listener():
 # -- client connections ----------------------------------------------------------------------
 
 
+class _LossRecorder(asyncio.Protocol):
+    """Server side: resolves ``lost`` when its connection goes (wait_closed before 3.12.1
+    does not wait for the server's connections)."""
+
+    def __init__(self, lost):
+        self.lost = lost
+
+    def connection_lost(self, exc):
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
 def test_create_connection_success_and_close(loop):
     async def main():
-        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        lost = loop.create_future()
+        server = await loop.create_server(lambda: _LossRecorder(lost), "127.0.0.1", 0)
         transport, _ = await loop.create_connection(
             asyncio.Protocol, *server.sockets[0].getsockname()
         )
         transport.close()
         server.close()
         await server.wait_closed()
+        await lost
 
     assert unclosed_after(loop, main) == []
 
@@ -230,11 +244,15 @@ def test_server_closed_with_connections_waiting(loop):
 
 def test_start_server_serve_forever_cancelled(loop):
     async def main():
+        handled = loop.create_future()
+
         async def handle(reader, writer):
             try:
                 await reader.read()
             finally:
                 writer.close()
+                await writer.wait_closed()
+                handled.set_result(None)
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         task = loop.create_task(server.serve_forever())
@@ -246,6 +264,7 @@ def test_start_server_serve_forever_cancelled(loop):
         with pytest.raises(asyncio.CancelledError):
             await task
         task = None
+        await handled
 
     assert unclosed_after(loop, main) == []
 
