@@ -59,7 +59,8 @@ def _pyenv_root() -> Path:
 
 def _runs_as(exe: str | Path, version: str) -> bool:
     """True if ``exe`` starts and is CPython ``version`` (pyenv shims for other versions fail)."""
-    probe = "import sys, platform; print('%d.%d' % sys.version_info[:2], platform.python_implementation())"
+    probe = ("import sys, platform; "
+             "print('%d.%d' % sys.version_info[:2], platform.python_implementation())")
     try:
         out = subprocess.run([str(exe), "-c", probe], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
@@ -119,7 +120,7 @@ import hashlib, os, sys, sysconfig
 import tokioloop._tokioloop as ext
 path = os.path.realpath(ext.__file__)
 assert path.startswith(os.path.realpath(sys.prefix) + os.sep), f"{path} is not inside {sys.prefix}"
-assert path.endswith(sysconfig.get_config_var("EXT_SUFFIX")), f"{path} is not built for {sys.version}"
+assert path.endswith(sysconfig.get_config_var("EXT_SUFFIX")), f"{path} not built for {sys.version}"
 print(path, hashlib.sha256(open(path, "rb").read()).hexdigest())
 """
 
@@ -130,7 +131,8 @@ def _junit_counts(path: Path) -> dict | None:
     except (OSError, ET.ParseError):
         return None
     suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
-    total = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    keys = ("tests", "failures", "errors", "skipped")
+    total = {k: sum(int(s.get(k, 0)) for s in suites) for k in keys}
     total["passed"] = total["tests"] - total["failures"] - total["errors"] - total["skipped"]
     return total
 
@@ -162,7 +164,8 @@ def tests(session: nox.Session) -> None:
     for other in PYTHONS:
         record = TARGET / f"extension-{other}.sha256"
         if other != version and record.exists() and record.read_text().strip() == digest:
-            session.error(f"the extension installed for {version} is the one built for {other}: stale build")
+            session.error(f"the extension installed for {version} is the one built for "
+                          f"{other}: stale build")
     (TARGET / f"extension-{version}.sha256").write_text(digest + "\n")
 
     junit = TARGET / f"junit-{version}.xml"
@@ -191,7 +194,8 @@ def summary(session: nox.Session) -> None:
             lines.append(f"tests-{version}: {why}")
             continue
         counts = result.get("counts")
-        timing = ", ".join(f"{k[:-2]} {result[k]:.0f} s" for k in ("build_s", "tests_s") if k in result)
+        timing = ", ".join(f"{k[:-2]} {result[k]:.0f} s"
+                           for k in ("build_s", "tests_s") if k in result)
         if counts is None:
             status = "no test report (failed before or while running pytest)"
             unreported.append(version)
@@ -205,7 +209,8 @@ def summary(session: nox.Session) -> None:
     for line in lines:
         print(line, flush=True)
     if unreported:
-        print(f"no test report from: {', '.join(unreported)} (see their sessions above)", flush=True)
+        print(f"no test report from: {', '.join(unreported)} (see their sessions above)",
+              flush=True)
     print(f"total: {totals['passed']} passed, {totals['failed']} failed, "
           f"{totals['skipped']} skipped", flush=True)
 
@@ -246,7 +251,7 @@ def _wheel_problems(session: nox.Session, version: str, wheels: list[Path],
             digest = (out or "").split()[-1:]
             for other, other_digest in digests.items():
                 if [other_digest] == digest:
-                    return [f"{version}: {wheel.name} holds the same extension as the {other} wheel"]
+                    return [f"{version}: {wheel.name} holds the {other} wheel's extension"]
             digests[version] = digest[0] if digest else ""
             step = "running examples/hello.py"
             session.run(python, str(ROOT / "examples" / "hello.py"), external=True, env=env)
