@@ -8,14 +8,11 @@ tuned down, or check for leaks, see this). Each test runs the operation with the
 then collects with ``DEBUG_SAVEALL`` and fails if an exception or a frame was only
 reachable through a cycle.
 
-The stdlib itself still leaks on some paths on the versions we run; those tests assert the
-stdlib's behaviour as it is (so a fixed stdlib is noticed) and tokioloop's as it should be:
-- happy eyeballs (``happy_eyeballs_delay``): fixed by gh-124858 in 3.12.8 and 3.13.1; 3.10 and
-  3.11 never got the fix;
-- ``sock_recv``/``sock_recv_into`` failing after a wait: the selector loop keeps its future in
-  the awaiting frame on every version we test;
-- ``sock_sendfile`` whose os.sendfile fails at once (then falls back): the same, for the
-  SendfileNotAvailableError it catches.
+The stdlib itself still leaks on some paths on the versions we run (named in
+``_stdlib.STDLIB_BUGS``: happy eyeballs before gh-124858's fix, ``sock_recv``/``sock_recv_into``
+failing after a wait, ``sock_sendfile`` falling back after a failed os.sendfile); those tests
+assert the stdlib's behaviour as it is, so a fixed stdlib is noticed, and tokioloop's as it
+should be.
 """
 
 import asyncio
@@ -23,23 +20,13 @@ import gc
 import io
 import socket
 import struct
-import sys
 import tempfile
 import types
 
 import pytest
 
 from _netutil import connect_from_busy_address, free_port, serve_on_busy_address
-
-
-# gh-124858's fix (happy eyeballs refcycles): 3.12.8 and 3.13.1.
-STDLIB_HAPPY_EYEBALLS_LEAKS = sys.version_info < (3, 12, 8) or (
-    (3, 13) <= sys.version_info < (3, 13, 1)
-)
-# The selector loop's sock_recv/sock_recv_into keep `fut` in the frame the error passes.
-STDLIB_SOCK_RECV_LEAKS = True
-# ... and its sock_sendfile keeps the future its os.sendfile failure was set on.
-STDLIB_SOCK_SENDFILE_LEAKS = True
+from _stdlib import requires, stdlib_has_bug
 
 
 def cycle_garbage(loop, make_coro, repeat=2):
@@ -70,8 +57,10 @@ def _describe(obj):
     return repr(obj)
 
 
-def expect_no_cycles(loop_kind, garbage, stdlib_leaks=False):
-    if loop_kind == "asyncio" and stdlib_leaks:
+def expect_no_cycles(loop_kind, garbage, stdlib_bug=None):
+    """No cycle garbage; on the stdlib half, the garbage of ``stdlib_bug`` (see _stdlib.py)
+    where the running stdlib has that bug."""
+    if stdlib_bug is not None and stdlib_has_bug(loop_kind, stdlib_bug):
         # Document the stdlib's own leak; the test exists for tokioloop's behaviour.
         assert garbage, "the stdlib no longer leaks here: drop the exemption"
         return
@@ -140,10 +129,10 @@ def test_create_connection_happy_eyeballs_refused(loop, loop_kind):
                 asyncio.Protocol, "127.0.0.1", free_port(), happy_eyeballs_delay=0.05
             )
 
-    expect_no_cycles(loop_kind, cycle_garbage(loop, attempt), STDLIB_HAPPY_EYEBALLS_LEAKS)
+    expect_no_cycles(loop_kind, cycle_garbage(loop, attempt), "happy_eyeballs_exception_cycle")
 
 
-@pytest.mark.skipif(sys.version_info < (3, 12), reason="all_errors is 3.12+")
+@requires("create_connection", "all_errors")
 def test_create_connection_all_errors(loop, loop_kind):
     async def attempt():
         with pytest.raises(ExceptionGroup):
@@ -230,7 +219,7 @@ def test_sock_recv_reset_while_waiting(loop, loop_kind, method):
             with pytest.raises(ConnectionResetError):
                 await getattr(loop, method)(client, arg)
 
-    expect_no_cycles(loop_kind, cycle_garbage(loop, attempt), STDLIB_SOCK_RECV_LEAKS)
+    expect_no_cycles(loop_kind, cycle_garbage(loop, attempt), "sock_recv_exception_cycle")
 
 
 def test_sock_recv_reset_at_once(loop, loop_kind):
@@ -280,7 +269,7 @@ def test_sock_sendfile_peer_reset(loop, loop_kind):
             with pytest.raises(OSError):
                 await loop.sock_sendfile(client, file)
 
-    expect_no_cycles(loop_kind, cycle_garbage(loop, attempt), STDLIB_SOCK_SENDFILE_LEAKS)
+    expect_no_cycles(loop_kind, cycle_garbage(loop, attempt), "sock_sendfile_exception_cycle")
 
 
 def test_serve_forever_cancelled(loop, loop_kind):

@@ -6,12 +6,14 @@ on 3.10 this checks that ``sock_sendto`` is absent and ``create_task(context=)``
 """
 
 import asyncio
+import contextvars
 import socket
 
 import pytest
 from _stdlib import loop_has, server_has
+from tokioloop import _compat
 
-METHODS = ["sock_recvfrom", "sock_recvfrom_into", "sock_sendto", "shutdown_default_executor"]
+METHODS = ["sock_recvfrom", "sock_recvfrom_into", "sock_sendto"]
 
 # (method, keyword, arguments that are otherwise valid)
 KEYWORDS = [
@@ -63,8 +65,6 @@ def test_create_task_context_keyword(loop):
     coro = work()
     try:
         if loop_has("create_task", "context"):
-            import contextvars
-
             task = loop.create_task(coro, context=contextvars.copy_context())
             assert loop.run_until_complete(task) == 1
         else:
@@ -77,8 +77,6 @@ def test_create_task_context_keyword(loop):
 def test_exception_handler_context(loop, exc_contexts):
     """3.12+ runs a custom exception handler in the failing callback's context (gh-96704);
     the stdlib half tells which applies on this version."""
-    import contextvars
-
     var = contextvars.ContextVar("var", default="outside")
     seen = []
 
@@ -92,6 +90,4 @@ def test_exception_handler_context(loop, exc_contexts):
     loop.set_exception_handler(handler)
     loop.call_soon(callback)
     loop.run_until_complete(asyncio.sleep(0))
-    from tokioloop import _compat
-
     assert seen == ["inside" if _compat.EXCEPTION_HANDLER_IN_CALLBACK_CONTEXT else "outside"]

@@ -17,7 +17,6 @@ import asyncio
 import functools
 import inspect
 import sys
-from asyncio import base_events
 
 VERSION = sys.version_info[:2]
 
@@ -34,25 +33,15 @@ HAS_POLICIES = VERSION < (3, 16)
 EXCEPTION_HANDLER_IN_CALLBACK_CONTEXT = VERSION >= (3, 12)
 
 
-def _loop_parameters(name):
-    method = getattr(base_events.BaseEventLoop, name, None)
-    if method is None:
-        return frozenset()
-    return frozenset(inspect.signature(method).parameters)
-
-
 #: ``create_unix_server(cleanup_socket=)``: the socket file is removed when the server closes
 #: (3.13+); before it asyncio leaves the file in place.
 UNIX_SERVER_CLEANUP = "cleanup_socket" in inspect.signature(
-    asyncio.unix_events._UnixSelectorEventLoop.create_unix_server
-).parameters if sys.platform != "win32" else False
+    asyncio.SelectorEventLoop.create_unix_server
+).parameters
 
 #: asyncio's "error while attempting to bind" message quotes the whole OSError (3.13+) rather
 #: than its strerror. A message change: by version.
 BIND_ERROR_NAMES_WHOLE_ERROR = VERSION >= (3, 13)
-
-#: ``shutdown_default_executor(timeout=)`` (3.12+).
-EXECUTOR_SHUTDOWN_TIMEOUT = "timeout" in _loop_parameters("shutdown_default_executor")
 
 #: ``set_default_executor`` refuses anything but a ThreadPoolExecutor (3.11+); 3.10 warns.
 DEFAULT_EXECUTOR_MUST_BE_THREAD_POOL = VERSION >= (3, 11)
@@ -60,9 +49,6 @@ DEFAULT_EXECUTOR_MUST_BE_THREAD_POOL = VERSION >= (3, 11)
 #: ``Server.wait_closed()`` on a closed server waits for its connections to go (3.12.1+, CPython
 #: gh-79033); before it, it returns at once once the server is closed. A body change: by version.
 WAIT_CLOSED_WAITS_FOR_CLIENTS = sys.version_info >= (3, 12, 1)
-
-#: ``asyncio.Server.close_clients()`` / ``abort_clients()`` (3.13+).
-SERVER_CLOSES_CLIENTS = hasattr(base_events.Server, "close_clients")
 
 
 class _Absent:
@@ -121,14 +107,13 @@ def _parameter_gate(func, reference_signature):
     return gated
 
 
-def conform_to_stdlib(cls, reference, *, own=()):
+def conform_to_stdlib(cls, reference):
     """Give ``cls`` the running version's API shape of ``reference`` (see the module doc).
 
-    ``own`` names public attributes that are tokioloop's own additions, kept on every version.
     Methods written natively (builtins) gate themselves and are left alone.
     """
     for name in dir(cls):
-        if name.startswith("_") or name in own:
+        if name.startswith("_"):
             continue
         attr = inspect.getattr_static(cls, name)
         if not callable(attr):

@@ -80,6 +80,14 @@ pub struct LoopCore {
     runtime: Option<Runtime>,
 }
 
+/// The error for using a loop in a process forked from the one that made it.
+pub(crate) fn forked_error() -> PyErr {
+    PyRuntimeError::new_err(
+        "this event loop was created in another process and cannot be used after fork(); \
+         create a new one with tokioloop.new_event_loop()",
+    )
+}
+
 fn current_thread_ident() -> u64 {
     // SAFETY: pthread_self has no preconditions. CPython's threading.get_ident() is this value.
     unsafe { libc::pthread_self() as u64 }
@@ -109,12 +117,15 @@ impl LoopCore {
         self.abandoned.load(Ordering::Relaxed)
     }
 
+    /// True in a process other than the one that made this loop (a forked child). Asks the
+    /// kernel for the pid unless the fork is already known: not for per-turn use.
+    fn in_other_process(&self) -> bool {
+        self.abandoned_by_fork() || std::process::id() != self.creator_pid
+    }
+
     fn check_same_process(&self) -> PyResult<()> {
-        if self.abandoned_by_fork() || std::process::id() != self.creator_pid {
-            return Err(PyRuntimeError::new_err(
-                "this event loop was created in another process and cannot be used after fork(); \
-                 create a new one with tokioloop.new_event_loop()",
-            ));
+        if self.in_other_process() {
+            return Err(forked_error());
         }
         Ok(())
     }
@@ -616,7 +627,7 @@ impl LoopCore {
             let mut state = self.state.lock();
             (std::mem::take(&mut state.ready), state.timers.drain())
         };
-        let fd_handles = if self.abandoned_by_fork() || std::process::id() != self.creator_pid {
+        let fd_handles = if self.in_other_process() {
             self.io.lock().abandon()
         } else {
             self.io.lock().drain()
@@ -828,7 +839,7 @@ impl Drop for LoopCore {
     fn drop(&mut self) {
         // Registrations deregister through the runtime's reactor: drop them first. Then let
         // the runtime go without blocking — this may run inside another loop's block_on.
-        if self.abandoned_by_fork() || std::process::id() != self.creator_pid {
+        if self.in_other_process() {
             // A forked child: the reactor's epoll instance is shared with the parent, and the
             // scheduler may be mid-turn in the parent's copy. Leak both rather than touch them.
             std::mem::forget(self.io.get_mut().abandon());

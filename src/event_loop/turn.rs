@@ -20,7 +20,6 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use tokio::runtime::Runtime;
@@ -93,10 +92,7 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
         }
         if core.abandoned_by_fork() {
             // A callback forked and this is the child, back in the parent's loop.
-            return Err(PyRuntimeError::new_err(
-                "this event loop was created in another process and cannot be used after fork(); \
-                 create a new one with tokioloop.new_event_loop()",
-            ));
+            return Err(super::forked_error());
         }
     }
 }
