@@ -176,13 +176,21 @@ impl Callback {
         if cancelled {
             parts.push("cancelled".to_owned());
         }
-        if let Some(own) = self.parts() {
+        // Owned references: the Python code below could cancel the handle, releasing its parts.
+        let own = self.parts().map(|p| {
+            (
+                p.function.clone_ref(py),
+                p.args.clone_ref(py),
+                p.source_traceback.as_ref().map(|tb| tb.clone_ref(py)),
+            )
+        });
+        if let Some((function, args, traceback)) = own {
             let source = py
                 .import("asyncio.format_helpers")?
                 .getattr("_format_callback_source")?
-                .call1((own.function.bind(py), own.args.bind(py)))?;
+                .call1((function.bind(py), args.bind(py)))?;
             parts.push(source.extract::<String>()?);
-            if let Some(tb) = &own.source_traceback {
+            if let Some(tb) = &traceback {
                 let tb = tb.bind(py);
                 if tb.len()? > 0 {
                     let frame = tb.get_item(-1)?;
@@ -336,8 +344,20 @@ impl TimerHandle {
 #[pymethods]
 impl TimerHandle {
     fn cancel(&self) {
-        if !self.cancelled.swap(true, Ordering::Relaxed) && self.scheduled.load(Ordering::Relaxed) {
-            self.cancelled_in_heap.fetch_add(1, Ordering::Relaxed);
+        if self.cancelled.swap(true, Ordering::Relaxed) || !self.scheduled.load(Ordering::Relaxed) {
+            return;
+        }
+        self.cancelled_in_heap.fetch_add(1, Ordering::Relaxed);
+        // asyncio lets go of a cancelled handle's callback and arguments at once (outside debug
+        // mode, where repr still shows them): a timeout's bound method must not keep its
+        // object alive until the heap is next compacted. While scheduled, the handle sits in
+        // the heap, so it is not running; releasing here is on the GIL, as `release` requires.
+        if self
+            .callback
+            .parts()
+            .is_some_and(|parts| parts.source_traceback.is_none())
+        {
+            drop(self.callback.release());
         }
     }
 

@@ -561,38 +561,6 @@ def test_create_connection_bad_arguments(loop, kwargs, error, message):
             sock.close()
 
 
-@tokioloop_only
-def test_ssl_not_built_yet(loop, tmp_path):
-    ctx = ssl.create_default_context()
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-
-    async def main():
-        with pytest.raises(NotImplementedError, match=r"loop\.create_connection\(ssl=\.\.\.\)"):
-            await loop.create_connection(asyncio.Protocol, "127.0.0.1", 1, ssl=ctx)
-        with pytest.raises(NotImplementedError, match=r"loop\.create_connection\(ssl=\.\.\.\)"):
-            await loop.create_connection(asyncio.Protocol, "127.0.0.1", 1, ssl=True)
-        with pytest.raises(NotImplementedError, match=r"create_server\(ssl=\.\.\.\)"):
-            await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, ssl=server_ctx)
-        with pytest.raises(NotImplementedError, match=r"create_unix_connection\(ssl=\.\.\.\)"):
-            await loop.create_unix_connection(
-                asyncio.Protocol, str(tmp_path / "s"), ssl=ctx, server_hostname=""
-            )
-        with pytest.raises(NotImplementedError, match=r"create_unix_server\(ssl=\.\.\.\)"):
-            await loop.create_unix_server(asyncio.Protocol, str(tmp_path / "s"), ssl=server_ctx)
-        a, b = socket.socketpair()
-        with a, b:
-            with pytest.raises(NotImplementedError, match=r"connect_accepted_socket\(ssl=\.\.\.\)"):
-                await loop.connect_accepted_socket(asyncio.Protocol, a, ssl=server_ctx)
-        # asyncio's argument checks still come first.
-        with pytest.raises(ValueError, match="You must set server_hostname"):
-            await loop.create_connection(asyncio.Protocol, port=1, ssl=ctx)
-        with pytest.raises(ValueError, match="you have to pass server_hostname"):
-            await loop.create_unix_connection(asyncio.Protocol, str(tmp_path / "s"), ssl=ctx)
-
-    loop.run_until_complete(main())
-    assert not (tmp_path / "s").exists()
-
-
 # -- Unix connections ------------------------------------------------------------------------
 
 

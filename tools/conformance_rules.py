@@ -78,7 +78,9 @@ def version_matches(spec, version=None):
     return True
 
 #: Areas tokioloop has built; every test of these areas is checked by ``--check``.
-BUILT_AREAS = frozenset({"core", "dns", "sockets", "tcp", "unix", "servers", "streams", "sendfile"})
+BUILT_AREAS = frozenset(
+    {"core", "dns", "sockets", "tcp", "unix", "servers", "streams", "sendfile", "tls"}
+)
 
 #: Loop methods named by tokioloop's NotImplementedError, and the area each belongs to. Used as
 #: a fallback for tests that no area rule covers but that stopped at a method not built yet.

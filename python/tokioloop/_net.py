@@ -6,8 +6,8 @@ Everything here is Python on top of the loop's native pieces: ``getaddrinfo`` fo
 ``_make_socket_transport`` (see ``_transport.py``) for the transport every path ends in.
 Argument checking, error messages and the order things happen in follow stdlib asyncio's
 ``BaseEventLoop`` / ``_UnixSelectorEventLoop``, with the newest API: ``all_errors`` (3.12),
-``keep_alive`` and ``cleanup_socket`` (3.13). TLS is not built yet: any ``ssl`` request is
-checked as asyncio checks it, then refused with ``NotImplementedError``.
+``keep_alive`` and ``cleanup_socket`` (3.13). With ``ssl``, the transport is the TLS layer's
+(``_tls.py``), stacked on the socket transport.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from asyncio.log import logger
 from . import _compat
 from ._server import Server, _stat_path, _unlink_path
 from ._sock import _reject_ssl_socket
+from ._tls import context_from_ssl_argument
 
 _HAS_IPv6 = hasattr(socket, "AF_INET6")
 
@@ -32,10 +33,18 @@ _ACCEPT_RESOURCE_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, 
 
 _SENDFILE_FALLBACK_CHUNK = 16384  # what asyncio's transport fallback reads per step
 
-def _ssl_not_built(method):
-    return NotImplementedError(
-        f"tokioloop does not implement loop.{method}(ssl=...) yet: TLS is not built"
-    )
+class _Tls:
+    """What a connection path needs to put TLS on a socket: ``ssl=`` and its companions."""
+
+    __slots__ = ("context", "server_side", "server_hostname", "handshake_timeout",
+                 "shutdown_timeout")
+
+    def __init__(self, ssl, server_side, server_hostname, handshake_timeout, shutdown_timeout):
+        self.context = context_from_ssl_argument(ssl)
+        self.server_side = server_side
+        self.server_hostname = server_hostname
+        self.handshake_timeout = handshake_timeout
+        self.shutdown_timeout = shutdown_timeout
 
 
 def _bind_error_text(exc):
@@ -170,8 +179,10 @@ class NetSupport:
             host is not None or port is not None, sock, "host/port",
             "host and port was not specified and no sock specified", _check_stream,
         )
+        tls = None
         if ssl:
-            raise _ssl_not_built("create_connection")
+            tls = _Tls(ssl, False, host if server_hostname is None else server_hostname,
+                       ssl_handshake_timeout, ssl_shutdown_timeout)
 
         if happy_eyeballs_delay is not None and interleave is None:
             interleave = 1  # happy eyeballs alternates families unless told otherwise
@@ -182,7 +193,9 @@ class NetSupport:
                 host, port, family, proto, flags, local_addr, happy_eyeballs_delay, interleave,
                 all_errors,
             )
-        transport, protocol = await self._net_make_transport(sock, protocol_factory, own_sock)
+        transport, protocol = await self._net_make_transport(
+            sock, protocol_factory, own_sock, tls
+        )
         if self.get_debug():
             logger.debug(
                 "%r connected to %s:%r: (%r, %r)",
@@ -325,14 +338,15 @@ class NetSupport:
             raise errors.pop()  # re-recorded by the caller, as asyncio does
         raise OSError(f"no matching local address with family={family!r} found")
 
-    async def _net_make_transport(self, sock, protocol_factory, own_sock):
-        """Build the transport on a connected socket; wait until it is set up.
+    async def _net_make_transport(self, sock, protocol_factory, own_sock, tls=None):
+        """Build the transport (with ``tls``, a TLS one) on a connected socket; wait until it
+        is set up (for TLS: handshaken).
 
         A socket this loop created is closed if no transport could take it over."""
         try:
             sock.setblocking(False)
             protocol = protocol_factory()
-            transport, set_up = self._net_new_transport(sock, protocol)
+            transport, set_up = self._net_new_transport(sock, protocol, tls)
         except BaseException:
             if own_sock:
                 sock.close()
@@ -340,11 +354,19 @@ class NetSupport:
         await set_up
         return transport, protocol
 
-    def _net_new_transport(self, sock, protocol, **kwargs):
-        """Make the socket transport for ``protocol`` on ``sock``. Returns it and a coroutine
-        to await at once: it waits until the transport is set up, closing it if that fails."""
+    def _net_new_transport(self, sock, protocol, tls, **kwargs):
+        """Make the transport for ``protocol`` on ``sock`` (with ``tls``, a TLS transport).
+        Returns it and a coroutine to await at once: it waits until the transport is set up,
+        closing it if that fails."""
         waiter = self.create_future()
-        transport = self._make_socket_transport(sock, protocol, waiter, **kwargs)
+        if tls is None:
+            transport = self._make_socket_transport(sock, protocol, waiter, **kwargs)
+        else:
+            transport = self._make_ssl_transport(
+                sock, protocol, tls.context, waiter, server_side=tls.server_side,
+                server_hostname=tls.server_hostname, ssl_handshake_timeout=tls.handshake_timeout,
+                ssl_shutdown_timeout=tls.shutdown_timeout, **kwargs,
+            )
         return transport, self._net_transport_set_up(transport, waiter)
 
     @staticmethod
@@ -375,8 +397,9 @@ class NetSupport:
         )
         if path is not None:
             path = os.fspath(path)
+        tls = None
         if ssl:
-            raise _ssl_not_built("create_unix_connection")
+            tls = _Tls(ssl, False, server_hostname, ssl_handshake_timeout, ssl_shutdown_timeout)
 
         own_sock = path is not None
         if own_sock:
@@ -389,7 +412,7 @@ class NetSupport:
                 raise
         else:
             sock.setblocking(False)
-        return await self._net_make_transport(sock, protocol_factory, own_sock)
+        return await self._net_make_transport(sock, protocol_factory, own_sock, tls)
 
     async def connect_accepted_socket(
         self, protocol_factory, sock, *, ssl=None, ssl_handshake_timeout=None,
@@ -399,9 +422,12 @@ class NetSupport:
         _check_stream(sock)
         _check_ssl_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         _reject_ssl_socket(sock)
+        tls = None
         if ssl:
-            raise _ssl_not_built("connect_accepted_socket")
-        transport, protocol = await self._net_make_transport(sock, protocol_factory, False)
+            if isinstance(ssl, bool):
+                raise ValueError("Server side SSL needs a valid SSLContext")
+            tls = _Tls(ssl, True, "", ssl_handshake_timeout, ssl_shutdown_timeout)
+        transport, protocol = await self._net_make_transport(sock, protocol_factory, False, tls)
         if self.get_debug():
             logger.debug(
                 "%r handled: (%r, %r)", transport.get_extra_info("socket"), transport, protocol
@@ -427,8 +453,9 @@ class NetSupport:
             host is not None or port is not None, sock, "host/port",
             "Neither host/port nor sock were specified", _check_stream,
         )
-        if ssl is not None:
-            raise _ssl_not_built("create_server")
+        tls = None
+        if ssl:
+            tls = _Tls(ssl, True, None, ssl_handshake_timeout, ssl_shutdown_timeout)
 
         own_sockets = sock is None
         if own_sockets:
@@ -447,7 +474,7 @@ class NetSupport:
                 for listener in sockets:
                     listener.close()
             raise
-        server = Server(self, sockets, protocol_factory, backlog, keep_alive=keep_alive)
+        server = Server(self, sockets, protocol_factory, backlog, keep_alive=keep_alive, tls=tls)
         await self._net_start_server(server, start_serving, own_sockets)
         if self.get_debug():
             logger.info("%r is serving", server)
@@ -542,8 +569,9 @@ class NetSupport:
         )
         if path is not None:
             path = os.fspath(path)
+        tls = None
         if ssl:
-            raise _ssl_not_built("create_unix_server")
+            tls = _Tls(ssl, True, None, ssl_handshake_timeout, ssl_shutdown_timeout)
 
         own_sock = path is not None
         if own_sock:
@@ -564,7 +592,7 @@ class NetSupport:
             if own_sock:
                 sock.close()
             raise
-        server = Server(self, [sock], protocol_factory, backlog, unix_paths=unix_paths)
+        server = Server(self, [sock], protocol_factory, backlog, unix_paths=unix_paths, tls=tls)
         return await self._net_start_server(server, start_serving, own_sock)
 
     @staticmethod
@@ -664,7 +692,7 @@ class NetSupport:
                 return
             protocol = server._protocol_factory()
             transport, set_up = self._net_new_transport(
-                conn, protocol, extra=extra, server=server
+                conn, protocol, server._tls, extra=extra, server=server
             )
             await set_up
         except (SystemExit, KeyboardInterrupt):

@@ -40,12 +40,14 @@ class Server(asyncio.AbstractServer):
     """A listening server; made by ``loop.create_server`` / ``loop.create_unix_server``."""
 
     def __init__(self, loop, sockets, protocol_factory, backlog, *, keep_alive=False,
-                 unix_paths=None):
+                 unix_paths=None, tls=None):
         self._loop = loop
         self._sockets = list(sockets)
         self._protocol_factory = protocol_factory
         self._backlog = backlog
         self._keep_alive = bool(keep_alive)
+        # TLS for each accepted connection (``_net._Tls``), or None.
+        self._tls = tls
         # Listening socket -> (path, st_dev, st_ino) of the Unix socket file to unlink on close.
         self._unix_paths = dict(unix_paths or {})
         # Weak, so an abandoned transport can still be noticed (and warned about) by its __del__.

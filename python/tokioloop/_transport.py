@@ -58,6 +58,7 @@ class SocketTransport(transports.Transport):
     """An ``asyncio.Transport`` over a connected stream socket, reading and writing natively."""
 
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    _start_tls_compatible = True
 
     _closing = _engine_state("_closing")
     _conn_lost = _engine_state("_conn_lost")

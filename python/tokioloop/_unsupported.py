@@ -8,7 +8,6 @@ they are built natively, and leave this list.
 from __future__ import annotations
 
 NOT_YET_BUILT = (
-    "start_tls",
     "create_datagram_endpoint",
     "connect_read_pipe",
     "connect_write_pipe",
