@@ -27,6 +27,12 @@ HAS_RUNNER = hasattr(asyncio, "Runner")
 POLICIES_DEPRECATED = VERSION >= (3, 14)
 HAS_POLICIES = VERSION < (3, 16)
 
+#: asyncio's TLS layer (``sslproto``): 3.11 replaced 3.10's design (an ``_SSLPipe`` under a
+#: plain Protocol) with the buffered state machine tokioloop implements natively. On 3.10 the
+#: running version's own layer is used, so its semantics stay 3.10's. Detected by the new
+#: layer's state enum.
+NATIVE_TLS = hasattr(__import__("asyncio.sslproto").sslproto, "SSLProtocolState")
+
 #: A custom exception handler runs inside the failing task's or handle's context (3.12+,
 #: CPython gh-96704). The change is inside ``call_exception_handler``'s body: no attribute
 #: tells it, so the version does.

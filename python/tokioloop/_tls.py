@@ -13,17 +13,545 @@ loop method of its own.
 
 from __future__ import annotations
 
-from asyncio import sslproto
+import enum
+import warnings
+from asyncio import constants, exceptions, protocols, sslproto, transports
+from asyncio.log import logger
+
+from . import _compat
+from ._tokioloop import TlsLayer
 
 try:
     import ssl
 except ImportError:  # pragma: no cover - interpreter built without ssl
     ssl = None
 
+if ssl is not None:
+    # What asyncio reads as "OpenSSL needs more input first".
+    _AGAIN = (ssl.SSLWantReadError, ssl.SSLSyscallError)
+
 
 def tls_protocol_class():
-    """The class of the TLS layer: built like asyncio's ``sslproto.SSLProtocol``."""
-    return sslproto.SSLProtocol
+    """The class of the TLS layer: built like asyncio's ``sslproto.SSLProtocol``. On 3.10
+    that is 3.10's own (an older design, with other semantics); from 3.11, tokioloop's."""
+    return SSLLayer if _compat.NATIVE_TLS else sslproto.SSLProtocol
+
+
+class _State(enum.IntEnum):
+    """The TLS state machine (the codes are the native half's)."""
+
+    UNWRAPPED = 0
+    DO_HANDSHAKE = 1
+    WRAPPED = 2
+    FLUSHING = 3
+    SHUTDOWN = 4
+
+
+# Every state may fall back to UNWRAPPED; otherwise only these steps are allowed.
+_STEPS = frozenset({
+    (_State.UNWRAPPED, _State.DO_HANDSHAKE),
+    (_State.DO_HANDSHAKE, _State.WRAPPED),
+    (_State.WRAPPED, _State.FLUSHING),
+    (_State.FLUSHING, _State.SHUTDOWN),
+})
+
+
+class _App(enum.Enum):
+    """What the application protocol has been told: INIT -> CON_MADE [-> EOF] -> CON_LOST."""
+
+    INIT = "INIT"
+    CON_MADE = "CON_MADE"
+    EOF = "EOF"
+    CON_LOST = "CON_LOST"
+
+
+def _water_marks(high, low, default_kib):
+    """asyncio's rule for a (high, low) pair: only low given means high = 4 * low; only high
+    given means low = high // 4; neither means the default."""
+    if high is None:
+        high = default_kib * 1024 if low is None else 4 * low
+    if low is None:
+        low = high // 4
+    if not high >= low >= 0:
+        raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+    return high, low
+
+
+def _positive_timeout(name, value, default):
+    if value is None:
+        return default
+    if value <= 0:
+        raise ValueError(f"{name} should be a positive number, got {value}")
+    return value
+
+
+class SSLLayer(TlsLayer, protocols.BufferedProtocol):
+    """The TLS protocol between a transport carrying ciphertext and the application.
+
+    Built as asyncio's ``sslproto.SSLProtocol`` is, with its semantics (3.13's, which fix
+    gh-113214: an abort passes its error down). The per-record work (reading, writing, the
+    flow-control checks) is the native base class's; the transitions are here."""
+
+    def __init__(self, loop, app_protocol, sslcontext, waiter, server_side=False,
+                 server_hostname=None, call_connection_made=True, ssl_handshake_timeout=None,
+                 ssl_shutdown_timeout=None):
+        if ssl is None:
+            raise RuntimeError("stdlib ssl module not available")
+        self._ssl_handshake_timeout = _positive_timeout(
+            "ssl_handshake_timeout", ssl_handshake_timeout, constants.SSL_HANDSHAKE_TIMEOUT
+        )
+        self._ssl_shutdown_timeout = _positive_timeout(
+            "ssl_shutdown_timeout", ssl_shutdown_timeout, constants.SSL_SHUTDOWN_TIMEOUT
+        )
+        if not sslcontext:
+            if server_side:
+                raise ValueError("Server side SSL needs a valid SSLContext")
+            # ssl=True: a fresh default context, looked up through the module (mockable).
+            sslcontext = ssl.create_default_context()
+            if not server_hostname:
+                sslcontext.check_hostname = False
+        self._server_side = server_side
+        self._server_hostname = server_hostname if server_hostname and not server_side else None
+        self._sslcontext = sslcontext
+        self._extra = {"sslcontext": sslcontext}
+        self._waiter = waiter
+        self._loop = loop
+        self._set_app_protocol(app_protocol)
+        self._app_transport = None
+        self._app_transport_created = False
+        self._app_state = _App.INIT if call_connection_made else _App.CON_MADE
+        self._eof_received = False
+        self._handshake_start_time = None
+        self._handshake_timeout_handle = None
+        self._shutdown_timeout_handle = None
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._sslobj = sslcontext.wrap_bio(
+            self._incoming, self._outgoing, server_side=server_side,
+            server_hostname=self._server_hostname,
+        )
+        # The hot path calls the C object behind the SSLObject: no Python frame per record.
+        engine = getattr(self._sslobj, "_sslobj", self._sslobj)
+        self._bind_engine(loop, engine, self._incoming, self._outgoing)
+        self._get_app_transport()
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self._state.name}>"
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def _state(self):
+        return _State(self._state_code)
+
+    def _set_state(self, new_state):
+        if new_state is not _State.UNWRAPPED and (self._state, new_state) not in _STEPS:
+            raise RuntimeError(f"cannot switch state from {self._state} to {new_state}")
+        self._state_code = new_state
+
+    def _set_app_protocol(self, app_protocol):
+        buffered = hasattr(app_protocol, "get_buffer") and isinstance(
+            app_protocol, protocols.BufferedProtocol
+        )
+        self._bind_app_protocol(app_protocol, buffered)
+
+    def _wakeup_waiter(self, exc=None):
+        waiter = self._waiter
+        if waiter is None:
+            return
+        self._waiter = None
+        if not waiter.cancelled():
+            if exc is not None:
+                waiter.set_exception(exc)
+            else:
+                waiter.set_result(None)
+
+    def _get_app_transport(self):
+        if self._app_transport is None:
+            if self._app_transport_created:
+                raise RuntimeError("Creating _SSLProtocolTransport twice")
+            self._app_transport = SSLTransport(self._loop, self)
+            self._app_transport_created = True
+        return self._app_transport
+
+    def _get_extra_info(self, name, default=None):
+        if name in self._extra:
+            return self._extra[name]
+        transport = self._transport
+        if transport is not None:
+            return transport.get_extra_info(name, default)
+        return default
+
+    # -- the lower transport's protocol interface ------------------------------------------
+
+    def connection_made(self, transport):
+        self._bind_transport(transport)
+        self._start_handshake()
+
+    def connection_lost(self, exc):
+        self._clear_backlog()
+        self._outgoing.read()
+        self._conn_lost += 1
+        if self._app_transport is not None:
+            self._app_transport._closed = True
+        if self._state is not _State.DO_HANDSHAKE and self._app_state in (_App.CON_MADE, _App.EOF):
+            self._app_state = _App.CON_LOST
+            self._loop.call_soon(self._app_protocol.connection_lost, exc)
+        self._set_state(_State.UNWRAPPED)
+        self._bind_transport(None)
+        self._app_transport = None
+        self._bind_app_protocol(None, False)
+        self._wakeup_waiter(exc)
+        for name in ("_shutdown_timeout_handle", "_handshake_timeout_handle"):
+            handle = getattr(self, name)
+            if handle is not None:
+                handle.cancel()
+                setattr(self, name, None)
+
+    def eof_received(self):
+        self._eof_received = True
+        try:
+            if self._loop.get_debug():
+                logger.debug("%r received EOF", self)
+            state = self._state
+            if state is _State.DO_HANDSHAKE:
+                self._on_handshake_complete(ConnectionResetError)
+            elif state is _State.WRAPPED:
+                self._set_state(_State.FLUSHING)
+                if self._app_reading_paused:
+                    return True  # keep the socket until the application reads again
+                self._do_flush()
+            elif state is _State.FLUSHING:
+                self._do_write()
+                self._set_state(_State.SHUTDOWN)
+                self._do_shutdown()
+            elif state is _State.SHUTDOWN:
+                self._do_shutdown()
+        except Exception:
+            self._transport.close()
+            raise
+
+    def pause_writing(self):
+        """The lower transport's buffer is full: records now wait in the outgoing BIO."""
+        assert not self._ssl_writing_paused
+        self._ssl_writing_paused = True
+
+    def resume_writing(self):
+        assert self._ssl_writing_paused
+        self._ssl_writing_paused = False
+        self._process_outgoing()
+
+    # -- handshake ------------------------------------------------------------------------
+
+    def _start_handshake(self):
+        if self._loop.get_debug():
+            logger.debug("%r starts SSL handshake", self)
+            self._handshake_start_time = self._loop.time()
+        else:
+            self._handshake_start_time = None
+        self._set_state(_State.DO_HANDSHAKE)
+        self._handshake_timeout_handle = self._loop.call_later(
+            self._ssl_handshake_timeout, self._check_handshake_timeout
+        )
+        self._do_handshake()
+
+    def _check_handshake_timeout(self):
+        if self._state is _State.DO_HANDSHAKE:
+            self._fatal_error(ConnectionAbortedError(
+                f"SSL handshake is taking longer than {self._ssl_handshake_timeout} seconds: "
+                f"aborting the connection"
+            ))
+
+    def _do_handshake(self):
+        try:
+            self._sslobj.do_handshake()
+        except _AGAIN:
+            self._process_outgoing()
+        except ssl.SSLError as exc:
+            self._on_handshake_complete(exc)
+        else:
+            self._on_handshake_complete(None)
+
+    def _on_handshake_complete(self, handshake_exc):
+        if self._handshake_timeout_handle is not None:
+            self._handshake_timeout_handle.cancel()
+            self._handshake_timeout_handle = None
+        sslobj = self._sslobj
+        try:
+            if handshake_exc is not None:
+                raise handshake_exc
+            self._set_state(_State.WRAPPED)
+            peercert = sslobj.getpeercert()
+        except Exception as exc:
+            handshake_exc = None  # no frame -> exception cycle
+            self._set_state(_State.UNWRAPPED)
+            if isinstance(exc, ssl.CertificateError):
+                message = "SSL handshake failed on verifying the certificate"
+            else:
+                message = "SSL handshake failed"
+            self._fatal_error(exc, message)
+            self._wakeup_waiter(exc)
+            return
+        if self._loop.get_debug():
+            elapsed = self._loop.time() - self._handshake_start_time
+            logger.debug("%r: SSL handshake took %.1f ms", self, elapsed * 1e3)
+        self._extra.update(
+            peercert=peercert, cipher=sslobj.cipher(), compression=sslobj.compression(),
+            ssl_object=sslobj,
+        )
+        if self._app_state is _App.INIT:
+            self._app_state = _App.CON_MADE
+            self._app_protocol.connection_made(self._get_app_transport())
+        self._wakeup_waiter()
+        self._do_read()
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    def _start_shutdown(self):
+        state = self._state
+        if state in (_State.FLUSHING, _State.SHUTDOWN, _State.UNWRAPPED):
+            return
+        if self._app_transport is not None:
+            self._app_transport._closed = True
+        if state is _State.DO_HANDSHAKE:
+            self._abort(None)
+            return
+        self._set_state(_State.FLUSHING)
+        self._shutdown_timeout_handle = self._loop.call_later(
+            self._ssl_shutdown_timeout, self._check_shutdown_timeout
+        )
+        self._do_flush()
+
+    def _check_shutdown_timeout(self):
+        if self._state in (_State.FLUSHING, _State.SHUTDOWN):
+            self._transport._force_close(exceptions.TimeoutError("SSL shutdown timed out"))
+
+    def _do_flush(self):
+        self._do_read()
+        self._set_state(_State.SHUTDOWN)
+        self._do_shutdown()
+
+    def _do_shutdown(self):
+        try:
+            if not self._eof_received:
+                self._sslobj.unwrap()
+        except _AGAIN:
+            self._process_outgoing()
+        except ssl.SSLError as exc:
+            self._on_shutdown_complete(exc)
+        else:
+            self._process_outgoing()
+            self._call_eof_received()
+            self._on_shutdown_complete(None)
+
+    def _on_shutdown_complete(self, shutdown_exc):
+        if self._shutdown_timeout_handle is not None:
+            self._shutdown_timeout_handle.cancel()
+            self._shutdown_timeout_handle = None
+        if shutdown_exc:
+            self._fatal_error(shutdown_exc)
+        else:
+            self._loop.call_soon(self._transport.close)
+
+    def _abort(self, exc):
+        self._set_state(_State.UNWRAPPED)
+        transport = self._transport
+        if transport is not None:
+            transport._force_close(exc)
+
+    def _call_eof_received(self):
+        try:
+            if self._app_state is _App.CON_MADE:
+                self._app_state = _App.EOF
+                if self._app_protocol.eof_received():
+                    logger.warning("returning true from eof_received() has no effect when using ssl")
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Error calling eof_received()")
+
+    def _fatal_error(self, exc, message="Fatal error on transport"):
+        transport = self._transport
+        if transport:
+            transport._force_close(exc)
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        elif not isinstance(exc, exceptions.CancelledError):
+            self._loop.call_exception_handler({
+                "message": message,
+                "exception": exc,
+                "transport": transport,
+                "protocol": self,
+            })
+
+    # -- flow control ---------------------------------------------------------------------
+
+    def _get_write_buffer_size(self):
+        return self._outgoing.pending + self._write_buffer_size
+
+    def _set_write_buffer_limits(self, high=None, low=None):
+        high, low = _water_marks(high, low, constants.FLOW_CONTROL_HIGH_WATER_SSL_WRITE)
+        self._outgoing_high_water = high
+        self._outgoing_low_water = low
+
+    def _control_app_writing(self):
+        size = self._get_write_buffer_size()
+        if size >= self._outgoing_high_water and not self._app_writing_paused:
+            self._app_writing_paused = True
+            self._tell_app("pause_writing")
+        elif size <= self._outgoing_low_water and self._app_writing_paused:
+            self._app_writing_paused = False
+            self._tell_app("resume_writing")
+
+    def _tell_app(self, method):
+        try:
+            getattr(self._app_protocol, method)()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": f"protocol.{method}() failed",
+                "exception": exc,
+                "transport": self._app_transport,
+                "protocol": self,
+            })
+
+    def _get_read_buffer_size(self):
+        return self._incoming.pending
+
+    def _set_read_buffer_limits(self, high=None, low=None):
+        high, low = _water_marks(high, low, constants.FLOW_CONTROL_HIGH_WATER_SSL_READ)
+        self._incoming_high_water = high
+        self._incoming_low_water = low
+
+    def _pause_reading(self):
+        self._app_reading_paused = True
+
+    def _resume_reading(self):
+        if self._app_reading_paused:
+            self._app_reading_paused = False
+            self._loop.call_soon(self._read_resumed)
+
+    def _read_resumed(self):
+        state = self._state
+        if state is _State.WRAPPED:
+            self._do_read()
+        elif state is _State.FLUSHING:
+            self._do_flush()
+        elif state is _State.SHUTDOWN:
+            self._do_shutdown()
+
+
+class SSLTransport(transports.Transport):
+    """The application's side of a TLS connection (asyncio's ``_SSLProtocolTransport``).
+
+    ``write`` is the native layer's own method: writing runs no Python frame."""
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.FALLBACK
+
+    def __init__(self, loop, ssl_protocol):
+        super().__init__()
+        self._loop = loop
+        self._ssl_protocol = ssl_protocol
+        self._closed = False
+        self.write = ssl_protocol._app_write
+
+    def __repr__(self):
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {state}>"
+
+    def __del__(self, _warn=warnings.warn):
+        if not getattr(self, "_closed", True):
+            self._closed = True
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+
+    def get_extra_info(self, name, default=None):
+        """sslcontext, and once handshaken peercert, cipher, compression and ssl_object;
+        other names are the lower transport's (socket, peername, sockname...)."""
+        return self._ssl_protocol._get_extra_info(name, default)
+
+    def set_protocol(self, protocol):
+        self._ssl_protocol._set_app_protocol(protocol)
+
+    def get_protocol(self):
+        return self._ssl_protocol._app_protocol
+
+    def is_closing(self):
+        return self._closed
+
+    def close(self):
+        """Flush what is queued, send close_notify, then close; connection_lost follows.
+
+        A transport already closed (by this call or by the peer) lets go of its TLS layer,
+        as asyncio's does, so that an application keeping the transport does not keep the
+        connection's objects (the SSLContext among them) alive. asyncio's transport then
+        fails every later call with AttributeError (cpython#98539); this one answers as a
+        closed transport instead."""
+        if not self._closed:
+            self._closed = True
+            self._ssl_protocol._start_shutdown()
+        else:
+            detached = self._ssl_protocol = _DetachedLayer()
+            self.write = detached._app_write
+
+    def abort(self):
+        """Close at once: queued data is dropped and no close_notify is sent."""
+        self._force_close(None)
+
+    def _force_close(self, exc):
+        self._closed = True
+        self._ssl_protocol._abort(exc)
+
+    def is_reading(self):
+        return not self._ssl_protocol._app_reading_paused
+
+    def pause_reading(self):
+        self._ssl_protocol._pause_reading()
+
+    def resume_reading(self):
+        self._ssl_protocol._resume_reading()
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self._ssl_protocol._set_write_buffer_limits(high, low)
+        self._ssl_protocol._control_app_writing()
+
+    def get_write_buffer_limits(self):
+        return (self._ssl_protocol._outgoing_low_water, self._ssl_protocol._outgoing_high_water)
+
+    def get_write_buffer_size(self):
+        return self._ssl_protocol._get_write_buffer_size()
+
+    def set_read_buffer_limits(self, high=None, low=None):
+        self._ssl_protocol._set_read_buffer_limits(high, low)
+        self._ssl_protocol._control_ssl_reading()
+
+    def get_read_buffer_limits(self):
+        return (self._ssl_protocol._incoming_low_water, self._ssl_protocol._incoming_high_water)
+
+    def get_read_buffer_size(self):
+        return self._ssl_protocol._get_read_buffer_size()
+
+    @property
+    def _protocol_paused(self):
+        # loop.sendfile's fallback reads this to know whether writing is paused.
+        return self._ssl_protocol._app_writing_paused
+
+    def writelines(self, list_of_data):
+        write = self._ssl_protocol._app_write_unchecked
+        for data in list_of_data:
+            write(data)
+
+    def write_eof(self):
+        raise NotImplementedError
+
+    def _test__append_write_backlog(self, data):
+        # asyncio's hook for its own tests (CPython's test_ssl fills the backlog with it).
+        self._ssl_protocol._append_backlog(data)
+
+    def can_write_eof(self):
+        return False
 
 
 def _tls_protocol(loop, app_protocol, sslcontext, waiter, server_side, server_hostname,
@@ -96,3 +624,56 @@ class TlsSupport:
         finally:
             waiter = None  # no traceback -> frame -> exception cycle
         return tls._app_transport
+
+
+class _DetachedLayer:
+    """What a closed SSLTransport talks to once it has let go of its TLS layer: nothing is
+    sent or received any more, writes are dropped (and logged, as after any close), and
+    extra info is gone."""
+
+    _app_protocol = None
+    _app_reading_paused = True
+    _app_writing_paused = False
+    _outgoing_low_water, _outgoing_high_water = (
+        _water_marks(None, None, constants.FLOW_CONTROL_HIGH_WATER_SSL_WRITE)[::-1]
+    )
+    _incoming_low_water, _incoming_high_water = (
+        _water_marks(None, None, constants.FLOW_CONTROL_HIGH_WATER_SSL_READ)[::-1]
+    )
+
+    def __init__(self):
+        self._lost_writes = 0
+
+    def _get_extra_info(self, name, default=None):
+        return default
+
+    def _app_write(self, data):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data: expecting a bytes-like instance, got {type(data).__name__}")
+        self._app_write_unchecked(data)
+
+    def _app_write_unchecked(self, data):
+        if not data:
+            return
+        if self._lost_writes >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+            logger.warning("SSL connection is closed")
+        self._lost_writes += 1
+
+    def _set_write_buffer_limits(self, high=None, low=None):
+        _water_marks(high, low, constants.FLOW_CONTROL_HIGH_WATER_SSL_WRITE)
+
+    def _set_read_buffer_limits(self, high=None, low=None):
+        _water_marks(high, low, constants.FLOW_CONTROL_HIGH_WATER_SSL_READ)
+
+    def _get_write_buffer_size(self):
+        return 0
+
+    def _get_read_buffer_size(self):
+        return 0
+
+    def _ignore(self, *args):
+        pass
+
+    _set_app_protocol = _start_shutdown = _abort = _pause_reading = _resume_reading = _ignore
+    _control_app_writing = _control_ssl_reading = _append_backlog = _ignore
+

@@ -42,6 +42,24 @@ pub enum Received {
     Failed(i32),
 }
 
+/// `recv(fd, n)` into the per-thread buffer, then `consume` the bytes read (empty at end of
+/// stream) while the buffer is borrowed: `consume` must not run Python code that could
+/// read from a socket (it may copy the bytes into another object). Returns the count and
+/// what `consume` returned, or the errno.
+pub fn recv_with<R>(fd: RawFd, n: usize, consume: impl FnOnce(&[u8]) -> R) -> Result<(usize, R), i32> {
+    BUFFER.with(|cell| {
+        let mut buffer = cell.borrow_mut();
+        let n = n.min(BUFFER_SIZE);
+        // SAFETY: the buffer has BUFFER_SIZE >= n writable bytes.
+        let got = unsafe { libc::recv(fd, buffer.as_mut_ptr().cast(), n, 0) };
+        if got < 0 {
+            return Err(last_errno());
+        }
+        let got = got as usize;
+        Ok((got, consume(&buffer[..got])))
+    })
+}
+
 /// `recv(fd, n, flags)` into a new exact-size bytes object.
 pub fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize, flags: i32, expect_large: bool) -> PyResult<Received> {
     if n <= BUFFER_SIZE && (!expect_large || n <= LARGE_READ) {

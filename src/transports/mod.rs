@@ -5,3 +5,4 @@
 //! transports; the turn in `event_loop` runs them.
 
 pub mod stream;
+pub mod tls;

@@ -29,7 +29,8 @@ use crate::errors::{last_errno, os_error};
 use crate::event_loop::ready::Ready;
 use crate::event_loop::LoopCore;
 use crate::handles::is_fatal;
-use crate::io::recv::{recv_bytes, Received, LARGE_READ};
+use crate::io::recv::{recv_bytes, recv_with, Received, LARGE_READ};
+use crate::transports::tls::{as_tls_layer, TlsLayer};
 use crate::io::registry::Direction;
 
 /// asyncio's `max_size` for one socket read.
@@ -43,6 +44,8 @@ const LOST_WRITES_BEFORE_WARNING: u32 = 5;
 
 struct Inner {
     protocol: Option<Py<PyAny>>,
+    /// The protocol is tokioloop's TLS layer: reads go straight into its incoming BIO.
+    tls: Option<Py<TlsLayer>>,
     /// The protocol is a `BufferedProtocol`: reads go into its `get_buffer()`.
     buffered: bool,
     /// `pause_reading()` is in effect.
@@ -199,15 +202,21 @@ impl StreamTransport {
     fn on_readable(slf: &Bound<'_, Self>, edge: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (protocol, buffered, expect_large) = {
+        let (protocol, buffered, expect_large, tls) = {
             let inner = this.inner.lock();
             match inner.protocol.as_ref() {
-                Some(protocol) if inner.reading && inner.conn_lost == 0 => {
-                    (protocol.clone_ref(py), inner.buffered, inner.last_read_large)
-                }
+                Some(protocol) if inner.reading && inner.conn_lost == 0 => (
+                    protocol.clone_ref(py),
+                    inner.buffered,
+                    inner.last_read_large,
+                    inner.tls.as_ref().map(|t| t.clone_ref(py)),
+                ),
                 _ => return Ok(()),
             }
         };
+        if let Some(tls) = tls {
+            return Self::read_into_tls(slf, tls.bind(py));
+        }
         let protocol = protocol.into_bound(py);
         if buffered {
             // A selector calls get_buffer() only when data (or EOF) is there. An edge says
@@ -226,15 +235,7 @@ impl StreamTransport {
             Received::Failed(errno) => Err(errno),
         };
         match received {
-            Err(errno) if would_block(errno) => {
-                Self::drained(slf, Direction::Read);
-                Ok(())
-            }
-            Err(libc::EINTR) => {
-                Self::requeue(slf, Direction::Read);
-                Ok(())
-            }
-            Err(errno) => Self::fatal(slf, os_error(errno), "Fatal read error on socket transport"),
+            Err(errno) => Self::read_failed(slf, errno),
             Ok((_, None)) => Self::up(slf, intern!(py, "_on_eof"), ()),
             Ok((filled, Some(data))) => {
                 let data = data.into_bound(py);
@@ -249,6 +250,48 @@ impl StreamTransport {
                 }
             }
         }
+    }
+
+    /// A failed `recv`: drained (wait for the next edge), interrupted (retry) or fatal.
+    fn read_failed(slf: &Bound<'_, Self>, errno: i32) -> PyResult<()> {
+        if would_block(errno) {
+            Self::drained(slf, Direction::Read);
+            Ok(())
+        } else if errno == libc::EINTR {
+            Self::requeue(slf, Direction::Read);
+            Ok(())
+        } else {
+            Self::fatal(slf, os_error(errno), "Fatal read error on socket transport")
+        }
+    }
+
+    /// A read for the TLS layer: the ciphertext goes from the receive buffer into its
+    /// incoming BIO, then the layer runs (as asyncio's get_buffer/buffer_updated would).
+    fn read_into_tls(slf: &Bound<'_, Self>, layer: &Bound<'_, TlsLayer>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let failed = "Fatal error: protocol.buffer_updated() call failed.";
+        match recv_with(this.fd, READ_SIZE, |data| layer.get().take_ciphertext(py, data)) {
+            Err(errno) => Self::read_failed(slf, errno),
+            Ok((0, _)) => Self::up(slf, intern!(py, "_on_eof"), ()),
+            Ok((_, Err(err))) => Self::fatal(slf, err, failed),
+            Ok((n, Ok(()))) => {
+                if n < READ_SIZE {
+                    Self::drained(slf, Direction::Read);
+                } else {
+                    Self::requeue(slf, Direction::Read);
+                }
+                match TlsLayer::ciphertext_arrived(layer) {
+                    Ok(()) => Ok(()),
+                    Err(err) => Self::fatal(slf, err, failed),
+                }
+            }
+        }
+    }
+
+    /// `write` for the TLS layer over this transport: its records, as bytes.
+    pub(crate) fn write_records(slf: &Bound<'_, Self>, records: &Bound<'_, PyAny>) -> PyResult<()> {
+        Self::write(slf, records)
     }
 
     fn read_into_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -272,16 +315,7 @@ impl StreamTransport {
         let capacity = view.len();
         drop(view);
         if n < 0 {
-            let errno = last_errno();
-            if would_block(errno) {
-                Self::drained(slf, Direction::Read);
-                return Ok(());
-            }
-            if errno == libc::EINTR {
-                Self::requeue(slf, Direction::Read);
-                return Ok(());
-            }
-            return Self::fatal(slf, os_error(errno), "Fatal read error on socket transport");
+            return Self::read_failed(slf, last_errno());
         }
         if n == 0 {
             return Self::up(slf, intern!(py, "_on_eof"), ());
@@ -450,6 +484,7 @@ impl StreamTransport {
             context: context.unbind(),
             inner: Mutex::new(Inner {
                 protocol: None,
+                tls: None,
                 buffered: false,
                 paused: false,
                 last_read_large: false,
@@ -595,14 +630,24 @@ impl StreamTransport {
         drop(owner);
     }
 
-    fn _set_protocol(&self, protocol: Py<PyAny>, buffered: bool) -> Option<Py<PyAny>> {
+    fn _set_protocol(&self, protocol: Bound<'_, PyAny>, buffered: bool) -> Option<Py<PyAny>> {
+        let tls = as_tls_layer(&protocol);
         let mut inner = self.inner.lock();
         inner.buffered = buffered;
-        inner.protocol.replace(protocol)
+        let old_tls = std::mem::replace(&mut inner.tls, tls);
+        let old = inner.protocol.replace(protocol.unbind());
+        drop(inner);
+        drop(old_tls);
+        old
     }
 
     fn _take_protocol(&self) -> Option<Py<PyAny>> {
-        self.inner.lock().protocol.take()
+        let mut inner = self.inner.lock();
+        let tls = inner.tls.take();
+        let protocol = inner.protocol.take();
+        drop(inner);
+        drop(tls);
+        protocol
     }
 
     fn _start_reading(slf: &Bound<'_, Self>) {
@@ -726,13 +771,19 @@ impl StreamTransport {
             if let Some(protocol) = inner.protocol.as_ref() {
                 visit.call(protocol)?;
             }
+            if let Some(tls) = inner.tls.as_ref() {
+                visit.call(tls)?;
+            }
         }
         Ok(())
     }
 
     fn __clear__(&self) {
-        let protocol = self.inner.lock().protocol.take();
-        drop(protocol);
+        let (protocol, tls) = {
+            let mut inner = self.inner.lock();
+            (inner.protocol.take(), inner.tls.take())
+        };
+        drop((protocol, tls));
         let owner = self.owner.lock().take();
         drop(owner);
     }

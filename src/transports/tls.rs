@@ -1,0 +1,833 @@
+//! `TlsLayer`: the per-record half of tokioloop's TLS protocol.
+//!
+//! A TLS connection is the native socket transport carrying ciphertext, with a TLS protocol
+//! stacked on it that drives CPython's own `ssl.SSLObject` over two `ssl.MemoryBIO`s and
+//! offers the application a transport of its own. The protocol is the Python class
+//! `tokioloop._tls.SSLLayer`, a subclass of this one: it keeps everything that happens once
+//! per connection (handshake, shutdown, timeouts, aborts, error reports, extra info), and
+//! owns the state machine's transitions. What happens per record lives here:
+//!
+//! * ciphertext in: the socket transport (`transports::stream`) recognises a `TlsLayer` as
+//!   its protocol and hands it each read straight from its receive buffer
+//!   ([`TlsLayer::take_ciphertext`]), with no `get_buffer`/`buffer_updated` round trip;
+//!   other lower transports (TLS over TLS) use the `BufferedProtocol` methods;
+//! * the read loop: `SSLObject.read` into a per-thread buffer (or into the application's
+//!   own buffer for a `BufferedProtocol`), one `data_received` per batch;
+//! * plaintext out: the application transport's `write` is [`TlsLayer::_app_write`],
+//!   which encrypts at once when nothing is queued and hands the records to the socket
+//!   transport's native `write`; a backlog holds what OpenSSL could not take yet;
+//! * both flow-control layers' threshold checks (the Python class is called only when a
+//!   threshold is crossed).
+//!
+//! The calls into OpenSSL go to the C object behind the `SSLObject` (its `_sslobj`), so no
+//! Python frame runs between a socket read and `data_received`, or between `write()` and
+//! the socket send. The lock is never held while Python code runs.
+
+use std::collections::VecDeque;
+
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyException, PyRuntimeError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
+use pyo3::{ffi, intern, PyTraverseError, PyVisit};
+
+use crate::transports::stream::{BufferView, StreamTransport};
+
+/// The states of asyncio's TLS state machine, as `_state_code` shows them to Python.
+const UNWRAPPED: u8 = 0;
+const DO_HANDSHAKE: u8 = 1;
+const WRAPPED: u8 = 2;
+const FLUSHING: u8 = 3;
+const SHUTDOWN: u8 = 4;
+
+/// asyncio's `SSLProtocol.max_size`: the most plaintext one `data_received` carries.
+const PLAINTEXT_BATCH: usize = 256 * 1024;
+/// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
+const LOST_WRITES_BEFORE_WARNING: u32 = 5;
+/// asyncio's defaults (`FLOW_CONTROL_HIGH_WATER_SSL_READ` / `_WRITE`, in KiB): high, high/4.
+const INCOMING_HIGH_WATER: usize = 256 * 1024;
+const OUTGOING_HIGH_WATER: usize = 512 * 1024;
+
+thread_local! {
+    /// The plaintext read buffer, shared by every TLS connection of the thread. It is taken
+    /// out while in use, so a read nested inside a callback simply makes its own.
+    static PLAINTEXT: std::cell::Cell<Option<Box<[u8]>>> = const { std::cell::Cell::new(None) };
+}
+
+fn take_plaintext_buffer() -> Box<[u8]> {
+    PLAINTEXT
+        .with(|slot| slot.take())
+        .unwrap_or_else(|| vec![0u8; PLAINTEXT_BATCH].into_boxed_slice())
+}
+
+fn return_plaintext_buffer(buffer: Box<[u8]>) {
+    PLAINTEXT.with(|slot| slot.set(Some(buffer)));
+}
+
+/// `ssl.SSLWantReadError` and `ssl.SSLSyscallError`: asyncio's "needs more input" errors.
+fn again_errors(py: Python<'_>) -> PyResult<&(Py<PyType>, Py<PyType>)> {
+    static AGAIN: PyOnceLock<(Py<PyType>, Py<PyType>)> = PyOnceLock::new();
+    AGAIN.get_or_try_init(py, || {
+        let ssl = py.import("ssl")?;
+        Ok::<_, PyErr>((
+            ssl.getattr("SSLWantReadError")?.cast_into::<PyType>()?.unbind(),
+            ssl.getattr("SSLSyscallError")?.cast_into::<PyType>()?.unbind(),
+        ))
+    })
+}
+
+fn is_again(py: Python<'_>, err: &PyErr) -> PyResult<bool> {
+    let (want_read, syscall) = again_errors(py)?;
+    Ok(err.is_instance(py, want_read.bind(py)) || err.is_instance(py, syscall.bind(py)))
+}
+
+/// A memoryview over `len` bytes at `ptr`, writable or not; the caller keeps the memory
+/// alive and unmoved for as long as the view is used (only for the duration of one call).
+fn memory_view<'py>(py: Python<'py>, ptr: *mut u8, len: usize, writable: bool) -> PyResult<Bound<'py, PyAny>> {
+    let flags = if writable { ffi::PyBUF_WRITE } else { ffi::PyBUF_READ };
+    // SAFETY: `ptr` points to `len` bytes the caller keeps valid; a NULL return has set an
+    // exception.
+    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyMemoryView_FromMemory(ptr.cast(), len as ffi::Py_ssize_t, flags)) }
+}
+
+fn pending(object: &Bound<'_, PyAny>) -> PyResult<usize> {
+    object.getattr(intern!(object.py(), "pending"))?.extract()
+}
+
+/// `object.name(*args)`, its result dropped.
+fn call<'py>(object: &Bound<'py, PyAny>, name: &Bound<'py, PyString>, args: impl pyo3::call::PyCallArgs<'py>) -> PyResult<()> {
+    object.call_method1(name, args).map(drop)
+}
+
+struct Inner {
+    state: u8,
+    event_loop: Option<Py<PyAny>>,
+    /// The C object behind the `SSLObject` (`_ssl._SSLSocket`): read, write, pending.
+    sslobj: Option<Py<PyAny>>,
+    incoming: Option<Py<PyAny>>,
+    outgoing: Option<Py<PyAny>>,
+    app_protocol: Option<Py<PyAny>>,
+    /// The application protocol is a `BufferedProtocol`: plaintext goes into its buffer.
+    app_buffered: bool,
+    /// The transport under this layer, and its native engine when it is a socket transport.
+    transport: Option<Py<PyAny>>,
+    lower: Option<Py<StreamTransport>>,
+    /// Plaintext OpenSSL has not taken yet (bytes; bytes of the first already taken).
+    backlog: VecDeque<Py<PyBytes>>,
+    backlog_head: usize,
+    backlog_size: usize,
+    app_reading_paused: bool,
+    app_writing_paused: bool,
+    ssl_reading_paused: bool,
+    ssl_writing_paused: bool,
+    incoming_high: usize,
+    incoming_low: usize,
+    outgoing_high: usize,
+    outgoing_low: usize,
+    conn_lost: u32,
+    /// `get_buffer()`'s buffer, for a lower transport that is not a native socket one.
+    foreign_buffer: Option<Box<[u8]>>,
+}
+
+/// Base class of `tokioloop._tls.SSLLayer`; see the module documentation.
+#[pyclass(subclass, frozen, module = "tokioloop._tokioloop")]
+pub struct TlsLayer {
+    inner: Mutex<Inner>,
+}
+
+/// What a read pass needs, cloned out of the lock.
+struct Parts {
+    sslobj: Py<PyAny>,
+    incoming: Py<PyAny>,
+    app: Py<PyAny>,
+    buffered: bool,
+}
+
+impl TlsLayer {
+    fn state(&self) -> u8 {
+        self.inner.lock().state
+    }
+
+    fn parts(&self, py: Python<'_>) -> Option<Parts> {
+        let inner = self.inner.lock();
+        Some(Parts {
+            sslobj: inner.sslobj.as_ref()?.clone_ref(py),
+            incoming: inner.incoming.as_ref()?.clone_ref(py),
+            app: inner.app_protocol.as_ref()?.clone_ref(py),
+            buffered: inner.app_buffered,
+        })
+    }
+
+    /// Ciphertext read from the socket goes into the incoming BIO (called by the socket
+    /// transport while it holds its receive buffer; runs no Python code).
+    pub(crate) fn take_ciphertext(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        let incoming = match self.inner.lock().incoming.as_ref() {
+            Some(incoming) => incoming.clone_ref(py),
+            None => return Ok(()),
+        };
+        let view = memory_view(py, data.as_ptr().cast_mut(), data.len(), false)?;
+        call(incoming.bind(py), intern!(py, "write"), (view,))
+    }
+
+    /// After `take_ciphertext`: advance the state machine with what arrived.
+    pub(crate) fn ciphertext_arrived(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        match slf.get().state() {
+            DO_HANDSHAKE => call(slf.as_any(), intern!(py, "_do_handshake"), ()),
+            WRAPPED => Self::do_read(slf),
+            FLUSHING => call(slf.as_any(), intern!(py, "_do_flush"), ()),
+            SHUTDOWN => call(slf.as_any(), intern!(py, "_do_shutdown"), ()),
+            _ => Ok(()),
+        }
+    }
+
+    /// asyncio's `_do_read`: deliver what can be decrypted, then flush, then check the read
+    /// limits. An `Exception` becomes a fatal error of the connection.
+    fn do_read(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (state, paused, backlog) = {
+            let inner = this.inner.lock();
+            (inner.state, inner.app_reading_paused, !inner.backlog.is_empty())
+        };
+        if state != WRAPPED && state != FLUSHING {
+            return Ok(());
+        }
+        let outcome = (|| {
+            if !paused {
+                if let Some(parts) = this.parts(py) {
+                    if parts.buffered {
+                        Self::read_buffered(slf, &parts)?;
+                    } else {
+                        Self::read_copied(slf, &parts)?;
+                    }
+                }
+                if backlog || !this.inner.lock().backlog.is_empty() {
+                    Self::do_write(slf)?;
+                } else {
+                    Self::process_outgoing(slf)?;
+                }
+            }
+            Self::control_ssl_reading(slf)
+        })();
+        Self::fatal_unless_base(slf, outcome, "Fatal error on SSL protocol")
+    }
+
+    /// Routes an `Exception` to the Python class's `_fatal_error`; other errors
+    /// (`KeyboardInterrupt`, `SystemExit`, `CancelledError`) propagate, as in asyncio.
+    fn fatal_unless_base(slf: &Bound<'_, Self>, outcome: PyResult<()>, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        match outcome {
+            Err(err) if err.is_instance_of::<PyException>(py) => {
+                call(slf.as_any(), intern!(py, "_fatal_error"), (err.into_value(py), message))
+            }
+            other => other,
+        }
+    }
+
+    /// The peer's close_notify: asyncio's eof_received, then the shutdown.
+    fn close_notify(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        call(slf.as_any(), intern!(py, "_call_eof_received"), ())?;
+        call(slf.as_any(), intern!(py, "_start_shutdown"), ())
+    }
+
+    fn readable_again(&self) -> bool {
+        let inner = self.inner.lock();
+        (inner.state == WRAPPED || inner.state == FLUSHING) && !inner.app_reading_paused
+    }
+
+    /// Plaintext into the per-thread buffer, one `data_received` per full buffer or at the
+    /// end; `read()` returning 0 is the peer's close_notify.
+    fn read_copied(slf: &Bound<'_, Self>, parts: &Parts) -> PyResult<()> {
+        let py = slf.py();
+        let sslobj = parts.sslobj.bind(py);
+        let app = parts.app.bind(py);
+        let read = intern!(py, "read");
+        let mut buffer = take_plaintext_buffer();
+        let mut filled = 0usize;
+        loop {
+            let room = buffer.len() - filled;
+            // SAFETY: `filled < buffer.len()`; the buffer stays ours and unmoved for the call.
+            let view = memory_view(py, unsafe { buffer.as_mut_ptr().add(filled) }, room, true)?;
+            let got = match sslobj.call_method1(read, (room, view)) {
+                Ok(count) => count.extract::<usize>()?,
+                Err(err) if is_again(py, &err)? => break,
+                Err(err) => {
+                    return_plaintext_buffer(buffer);
+                    return Err(err);
+                }
+            };
+            if got == 0 {
+                let data = (filled > 0).then(|| PyBytes::new(py, &buffer[..filled]));
+                return_plaintext_buffer(buffer);
+                if let Some(data) = data {
+                    call(app, intern!(py, "data_received"), (data,))?;
+                }
+                return Self::close_notify(slf);
+            }
+            filled += got;
+            if filled == buffer.len() {
+                let data = PyBytes::new(py, &buffer[..filled]);
+                return_plaintext_buffer(buffer);
+                call(app, intern!(py, "data_received"), (data,))?;
+                if !slf.get().readable_again() {
+                    return Ok(());
+                }
+                buffer = take_plaintext_buffer();
+                filled = 0;
+            }
+        }
+        let data = (filled > 0).then(|| PyBytes::new(py, &buffer[..filled]));
+        return_plaintext_buffer(buffer);
+        match data {
+            Some(data) => call(app, intern!(py, "data_received"), (data,)),
+            None => Ok(()),
+        }
+    }
+
+    /// Plaintext straight into the application's `get_buffer()`, then one `buffer_updated`.
+    /// The reads go through a view of the buffer's memory, so a `bytearray` buffer is
+    /// filled in place too. A filled buffer schedules another pass, as asyncio does.
+    fn read_buffered(slf: &Bound<'_, Self>, parts: &Parts) -> PyResult<()> {
+        let py = slf.py();
+        let sslobj = parts.sslobj.bind(py);
+        let app = parts.app.bind(py);
+        let hint = pending(parts.incoming.bind(py))?;
+        let buffer = app.call_method1(intern!(py, "get_buffer"), (hint,))?;
+        let target = BufferView::get(&buffer, ffi::PyBUF_WRITABLE)?;
+        let wants = target.len();
+        if wants == 0 {
+            return Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer"));
+        }
+        let mut offset = 0usize;
+        let mut closed = false;
+        while offset < wants {
+            // SAFETY: offset < wants; `target` holds the buffer exported for the whole loop.
+            let view = memory_view(py, unsafe { target.as_ptr().add(offset) }, wants - offset, true)?;
+            match sslobj.call_method1(intern!(py, "read"), (wants - offset, view)) {
+                Ok(count) => {
+                    let got: usize = count.extract()?;
+                    if got == 0 {
+                        closed = true;
+                        break;
+                    }
+                    offset += got;
+                }
+                Err(err) if is_again(py, &err)? => break,
+                Err(err) => return Err(err),
+            }
+        }
+        drop(target);
+        drop(buffer);
+        if offset == wants {
+            let event_loop = slf.get().inner.lock().event_loop.as_ref().map(|l| l.clone_ref(py));
+            if let Some(event_loop) = event_loop {
+                let again = slf.getattr(intern!(py, "_do_read"))?;
+                call(event_loop.bind(py), intern!(py, "call_soon"), (again,))?;
+            }
+        }
+        if offset > 0 {
+            call(app, intern!(py, "buffer_updated"), (offset,))?;
+        }
+        if closed {
+            return Self::close_notify(slf);
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_do_write`: the backlog into OpenSSL until it is empty or OpenSSL needs
+    /// input first, then the records out.
+    fn do_write(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        loop {
+            let (sslobj, front, head) = {
+                let inner = this.inner.lock();
+                match (inner.sslobj.as_ref(), inner.backlog.front()) {
+                    (Some(sslobj), Some(front)) => (sslobj.clone_ref(py), front.clone_ref(py), inner.backlog_head),
+                    _ => break,
+                }
+            };
+            let bytes = front.bind(py);
+            let len = bytes.as_bytes().len();
+            let view = memory_view(py, bytes.as_bytes()[head..].as_ptr().cast_mut(), len - head, false)?;
+            let taken = match sslobj.bind(py).call_method1(intern!(py, "write"), (view,)) {
+                Ok(count) => count.extract::<usize>()?,
+                Err(err) if is_again(py, &err)? => break,
+                Err(err) => return Err(err),
+            };
+            let mut inner = this.inner.lock();
+            inner.backlog_size -= taken.min(inner.backlog_size);
+            if head + taken >= len {
+                let done = inner.backlog.pop_front();
+                inner.backlog_head = 0;
+                drop(inner);
+                drop(done);
+            } else {
+                inner.backlog_head = head + taken;
+            }
+        }
+        Self::process_outgoing(slf)
+    }
+
+    /// asyncio's `_process_outgoing`: the records OpenSSL made go to the lower transport
+    /// (unless it asked us to pause), then the application's write limits are checked.
+    fn process_outgoing(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (outgoing, paused, transport, lower) = {
+            let inner = this.inner.lock();
+            let Some(outgoing) = inner.outgoing.as_ref() else { return Ok(()) };
+            (
+                outgoing.clone_ref(py),
+                inner.ssl_writing_paused,
+                inner.transport.as_ref().map(|t| t.clone_ref(py)),
+                inner.lower.as_ref().map(|l| l.clone_ref(py)),
+            )
+        };
+        let outgoing = outgoing.bind(py);
+        let mut left_in_bio = 0;
+        if !paused {
+            let records = outgoing.call_method0(intern!(py, "read"))?;
+            if !records.cast::<PyBytes>()?.as_bytes().is_empty() {
+                match (lower, transport) {
+                    (Some(lower), _) => StreamTransport::write_records(lower.bind(py), &records)?,
+                    (None, Some(transport)) => call(transport.bind(py), intern!(py, "write"), (records,))?,
+                    (None, None) => {}
+                }
+            }
+        } else {
+            left_in_bio = pending(outgoing)?;
+        }
+        let crossed = {
+            let inner = this.inner.lock();
+            let size = left_in_bio + inner.backlog_size;
+            (size >= inner.outgoing_high && !inner.app_writing_paused)
+                || (size <= inner.outgoing_low && inner.app_writing_paused)
+        };
+        if crossed {
+            call(slf.as_any(), intern!(py, "_control_app_writing"), ())?;
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_control_ssl_reading`: pause the lower transport while the incoming BIO
+    /// holds more than the read high-water mark, resume it below the low one.
+    fn control_ssl_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(incoming) = this.inner.lock().incoming.as_ref().map(|i| i.clone_ref(py)) else {
+            return Ok(());
+        };
+        let size = pending(incoming.bind(py))?;
+        let (action, transport) = {
+            let mut inner = this.inner.lock();
+            let action = if size >= inner.incoming_high && !inner.ssl_reading_paused {
+                inner.ssl_reading_paused = true;
+                Some(intern!(py, "pause_reading"))
+            } else if size <= inner.incoming_low && inner.ssl_reading_paused {
+                inner.ssl_reading_paused = false;
+                Some(intern!(py, "resume_reading"))
+            } else {
+                None
+            };
+            (action, inner.transport.as_ref().map(|t| t.clone_ref(py)))
+        };
+        match (action, transport) {
+            (Some(name), Some(transport)) => call(transport.bind(py), name, ()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Queues `data` (bytes are kept, other buffers copied: the caller may reuse them).
+    fn queue(&self, py: Python<'_>, data: &Bound<'_, PyAny>, view: &BufferView, from: usize) -> PyResult<()> {
+        let chunk = match data.cast::<PyBytes>() {
+            Ok(bytes) if from == 0 => bytes.clone().unbind(),
+            _ => {
+                // SAFETY: from <= len; the view is alive.
+                let rest = unsafe { std::slice::from_raw_parts(view.as_ptr().add(from), view.len() - from) };
+                PyBytes::new(py, rest).unbind()
+            }
+        };
+        let mut inner = self.inner.lock();
+        if inner.backlog.is_empty() {
+            inner.backlog_head = 0;
+        }
+        inner.backlog_size += view.len() - from;
+        inner.backlog.push_back(chunk);
+        Ok(())
+    }
+
+    /// The application's write, minus the type check: asyncio's `_write_appdata` for one
+    /// buffer, with a direct path when nothing is queued.
+    fn write_appdata(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let view = BufferView::get(data, ffi::PyBUF_SIMPLE)?;
+        if view.len() == 0 {
+            return Ok(());
+        }
+        let (state, direct) = {
+            let mut inner = this.inner.lock();
+            if inner.state == FLUSHING || inner.state == SHUTDOWN || inner.state == UNWRAPPED {
+                let warn = inner.conn_lost >= LOST_WRITES_BEFORE_WARNING;
+                inner.conn_lost += 1;
+                drop(inner);
+                if warn {
+                    let logger = py.import("asyncio.log")?.getattr(intern!(py, "logger"))?;
+                    call(&logger, intern!(py, "warning"), ("SSL connection is closed",))?;
+                }
+                return Ok(());
+            }
+            let direct = if inner.state == WRAPPED && inner.backlog.is_empty() {
+                inner.sslobj.as_ref().map(|s| s.clone_ref(py))
+            } else {
+                None
+            };
+            (inner.state, direct)
+        };
+        let outcome = (|| {
+            if let Some(sslobj) = direct {
+                match sslobj.bind(py).call_method1(intern!(py, "write"), (data,)) {
+                    Ok(count) => {
+                        let taken: usize = count.extract()?;
+                        if taken < view.len() {
+                            this.queue(py, data, &view, taken)?;
+                        }
+                        Self::process_outgoing(slf)
+                    }
+                    Err(err) if is_again(py, &err)? => {
+                        this.queue(py, data, &view, 0)?;
+                        Self::process_outgoing(slf)
+                    }
+                    Err(err) => Err(err),
+                }
+            } else {
+                this.queue(py, data, &view, 0)?;
+                if state == WRAPPED {
+                    Self::do_write(slf)
+                } else {
+                    Ok(())
+                }
+            }
+        })();
+        drop(view);
+        Self::fatal_unless_base(slf, outcome, "Fatal error on SSL protocol")
+    }
+}
+
+#[pymethods]
+impl TlsLayer {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyAny>>) -> Self {
+        TlsLayer {
+            inner: Mutex::new(Inner {
+                state: UNWRAPPED,
+                event_loop: None,
+                sslobj: None,
+                incoming: None,
+                outgoing: None,
+                app_protocol: None,
+                app_buffered: false,
+                transport: None,
+                lower: None,
+                backlog: VecDeque::new(),
+                backlog_head: 0,
+                backlog_size: 0,
+                app_reading_paused: false,
+                app_writing_paused: false,
+                ssl_reading_paused: false,
+                ssl_writing_paused: false,
+                incoming_high: INCOMING_HIGH_WATER,
+                incoming_low: INCOMING_HIGH_WATER / 4,
+                outgoing_high: OUTGOING_HIGH_WATER,
+                outgoing_low: OUTGOING_HIGH_WATER / 4,
+                conn_lost: 0,
+                foreign_buffer: None,
+            }),
+        }
+    }
+
+    /// Binds the engine: the loop, the C object behind the SSLObject and the two BIOs.
+    fn _bind_engine(&self, event_loop: Py<PyAny>, sslobj: Py<PyAny>, incoming: Py<PyAny>, outgoing: Py<PyAny>) {
+        let mut inner = self.inner.lock();
+        inner.event_loop = Some(event_loop);
+        inner.sslobj = Some(sslobj);
+        inner.incoming = Some(incoming);
+        inner.outgoing = Some(outgoing);
+    }
+
+    /// The lower transport (None once the connection is lost). A native socket transport's
+    /// engine is kept too, so records go to its `write` without a method lookup.
+    fn _bind_transport(&self, transport: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let lower = match &transport {
+            Some(t) => match t.getattr_opt(intern!(t.py(), "_core"))? {
+                Some(core) => core.cast_into::<StreamTransport>().ok().map(Bound::unbind),
+                None => None,
+            },
+            None => None,
+        };
+        let (old_transport, old_lower) = {
+            let mut inner = self.inner.lock();
+            (
+                std::mem::replace(&mut inner.transport, transport.map(Bound::unbind)),
+                std::mem::replace(&mut inner.lower, lower),
+            )
+        };
+        drop((old_transport, old_lower));
+        Ok(())
+    }
+
+    fn _bind_app_protocol(&self, protocol: Option<Py<PyAny>>, buffered: bool) {
+        let old = {
+            let mut inner = self.inner.lock();
+            inner.app_buffered = buffered;
+            std::mem::replace(&mut inner.app_protocol, protocol)
+        };
+        drop(old);
+    }
+
+    #[getter]
+    fn _app_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.inner.lock().app_protocol.as_ref().map(|p| p.clone_ref(py))
+    }
+
+    #[getter]
+    fn _transport(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.inner.lock().transport.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    /// The application transport's `write`: asyncio's type check and `_write_appdata`.
+    fn _app_write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        // SAFETY: type checks on a live object.
+        let bytes_like = unsafe {
+            ffi::PyBytes_Check(data.as_ptr()) != 0
+                || ffi::PyByteArray_Check(data.as_ptr()) != 0
+                || ffi::PyMemoryView_Check(data.as_ptr()) != 0
+        };
+        if !bytes_like {
+            return Err(PyTypeError::new_err(format!(
+                "data: expecting a bytes-like instance, got {}",
+                data.get_type().name()?
+            )));
+        }
+        Self::write_appdata(slf, data)
+    }
+
+    /// One item of `writelines`: as `write`, without the type check (asyncio has none there).
+    fn _app_write_unchecked(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        Self::write_appdata(slf, data)
+    }
+
+    /// Queues `data` without writing it (asyncio's test hook `_test__append_write_backlog`,
+    /// which CPython's TLS tests use to fill the backlog).
+    fn _append_backlog(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let view = BufferView::get(data, ffi::PyBUF_SIMPLE)?;
+        self.queue(py, data, &view, 0)
+    }
+
+    fn _do_read(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::do_read(slf)
+    }
+
+    fn _do_write(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::do_write(slf)
+    }
+
+    fn _process_outgoing(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::process_outgoing(slf)
+    }
+
+    fn _control_ssl_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::control_ssl_reading(slf)
+    }
+
+    /// Drops the plaintext backlog (the connection is gone).
+    fn _clear_backlog(&self) {
+        let backlog = {
+            let mut inner = self.inner.lock();
+            inner.backlog_size = 0;
+            inner.backlog_head = 0;
+            std::mem::take(&mut inner.backlog)
+        };
+        drop(backlog);
+    }
+
+    /// `BufferedProtocol.get_buffer` for a lower transport that is not a native socket one
+    /// (TLS over TLS); allocated on first use.
+    fn get_buffer<'py>(slf: &Bound<'py, Self>, sizehint: isize) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let want = if sizehint <= 0 || sizehint as usize > PLAINTEXT_BATCH { PLAINTEXT_BATCH } else { sizehint as usize };
+        let mut inner = slf.get().inner.lock();
+        if inner.foreign_buffer.as_ref().is_none_or(|b| b.len() < want) {
+            inner.foreign_buffer = Some(vec![0u8; want.max(64 * 1024)].into_boxed_slice());
+        }
+        let buffer = inner.foreign_buffer.as_mut().expect("allocated above");
+        // The view stays valid: the buffer is only replaced by a bigger request, which a
+        // transport makes only after it has finished with the previous view.
+        memory_view(py, buffer.as_mut_ptr(), buffer.len(), true)
+    }
+
+    fn buffer_updated(slf: &Bound<'_, Self>, nbytes: usize) -> PyResult<()> {
+        let py = slf.py();
+        let (incoming, ptr, len) = {
+            let mut inner = slf.get().inner.lock();
+            let Some(incoming) = inner.incoming.as_ref().map(|i| i.clone_ref(py)) else { return Ok(()) };
+            let Some(buffer) = inner.foreign_buffer.as_mut() else { return Ok(()) };
+            (incoming, buffer.as_mut_ptr(), nbytes.min(buffer.len()))
+        };
+        let view = memory_view(py, ptr, len, false)?;
+        call(incoming.bind(py), intern!(py, "write"), (view,))?;
+        Self::ciphertext_arrived(slf)
+    }
+
+    #[getter]
+    fn _state_code(&self) -> u8 {
+        self.state()
+    }
+
+    #[setter(_state_code)]
+    fn set_state_code(&self, value: u8) {
+        self.inner.lock().state = value;
+    }
+
+    #[getter]
+    fn _write_buffer_size(&self) -> usize {
+        self.inner.lock().backlog_size
+    }
+
+    #[getter]
+    fn _has_backlog(&self) -> bool {
+        !self.inner.lock().backlog.is_empty()
+    }
+
+    #[getter]
+    fn _app_reading_paused(&self) -> bool {
+        self.inner.lock().app_reading_paused
+    }
+
+    #[setter(_app_reading_paused)]
+    fn set_app_reading_paused(&self, value: bool) {
+        self.inner.lock().app_reading_paused = value;
+    }
+
+    #[getter]
+    fn _app_writing_paused(&self) -> bool {
+        self.inner.lock().app_writing_paused
+    }
+
+    #[setter(_app_writing_paused)]
+    fn set_app_writing_paused(&self, value: bool) {
+        self.inner.lock().app_writing_paused = value;
+    }
+
+    #[getter]
+    fn _ssl_reading_paused(&self) -> bool {
+        self.inner.lock().ssl_reading_paused
+    }
+
+    #[setter(_ssl_reading_paused)]
+    fn set_ssl_reading_paused(&self, value: bool) {
+        self.inner.lock().ssl_reading_paused = value;
+    }
+
+    #[getter]
+    fn _ssl_writing_paused(&self) -> bool {
+        self.inner.lock().ssl_writing_paused
+    }
+
+    #[setter(_ssl_writing_paused)]
+    fn set_ssl_writing_paused(&self, value: bool) {
+        self.inner.lock().ssl_writing_paused = value;
+    }
+
+    #[getter]
+    fn _conn_lost(&self) -> u32 {
+        self.inner.lock().conn_lost
+    }
+
+    #[setter(_conn_lost)]
+    fn set_conn_lost(&self, value: u32) {
+        self.inner.lock().conn_lost = value;
+    }
+
+    #[getter]
+    fn _incoming_high_water(&self) -> usize {
+        self.inner.lock().incoming_high
+    }
+
+    #[setter(_incoming_high_water)]
+    fn set_incoming_high_water(&self, value: usize) {
+        self.inner.lock().incoming_high = value;
+    }
+
+    #[getter]
+    fn _incoming_low_water(&self) -> usize {
+        self.inner.lock().incoming_low
+    }
+
+    #[setter(_incoming_low_water)]
+    fn set_incoming_low_water(&self, value: usize) {
+        self.inner.lock().incoming_low = value;
+    }
+
+    #[getter]
+    fn _outgoing_high_water(&self) -> usize {
+        self.inner.lock().outgoing_high
+    }
+
+    #[setter(_outgoing_high_water)]
+    fn set_outgoing_high_water(&self, value: usize) {
+        self.inner.lock().outgoing_high = value;
+    }
+
+    #[getter]
+    fn _outgoing_low_water(&self) -> usize {
+        self.inner.lock().outgoing_low
+    }
+
+    #[setter(_outgoing_low_water)]
+    fn set_outgoing_low_water(&self, value: usize) {
+        self.inner.lock().outgoing_low = value;
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(inner) = self.inner.try_lock() {
+            for object in [&inner.event_loop, &inner.sslobj, &inner.incoming, &inner.outgoing, &inner.app_protocol, &inner.transport]
+                .into_iter()
+                .flatten()
+            {
+                visit.call(object)?;
+            }
+            if let Some(lower) = inner.lower.as_ref() {
+                visit.call(lower)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let taken = {
+            let mut inner = self.inner.lock();
+            (
+                inner.event_loop.take(),
+                inner.sslobj.take(),
+                inner.incoming.take(),
+                inner.outgoing.take(),
+                inner.app_protocol.take(),
+                inner.transport.take(),
+                inner.lower.take(),
+                std::mem::take(&mut inner.backlog),
+            )
+        };
+        drop(taken);
+    }
+}
+
+/// Whether `protocol` is a TLS layer (the socket transport then feeds it natively).
+pub(crate) fn as_tls_layer(protocol: &Bound<'_, PyAny>) -> Option<Py<TlsLayer>> {
+    protocol.cast::<TlsLayer>().ok().map(|layer| layer.clone().unbind())
+}
