@@ -31,6 +31,9 @@ PASSWORD = "tokioloop-secret"
 # state machine taken from uvloop (new flow-control limits, eof_received after a local close,
 # the 'SSL connection is closed' warnings, ssl_shutdown_timeout). Asked of asyncio itself.
 NEW_SSLPROTO = hasattr(asyncio.sslproto, "SSLProtocolState")
+# 3.10's layer writes its answer to a peer's close_notify after closing the socket transport,
+# which drops it (the peer sees a bare FIN); 3.11's answers.
+ANSWERS_CLOSE_NOTIFY = NEW_SSLPROTO
 
 
 class Certs:

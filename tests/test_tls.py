@@ -15,7 +15,7 @@ import weakref
 import pytest
 from _stdlib import requires, stdlib_has_bug
 from _tls import (  # noqa: F401  (certs and peers are fixtures)
-    NEW_SSLPROTO, Recorder, certs, client_context, decoded_cert, echo_handler,
+    ANSWERS_CLOSE_NOTIFY, NEW_SSLPROTO, Recorder, certs, client_context, decoded_cert, echo_handler,
     insecure_client_context, peers, serve, server_context, until,
 )
 
@@ -97,9 +97,6 @@ def client_thread(port, ctx, payload=b"hi", hostname="localhost"):
             return bytes(got), True
 
 
-# 3.10's TLS layer writes its close_notify answer after closing the socket transport, which
-# drops it; 3.11's answers.
-ANSWERS_CLOSE_NOTIFY = NEW_SSLPROTO
 # The server side's callbacks when the client sends close_notify after an exchange.
 SERVER_EVENTS = (["cm", "data", "eof", ("cl", None)] if NEW_SSLPROTO
                  else ["cm", "data", ("cl", None)])
