@@ -86,6 +86,16 @@ STDLIB_BUGS = {
         "create_server cancelled during its last turn loses the server with its sockets open "
         "(how many warnings depends on timing)",
     ),
+    "tls_bad_timeout_leaks_socket": (
+        True,
+        "create_connection with a TLS timeout <= 0 raises from the TLS layer's constructor "
+        "after connecting and leaves the connected socket to the GC (ResourceWarning)",
+    ),
+    "tls_buffered_bytearray": (
+        _RUNNING >= (3, 11),
+        "the TLS layer reads into buf[offset:] of a BufferedProtocol's buffer, which copies a "
+        "bytearray: the second and later reads of one pass are lost (cpython#156275)",
+    ),
     "refused_run_forever_clears_running_loop": (
         _RUNNING == (3, 13, 0),
         "3.13.0's run_forever() cleans up after a refused start, clearing the running loop "
