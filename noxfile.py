@@ -137,10 +137,27 @@ def _junit_counts(path: Path) -> dict | None:
     return total
 
 
+def _ensure_openssl(session: nox.Session) -> None:
+    """The TLS tests use the ``openssl`` command as a peer and to make their certificates.
+    Where it is missing, install Debian's package (as root), or stop with what to do."""
+    if shutil.which("openssl"):
+        return
+    apt = shutil.which("apt-get")
+    if apt and os.geteuid() == 0:
+        session.log("openssl is missing: installing Debian's openssl package")
+        session.run(apt, "-qq", "update", external=True)
+        session.run(apt, "-qq", "install", "-y", "openssl", external=True,
+                    env={"DEBIAN_FRONTEND": "noninteractive"})
+        if shutil.which("openssl"):
+            return
+    session.error("the TLS tests need the openssl command: install it (Debian: apt-get install openssl)")
+
+
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """Build the extension from source for this CPython, install .[test] and run the tests."""
     session.notify("summary")
+    _ensure_openssl(session)
     version = session.python
     result = RESULTS.setdefault(version, {"interpreter": FOUND.get(version)})
     env = {"CARGO_TARGET_DIR": str(TARGET)}

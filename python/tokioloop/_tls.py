@@ -26,6 +26,10 @@ try:
 except ImportError:  # pragma: no cover - interpreter built without ssl
     ssl = None
 
+# asyncio's flow-control defaults for TLS, in KiB (3.11+; 3.10's layer has none of its own).
+_READ_HIGH_WATER_KIB = getattr(constants, "FLOW_CONTROL_HIGH_WATER_SSL_READ", 256)
+_WRITE_HIGH_WATER_KIB = getattr(constants, "FLOW_CONTROL_HIGH_WATER_SSL_WRITE", 512)
+
 if ssl is not None:
     # What asyncio reads as "OpenSSL needs more input first".
     _AGAIN = (ssl.SSLWantReadError, ssl.SSLSyscallError)
@@ -391,7 +395,7 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
         return self._outgoing.pending + self._write_buffer_size
 
     def _set_write_buffer_limits(self, high=None, low=None):
-        high, low = _water_marks(high, low, constants.FLOW_CONTROL_HIGH_WATER_SSL_WRITE)
+        high, low = _water_marks(high, low, _WRITE_HIGH_WATER_KIB)
         self._outgoing_high_water = high
         self._outgoing_low_water = low
 
@@ -421,7 +425,7 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
         return self._incoming.pending
 
     def _set_read_buffer_limits(self, high=None, low=None):
-        high, low = _water_marks(high, low, constants.FLOW_CONTROL_HIGH_WATER_SSL_READ)
+        high, low = _water_marks(high, low, _READ_HIGH_WATER_KIB)
         self._incoming_high_water = high
         self._incoming_low_water = low
 
@@ -635,10 +639,10 @@ class _DetachedLayer:
     _app_reading_paused = True
     _app_writing_paused = False
     _outgoing_low_water, _outgoing_high_water = (
-        _water_marks(None, None, constants.FLOW_CONTROL_HIGH_WATER_SSL_WRITE)[::-1]
+        _water_marks(None, None, _WRITE_HIGH_WATER_KIB)[::-1]
     )
     _incoming_low_water, _incoming_high_water = (
-        _water_marks(None, None, constants.FLOW_CONTROL_HIGH_WATER_SSL_READ)[::-1]
+        _water_marks(None, None, _READ_HIGH_WATER_KIB)[::-1]
     )
 
     def __init__(self):
@@ -660,10 +664,10 @@ class _DetachedLayer:
         self._lost_writes += 1
 
     def _set_write_buffer_limits(self, high=None, low=None):
-        _water_marks(high, low, constants.FLOW_CONTROL_HIGH_WATER_SSL_WRITE)
+        _water_marks(high, low, _WRITE_HIGH_WATER_KIB)
 
     def _set_read_buffer_limits(self, high=None, low=None):
-        _water_marks(high, low, constants.FLOW_CONTROL_HIGH_WATER_SSL_READ)
+        _water_marks(high, low, _READ_HIGH_WATER_KIB)
 
     def _get_write_buffer_size(self):
         return 0
