@@ -95,6 +95,16 @@ fn pending(object: &Bound<'_, PyAny>) -> PyResult<usize> {
     object.getattr(intern!(object.py(), "pending"))?.extract()
 }
 
+/// Whether another `read` could return plaintext: ciphertext is waiting in the incoming BIO,
+/// or OpenSSL holds decrypted bytes. Asking is far cheaper than a `read` that raises
+/// `SSLWantReadError` (building that exception costs about as much as the read itself).
+fn more_to_read(sslobj: &Bound<'_, PyAny>, incoming: &Bound<'_, PyAny>) -> PyResult<bool> {
+    if pending(incoming)? > 0 {
+        return Ok(true);
+    }
+    Ok(sslobj.call_method0(intern!(sslobj.py(), "pending"))?.extract::<usize>()? > 0)
+}
+
 /// `object.name(*args)`, its result dropped.
 fn call<'py>(object: &Bound<'py, PyAny>, name: &Bound<'py, PyString>, args: impl pyo3::call::PyCallArgs<'py>) -> PyResult<()> {
     object.call_method1(name, args).map(drop)
@@ -268,6 +278,9 @@ impl TlsLayer {
                 return Self::close_notify(slf);
             }
             filled += got;
+            if !more_to_read(sslobj, parts.incoming.bind(py))? {
+                break;
+            }
             if filled == buffer.len() {
                 let data = PyBytes::new(py, &buffer[..filled]);
                 return_plaintext_buffer(buffer);
@@ -314,6 +327,9 @@ impl TlsLayer {
                         break;
                     }
                     offset += got;
+                    if offset < wants && !more_to_read(sslobj, parts.incoming.bind(py))? {
+                        break;
+                    }
                 }
                 Err(err) if is_again(py, &err)? => break,
                 Err(err) => return Err(err),
