@@ -1,13 +1,15 @@
 """TLS under load: 50 concurrent connections per round, each with a seeded random fate (a full
 echo up to 1 MiB, a paused-then-resumed reader, a clean close part-way, an abort part-way),
-both ends on the loop under test. Every echo is checked byte for byte, and the process holds
-no more file descriptors after the later rounds than after the first.
+both ends on the loop under test. Every echo is checked byte for byte, the process holds
+no more file descriptors after the later rounds than after the first, and no connection's
+objects (SSL objects, memory BIOs, transports, protocols) outlive their round.
 """
 
 import asyncio
 import gc
 import os
 import random
+import ssl
 
 from _netutil import PAYLOAD
 from _tls import TIMEOUT, Recorder, certs, client_context, server_context, until  # noqa: F401
@@ -26,6 +28,19 @@ class Echo(Recorder):
 
 def fd_count():
     return len(os.listdir("/proc/self/fd"))
+
+
+def live_connection_objects():
+    """Objects of a TLS connection still alive, by type name (after a collection)."""
+    gc.collect()
+    kinds = (ssl.SSLObject, ssl.MemoryBIO, asyncio.BaseTransport, Recorder)
+    counts = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, kinds):
+            name = type(obj).__name__
+            counts[name] = counts.get(name, 0) + 1
+    # MemoryBIO and SSLObject's C half are not GC-tracked; the SSLObject wrapper is.
+    return counts
 
 
 async def one_client(loop, port, ctx, rng, results):
@@ -89,6 +104,7 @@ def test_stress_concurrent_tls(loop, certs):
             await asyncio.sleep(0)
             gc.collect()
             counts.append(fd_count())
+            assert live_connection_objects() == {}, "a round's connections outlived it"
         assert fates == {"echo", "pause", "close", "abort"}
         assert counts == [counts[0]] * ROUNDS, f"fd counts per round: {counts}"
 
