@@ -678,13 +678,12 @@ impl TlsLayer {
         let py = slf.py();
         let want = if sizehint <= 0 || sizehint as usize > PLAINTEXT_BATCH { PLAINTEXT_BATCH } else { sizehint as usize };
         let mut inner = slf.get().inner.lock();
-        if inner.foreign_buffer.as_ref().is_none_or(|b| b.len() < want) {
-            inner.foreign_buffer = Some(vec![0u8; want.max(64 * 1024)].into_boxed_slice());
-        }
-        let buffer = inner.foreign_buffer.as_mut().expect("allocated above");
-        // The view stays valid: the buffer is only replaced by a bigger request, which a
-        // transport makes only after it has finished with the previous view.
-        memory_view(py, buffer.as_mut_ptr(), buffer.len(), true)
+        // Allocated once at the largest size asked for, and never replaced or freed before
+        // the layer: a view handed out earlier can never point at released memory.
+        let buffer = inner
+            .foreign_buffer
+            .get_or_insert_with(|| vec![0u8; PLAINTEXT_BATCH].into_boxed_slice());
+        memory_view(py, buffer.as_mut_ptr(), want, true)
     }
 
     fn buffer_updated(slf: &Bound<'_, Self>, nbytes: usize) -> PyResult<()> {
