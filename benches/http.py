@@ -117,10 +117,11 @@ def parse_wrk(out):
     return res
 
 
-def run_wrk(addr, conns, duration, core, server_pid):
-    """One wrk run (pinned); server CPU over its lifetime, wrk's own CPU by wait4."""
+def run_wrk(addr, conns, duration, core, server_pid, scheme="http"):
+    """One wrk run (pinned); server CPU over its lifetime, wrk's own CPU by wait4.
+    ``scheme="https"`` makes wrk speak TLS (benches/tls.py)."""
     secs = max(1, math.ceil(duration))  # wrk takes whole seconds
-    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--latency", f"http://{addr}/"]
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--latency", f"{scheme}://{addr}/"]
     srv0, t0 = nb.cpu_ns(server_pid), time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             preexec_fn=nb.pinned(core))

@@ -1,7 +1,11 @@
 //! Shared bits of `echo_client` and `echo_server`: a tiny argument parser and
-//! the endpoint type (TCP `host:port` or a Unix socket path).
+//! the endpoint type (TCP `host:port` or a Unix socket path); with the `tls`
+//! feature, the TLS set-up in `tls`.
 
 use std::time::Duration;
+
+#[cfg(feature = "tls")]
+pub mod tls;
 
 /// Where to connect or listen.
 #[derive(Clone, Debug)]

@@ -2,13 +2,15 @@
 //! ceiling for benches/echo.py (and, with --http, for benches/http.py).
 //!
 //!   echo_server (--tcp HOST:PORT | --unix PATH) [--http] [--watch-stdin]
+//!               [--tls-cert PEM --tls-key PEM]
 //!
 //! Prints "ready <address>" on stdout once it listens (with the real port when
 //! PORT is 0), then serves until killed. Echo mode reads up to 256 KiB and
 //! writes it all back; --http answers every request (headers only, no
 //! bodies) with a fixed small keep-alive response. --watch-stdin: exit when
 //! stdin reaches EOF (the benchmark harness holds a pipe to it, so the server
-//! can't outlive the harness).
+//! can't outlive the harness). --tls-cert/--tls-key (TCP only; built with
+//! `--features tls`): TLS 1.3 on every connection, the ceiling of benches/tls.py.
 
 use echo_load::{die, header_end, Args, Endpoint, HTTP_RESPONSE};
 use std::io::Write;
@@ -57,7 +59,13 @@ fn ready(addr: &str) {
     let _ = out.flush();
 }
 
-async fn serve(ep: Endpoint, http_mode: bool) -> std::io::Result<()> {
+/// The server's TLS context when --tls-cert/--tls-key are given.
+#[cfg(feature = "tls")]
+type TlsCtx = Option<openssl::ssl::SslContext>;
+#[cfg(not(feature = "tls"))]
+type TlsCtx = Option<std::convert::Infallible>;
+
+async fn serve(ep: Endpoint, http_mode: bool, tls: TlsCtx) -> std::io::Result<()> {
     match ep {
         Endpoint::Tcp(addr) => {
             let l = TcpListener::bind(&addr).await?;
@@ -65,12 +73,21 @@ async fn serve(ep: Endpoint, http_mode: bool) -> std::io::Result<()> {
             loop {
                 let (s, _) = l.accept().await?;
                 s.set_nodelay(true)?;
+                #[cfg(feature = "tls")]
+                if let Some(ctx) = tls.clone() {
+                    tokio::spawn(async move {
+                        let Ok(s) = echo_load::tls::accept(&ctx, s).await else { return };
+                        let _ = if http_mode { http(s).await } else { echo(s).await };
+                    });
+                    continue;
+                }
                 tokio::spawn(async move {
                     let _ = if http_mode { http(s).await } else { echo(s).await };
                 });
             }
         }
         Endpoint::Unix(path) => {
+            let _ = tls;
             let _ = std::fs::remove_file(&path);
             let l = UnixListener::bind(&path)?;
             ready(&path);
@@ -84,14 +101,35 @@ async fn serve(ep: Endpoint, http_mode: bool) -> std::io::Result<()> {
     }
 }
 
+fn tls_context(cert: Option<&str>, key: Option<&str>, ep: &Endpoint) -> TlsCtx {
+    let (cert, key) = match (cert, key) {
+        (None, None) => return None,
+        (Some(c), Some(k)) => (c, k),
+        _ => die("give both --tls-cert and --tls-key"),
+    };
+    if matches!(ep, Endpoint::Unix(_)) {
+        die("TLS works over --tcp only");
+    }
+    #[cfg(feature = "tls")]
+    return Some(echo_load::tls::server_context(cert, key).unwrap_or_else(|e| die(&e.to_string())));
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = (cert, key);
+        die("this echo_server was built without TLS (cargo build --release --features tls)")
+    }
+}
+
 fn main() {
     let args = Args::parse(&["http", "watch-stdin", "help"]).unwrap_or_else(|e| die(&e));
     if args.flag("help") {
-        println!("usage: echo_server (--tcp HOST:PORT | --unix PATH) [--http] [--watch-stdin]");
+        println!("usage: echo_server (--tcp HOST:PORT | --unix PATH) [--http] [--watch-stdin] \
+                  [--tls-cert PEM --tls-key PEM]");
         return;
     }
-    args.check_known(&["tcp", "unix", "http", "watch-stdin"]).unwrap_or_else(|e| die(&e));
+    args.check_known(&["tcp", "unix", "http", "watch-stdin", "tls-cert", "tls-key"])
+        .unwrap_or_else(|e| die(&e));
     let ep = args.endpoint().unwrap_or_else(|e| die(&e));
+    let tls = tls_context(args.get("tls-cert"), args.get("tls-key"), &ep);
     if args.flag("watch-stdin") {
         // A thread blocked in read(2) costs no CPU time while the server runs.
         std::thread::spawn(|| {
@@ -105,7 +143,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| die(&format!("runtime: {e}")));
-    if let Err(e) = rt.block_on(serve(ep, args.flag("http"))) {
+    if let Err(e) = rt.block_on(serve(ep, args.flag("http"), tls)) {
         die(&format!("server: {e}"));
     }
 }
