@@ -65,11 +65,11 @@ Spec = collections.namedtuple("Spec", "func full quick warm unit rate cpu heap l
 PER_CHILD = ("µs/child", 1e6)
 PER_MIB = ("µs/MiB", 1e6)
 WORKLOADS = {
-    "spawn_seq": Spec(work.spawn_seq, 500, 100, 20, "child", "children/s", PER_CHILD,
+    "spawn_seq": Spec(work.spawn_seq, 1000, 200, 20, "child", "children/s", PER_CHILD,
                       False, False),
-    "spawn_conc20": Spec(work.spawn_concurrent, 1000, 200, 40, "child", "children/s",
+    "spawn_conc20": Spec(work.spawn_concurrent, 2000, 400, 40, "child", "children/s",
                          PER_CHILD, False, False),
-    "spawn_heap": Spec(work.spawn_seq, 200, 40, 5, "child", "children/s", PER_CHILD,
+    "spawn_heap": Spec(work.spawn_seq, 300, 100, 5, "child", "children/s", PER_CHILD,
                        True, False),
     "communicate_10m": Spec(work.communicate_cat, 10, 3, 1, "MiB", "MiB/s", PER_MIB,
                             False, False),
@@ -173,6 +173,8 @@ def figures(sample, spec):
     f = {"rate": units / sample["wall"],
          "cpu": scale * (sample["cpu_self"] + sample["cpu_children"]) / units,
          "cpu_self": scale * sample["cpu_self"] / units}
+    if "rss_mib" in sample:
+        f["rss_mib"] = sample["rss_mib"]
     if spec.latency:
         f.update(exited_p50=pct(sample["lat_exited_us"], 0.5),
                  wait_p50=pct(sample["lat_wait_us"], 0.5),
@@ -250,7 +252,9 @@ def render(wname, n, spec, loops, med, by_loop):
                   f"| CPU {spec.cpu[0]} (proc+children) | of which the loop's process "
                   "| CPU spread | CPU x best peer | CPU vs uvloop | notes |")
         best_rate, best_cpu = best_peer(med, "rate", False), best_peer(med, "cpu", True)
-    rows = [f"### {wname} (n={n:,})", "", header,
+    rss = max((m.get("rss_mib", 0) for m in med.values()), default=0)
+    rss = f", sample process VmRSS {rss:,.0f} MiB" if rss else ""
+    rows = [f"### {wname} (n={n:,}{rss})", "", header,
             "|---|" + "---:|" * (header.count("|") - 3) + "---|"]
     for name in loops:
         m = med.get(name)
