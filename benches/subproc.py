@@ -48,7 +48,7 @@ if HERE not in sys.path:
 import micro  # noqa: E402  (csv_arg, pick_core)
 import subproc_work as work  # noqa: E402
 
-CHILD_TIMEOUT = 180.0  # seconds per sample process
+CHILD_TIMEOUT = 120.0  # seconds per sample process
 CANDIDATE = "tokioloop"
 
 LOOPS = {  # name -> (module, distribution)
@@ -60,27 +60,32 @@ LOOPS = {  # name -> (module, distribution)
 }
 DEFAULT_LOOPS = ("asyncio", "uvloop", "rloop", "tokioloop", "rsloop")
 
-# unit: what `units` counts; rate: label of units/s; cpu: (label, per-unit scale).
-Spec = collections.namedtuple("Spec", "func full quick warm unit rate cpu heap latency")
+# func(loop, n, ctx) runs n rounds; full / quick: n of a full / --quick run; warm: n
+# of the warm-up; unit: what `units` counts; rate: label of units/s; cpu: (label,
+# per-unit scale); heap: the sample holds a --heap-mib heap; latency: the exit
+# latency table; size: what n means, for the table's title.
+Spec = collections.namedtuple("Spec",
+                              "func full quick warm unit rate cpu heap latency size")
 PER_CHILD = ("µs/child", 1e6)
 PER_MIB = ("µs/MiB", 1e6)
 WORKLOADS = {
     "spawn_seq": Spec(work.spawn_seq, 1000, 200, 20, "child", "children/s", PER_CHILD,
-                      False, False),
+                      False, False, "{:,} children of /bin/true, one at a time"),
     "spawn_conc20": Spec(work.spawn_concurrent, 2000, 400, 40, "child", "children/s",
-                         PER_CHILD, False, False),
+                         PER_CHILD, False, False,
+                         "{:,} children of /bin/true, 20 at a time"),
     "spawn_heap": Spec(work.spawn_seq, 300, 100, 5, "child", "children/s", PER_CHILD,
-                       True, False),
+                       True, False, "{:,} children of /bin/true, one at a time"),
     "communicate_10m": Spec(work.communicate_cat, 10, 3, 1, "MiB", "MiB/s", PER_MIB,
-                            False, False),
+                            False, False, "{} x communicate() of 10 MiB through cat"),
     "exit_latency": Spec(work.exit_latency, 500, 100, 10, "child", "children/s",
-                         PER_CHILD, False, True),
+                         PER_CHILD, False, True, "{:,} children, one at a time"),
     "readline": Spec(work.readline_chatty, 5, 1, 1, "line", "lines/s", ("ns/line", 1e9),
-                     False, False),
+                     False, False, "{} x `seq 200000` read line by line"),
     "read_pipe": Spec(work.read_pipe, 1024, 256, 16, "MiB", "MiB/s", PER_MIB,
-                      False, False),
+                      False, False, "{:,} MiB from dd through connect_read_pipe"),
     "write_pipe": Spec(work.write_pipe, 1024, 256, 16, "MiB", "MiB/s", PER_MIB,
-                       False, False),
+                       False, False, "{:,} MiB through connect_write_pipe into cat"),
 }
 
 
@@ -254,7 +259,7 @@ def render(wname, n, spec, loops, med, by_loop):
         best_rate, best_cpu = best_peer(med, "rate", False), best_peer(med, "cpu", True)
     rss = max((m.get("rss_mib", 0) for m in med.values()), default=0)
     rss = f", sample process VmRSS {rss:,.0f} MiB" if rss else ""
-    rows = [f"### {wname} (n={n:,}{rss})", "", header,
+    rows = [f"### {wname} ({spec.size.format(n)}{rss})", "", header,
             "|---|" + "---:|" * (header.count("|") - 3) + "---|"]
     for name in loops:
         m = med.get(name)
@@ -389,7 +394,7 @@ def main(argv=None):
 
 def run_all(args, present, sizes, core, ctx):
     """Every sample, loops interleaved and rotated per repeat. A (loop, workload) that
-    raised NotImplementedError is not tried again in later repeats."""
+    raised NotImplementedError or timed out is not tried again in later repeats."""
     samples = {w: {name: [] for name in present} for w in args.only}
     raw, skip = [], set()
     total, done = args.repeat * len(args.only) * len(present), 0
@@ -403,7 +408,7 @@ def run_all(args, present, sizes, core, ctx):
                 if (name, w) in skip:
                     continue
                 s = run_sample(name, w, sizes[w], core, args.heap_mib, ctx)
-                if s.get("not_implemented"):
+                if s.get("not_implemented") or s.get("error", "").startswith("timeout"):
                     skip.add((name, w))
                 samples[w][name].append(s)
                 raw.append({"loop": name, "workload": w, "repeat": r, "n": sizes[w], **s})
