@@ -3,7 +3,8 @@
 Each workload is a coroutine function ``f(loop, n, ctx)`` that does ``n`` rounds
 of one job on ``loop`` and returns a dict with at least ``units`` (how many
 units the table counts: children, MiB, lines) and optionally ``lat_exited_us`` /
-``lat_wait_us`` lists. ``ctx`` carries paths found by the parent (the exit-stamp
+``lat_wait_us`` lists (exit_latency also counts ``wait_before_process_exited``:
+how often wait() came back before process_exited() had run). ``ctx`` carries paths found by the parent (the exit-stamp
 helper). ``run_sample`` is the body of one sample process: it pins itself,
 builds the optional big heap, makes the loop, warms up, then measures one run
 with wall time and the CPU time of the process (all threads) and of its reaped
@@ -92,12 +93,16 @@ async def communicate_cat(loop, n, ctx):
 # ---- 3. exit-notification latency ----
 
 class StampProtocol(asyncio.subprocess.SubprocessStreamProtocol):
-    """asyncio's own protocol for Process, plus the time process_exited() ran."""
+    """asyncio's own protocol for Process, plus the time process_exited() ran
+    (``exited``, a future: some loops let wait() return before they call it)."""
 
-    exited_ns = None
+    def __init__(self, limit, loop):
+        super().__init__(limit=limit, loop=loop)
+        self.exited = loop.create_future()
 
     def process_exited(self):
-        self.exited_ns = now_ns()
+        if not self.exited.done():
+            self.exited.set_result(now_ns())
         super().process_exited()
 
 
@@ -108,7 +113,7 @@ async def exit_latency(loop, n, ctx):
     exit itself has to be noticed."""
     helper = ctx["stamp_helper"]
     path = os.path.join(ctx["tmpdir"], f"stamps-{os.getpid()}")
-    exited, waited = [], []
+    exited, waited, early = [], [], 0
     with open(path, "wb") as out:
         for _ in range(n):
             transport, protocol = await loop.subprocess_exec(
@@ -118,14 +123,15 @@ async def exit_latency(loop, n, ctx):
             if await proc.wait() != 0:
                 raise RuntimeError(f"stamp helper exited with {proc.returncode}")
             waited.append(now_ns())
-            exited.append(protocol.exited_ns)
+            early += not protocol.exited.done()
+            exited.append(await protocol.exited)
             transport.close()
     with open(path, "rb") as f:
         stamps = [int(x) for x in f.read().split()]
     os.unlink(path)
-    if len(stamps) != n or None in exited:
+    if len(stamps) != n:
         raise RuntimeError(f"{len(stamps)} stamps for {n} children")
-    return {"units": n,
+    return {"units": n, "wait_before_process_exited": early,
             "lat_exited_us": [(e - s) / 1e3 for e, s in zip(exited, stamps)],
             "lat_wait_us": [(w - s) / 1e3 for w, s in zip(waited, stamps)]}
 
