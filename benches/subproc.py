@@ -298,7 +298,8 @@ def verdict(spec, med, by_loop):
     if cand is None:
         return f"**{CANDIDATE}: not installed.**"
     if "error" in cand:
-        return f"**{CANDIDATE}: {'not implemented' if cand.get('not_implemented') else 'FAIL (error)'}.**"
+        what = "not implemented" if cand.get("not_implemented") else "FAIL (error)"
+        return f"**{CANDIDATE}: {what}.**"
     parts, ok = [], True
     for key, lower in headline(spec):
         best = best_peer(med, key, lower)

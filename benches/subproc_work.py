@@ -4,11 +4,12 @@ Each workload is a coroutine function ``f(loop, n, ctx)`` that does ``n`` rounds
 of one job on ``loop`` and returns a dict with at least ``units`` (how many
 units the table counts: children, MiB, lines) and optionally ``lat_exited_us`` /
 ``lat_wait_us`` lists (exit_latency also counts ``wait_before_process_exited``:
-how often wait() came back before process_exited() had run). ``ctx`` carries paths found by the parent (the exit-stamp
-helper). ``run_sample`` is the body of one sample process: it pins itself,
-builds the optional big heap, makes the loop, warms up, then measures one run
-with wall time and the CPU time of the process (all threads) and of its reaped
-children (``getrusage``), and prints one JSON line.
+how often wait() came back before process_exited() had run). ``ctx`` carries
+paths found by the parent (the exit-stamp helper). ``run_sample`` is the body of
+one sample process: it pins itself, builds the optional big heap, makes the
+loop, warms up, then measures one run with wall time and the CPU time of the
+process (all threads) and of its reaped children (``getrusage``), and prints
+one JSON line.
 
 This file must not be named after a stdlib module: benches/ is sys.path[0] of
 every bench script, so a benches/subprocess.py would shadow the stdlib's.
