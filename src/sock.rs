@@ -20,6 +20,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use crate::errors::{last_errno, os_error};
 use crate::event_loop::LoopCore;
 use crate::handles::Handle;
+use crate::io::fdio::FdKind;
 use crate::io::recv::{recv_bytes, Received, LARGE_READ};
 use crate::io::registry::Direction;
 use crate::transports::stream::BufferView;
@@ -48,7 +49,7 @@ fn would_block(errno: i32) -> bool {
 /// One non-blocking `recv(fd, n)`: the bytes, `None` if it would block, or the OSError.
 fn recv_once(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyBytes>>> {
     let expect_large = LAST_READ_LARGE.with(|last| last.get());
-    match recv_bytes(py, fd, n, libc::MSG_DONTWAIT, expect_large)? {
+    match recv_bytes(py, FdKind::Socket, fd, n, libc::MSG_DONTWAIT, expect_large)? {
         Received::Data(data, got, _) => {
             LAST_READ_LARGE.with(|last| last.set(got >= LARGE_READ));
             Ok(Some(data))

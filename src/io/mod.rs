@@ -2,7 +2,9 @@
 //!
 //! Native transports register here too; the turn in `event_loop` calls
 //! [`registry::Registry::dispatch`] once per turn to queue the callbacks of ready fds.
-//! `recv` is the one socket read that transports and sock_recv share.
+//! `recv` is the one read that transports and sock_recv share; `fdio` picks the syscalls
+//! by descriptor kind (socket or pipe).
 
+pub mod fdio;
 pub mod recv;
 pub mod registry;

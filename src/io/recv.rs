@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::errors::last_errno;
+use crate::io::fdio::FdKind;
 
 /// The per-thread buffer's size: asyncio's `max_size` for one socket read.
 pub const BUFFER_SIZE: usize = 256 * 1024;
@@ -46,12 +47,12 @@ pub enum Received {
 /// stream) while the buffer is borrowed: `consume` must not run Python code that could
 /// read from a socket (it may copy the bytes into another object). Returns the count and
 /// what `consume` returned, or the errno.
-pub fn recv_with<R>(fd: RawFd, n: usize, consume: impl FnOnce(&[u8]) -> R) -> Result<(usize, R), i32> {
+pub fn recv_with<R>(kind: FdKind, fd: RawFd, n: usize, consume: impl FnOnce(&[u8]) -> R) -> Result<(usize, R), i32> {
     BUFFER.with(|cell| {
         let mut buffer = cell.borrow_mut();
         let n = n.min(BUFFER_SIZE);
         // SAFETY: the buffer has BUFFER_SIZE >= n writable bytes.
-        let got = unsafe { libc::recv(fd, buffer.as_mut_ptr().cast(), n, 0) };
+        let got = unsafe { kind.read(fd, buffer.as_mut_ptr(), n, 0) };
         if got < 0 {
             return Err(last_errno());
         }
@@ -60,13 +61,21 @@ pub fn recv_with<R>(fd: RawFd, n: usize, consume: impl FnOnce(&[u8]) -> R) -> Re
     })
 }
 
-/// `recv(fd, n, flags)` into a new exact-size bytes object.
-pub fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize, flags: i32, expect_large: bool) -> PyResult<Received> {
+/// One read of up to `n` bytes (`recv(fd, n, flags)` on a socket) into a new exact-size
+/// bytes object.
+pub fn recv_bytes(
+    py: Python<'_>,
+    kind: FdKind,
+    fd: RawFd,
+    n: usize,
+    flags: i32,
+    expect_large: bool,
+) -> PyResult<Received> {
     if n <= BUFFER_SIZE && (!expect_large || n <= LARGE_READ) {
         return Ok(BUFFER.with(|cell| {
             let mut buffer = cell.borrow_mut();
             // SAFETY: the buffer has BUFFER_SIZE >= n writable bytes.
-            let got = unsafe { libc::recv(fd, buffer.as_mut_ptr().cast(), n, flags) };
+            let got = unsafe { kind.read(fd, buffer.as_mut_ptr(), n, flags) };
             if got < 0 {
                 Received::Failed(last_errno())
             } else {
@@ -84,7 +93,7 @@ pub fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize, flags: i32, expect_large:
         if object.is_null() {
             return Err(PyErr::fetch(py));
         }
-        let got = libc::recv(fd, ffi::PyBytes_AsString(object).cast(), n, flags);
+        let got = kind.read(fd, ffi::PyBytes_AsString(object).cast(), n, flags);
         if got < 0 {
             let errno = last_errno();
             ffi::Py_DECREF(object);

@@ -29,6 +29,7 @@ use crate::errors::{last_errno, os_error};
 use crate::event_loop::ready::Ready;
 use crate::event_loop::LoopCore;
 use crate::handles::is_fatal;
+use crate::io::fdio::FdKind;
 use crate::io::recv::{recv_bytes, recv_with, Received, LARGE_READ};
 use crate::transports::tls::{as_tls_layer, TlsLayer};
 use crate::io::registry::Direction;
@@ -73,6 +74,8 @@ struct Inner {
 #[pyclass(subclass, frozen, module = "tokioloop._tokioloop")]
 pub struct StreamTransport {
     fd: RawFd,
+    /// Socket (recv/send) or pipe (read/write): found once, at construction.
+    kind: FdKind,
     core: Py<LoopCore>,
     /// The Python transport (`tokioloop._transport.SocketTransport`) this is the engine of:
     /// the object protocol callbacks and error reports see. Held while the socket is
@@ -227,7 +230,7 @@ impl StreamTransport {
             }
             return Self::read_into_protocol(slf, &protocol);
         }
-        let received = match recv_bytes(py, this.fd, READ_SIZE, 0, expect_large)? {
+        let received = match recv_bytes(py, this.kind, this.fd, READ_SIZE, 0, expect_large)? {
             Received::Data(data, n, filled) => {
                 this.inner.lock().last_read_large = n >= LARGE_READ;
                 Ok((filled, (n > 0).then_some(data)))
@@ -271,7 +274,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let failed = "Fatal error: protocol.buffer_updated() call failed.";
-        match recv_with(this.fd, READ_SIZE, |data| layer.get().take_ciphertext(py, data)) {
+        match recv_with(this.kind, this.fd, READ_SIZE, |data| layer.get().take_ciphertext(py, data)) {
             Err(errno) => Self::read_failed(slf, errno),
             Ok((0, _)) => Self::up(slf, intern!(py, "_on_eof"), ()),
             Ok((_, Err(err))) => Self::fatal(slf, err, failed),
@@ -311,7 +314,7 @@ impl StreamTransport {
             Err(err) => return Self::fatal(slf, err, "Fatal error: protocol.get_buffer() call failed."),
         };
         // SAFETY: `view` is a writable, contiguous buffer of view.len() bytes, held until drop.
-        let n = unsafe { libc::recv(this.fd, view.as_ptr().cast(), view.len(), 0) };
+        let n = unsafe { this.kind.read(this.fd, view.as_ptr(), view.len(), 0) };
         let capacity = view.len();
         drop(view);
         if n < 0 {
@@ -359,12 +362,8 @@ impl StreamTransport {
                 });
                 offered += len - skip;
             }
-            // SAFETY: a zeroed msghdr with only the iovec array set is a plain stream send.
-            let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
-            message.msg_iov = slices.as_mut_ptr();
-            message.msg_iovlen = slices.len() as _;
             // SAFETY: every iovec points into a bytes object the queue holds during the call.
-            let n = unsafe { libc::sendmsg(this.fd, &message, libc::MSG_NOSIGNAL) };
+            let n = unsafe { this.kind.write_vectored(this.fd, &mut slices) };
             if n < 0 {
                 (Err(last_errno()), true, inner.queued)
             } else {
@@ -479,6 +478,7 @@ impl StreamTransport {
         let context = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? };
         Ok(StreamTransport {
             fd,
+            kind: FdKind::of(fd),
             core,
             owner: Mutex::new(Some(owner)),
             context: context.unbind(),
@@ -548,7 +548,7 @@ impl StreamTransport {
         let start_writing = inner.queue.is_empty();
         if start_writing {
             // SAFETY: `view` covers `len` readable bytes for the duration of the call.
-            let n = unsafe { libc::send(this.fd, view.as_ptr().cast(), len, libc::MSG_NOSIGNAL) };
+            let n = unsafe { this.kind.write(this.fd, view.as_ptr(), len) };
             if n < 0 {
                 let errno = last_errno();
                 if !would_block(errno) && errno != libc::EINTR {
