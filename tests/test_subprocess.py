@@ -479,3 +479,15 @@ def test_child_runs_with_our_interpreter_unbuffered_pipes(loop):
     rc, out = run(loop, main())
     assert rc == 0
     assert out == ",".join(str(i) for i in range(1000)).encode() + b","
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing user and groups needs root")
+@pytest.mark.skipif(
+    "extra_groups" not in inspect.signature(subprocess.Popen).parameters,
+    reason="Popen(user=, group=, extra_groups=) are new in 3.9",
+)
+def test_user_group_extra_groups(loop):
+    nobody = 65534
+    script = "id -u; id -g; id -G"
+    got = run(loop, output_of(sh(script), user=nobody, group=nobody, extra_groups=[]))
+    assert got == (0, b"65534\n65534\n65534\n")

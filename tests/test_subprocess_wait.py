@@ -484,3 +484,44 @@ def test_ctrl_c_while_awaiting_wait(loop, sender):
     proc.kill()
     assert run(loop, waiter) == -signal.SIGKILL
     assert not is_unreaped_child(proc.pid)
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_spawn_from_a_forked_child(loop, loop_factory):
+    # A process forked while this loop runs makes a loop of the same kind and spawns from
+    # it (CPython's TestFork.test_fork_asyncio_subprocess does it through multiprocessing).
+    # The child reports a failure's repr through a pipe, so the assertion shows it.
+    async def main():
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the forked child: never return into pytest
+            status = 99
+            try:
+                child_loop = loop_factory()
+                try:
+                    proc = child_loop.run_until_complete(asyncio.create_subprocess_exec(*sh("exit 7")))
+                    status = child_loop.run_until_complete(asyncio.wait_for(proc.wait(), 10))
+                finally:
+                    child_loop.close()
+            except BaseException as exc:
+                os.write(w, repr(exc).encode()[:500])
+            finally:
+                os._exit(status)
+        os.close(w)
+        try:
+            rc = await reap(pid)
+            return rc, os.read(r, 1000).decode()
+        finally:
+            os.close(r)
+
+    async def reap(pid):
+        deadline = time.monotonic() + 30
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.01)
+
+    assert run(loop, main()) == (7, "")
