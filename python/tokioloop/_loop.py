@@ -26,6 +26,8 @@ from ._executor import ExecutorSupport
 from ._net import NetSupport
 from ._signals import SignalSupport
 from ._sock import SockSupport
+from ._pipes import PipeSupport
+from ._subprocess import SubprocessSupport
 from ._tls import TlsSupport
 from ._transport import TransportSupport
 from ._tokioloop import LoopCore
@@ -84,7 +86,7 @@ def _format_handle(handle):
 
 class Loop(
     LoopCore, ExceptionHandling, ExecutorSupport, SignalSupport, SockSupport, DnsSupport,
-    NetSupport, TransportSupport, TlsSupport, NotYetBuilt, asyncio.AbstractEventLoop,
+    NetSupport, TransportSupport, TlsSupport, PipeSupport, SubprocessSupport, NotYetBuilt, asyncio.AbstractEventLoop,
 ):
     """An asyncio event loop on a tokio current-thread runtime. Create with ``new_event_loop()``."""
 

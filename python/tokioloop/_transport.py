@@ -54,11 +54,10 @@ def _engine_state(name):
     return property(get, set)
 
 
-class SocketTransport(transports.Transport):
-    """An ``asyncio.Transport`` over a connected stream socket, reading and writing natively."""
-
-    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
-    _start_tls_compatible = True
+class EngineTransport:
+    """What every transport on the native stream engine shares (sockets here, pipes in
+    ``_pipes.py``): the engine's state as attributes, set-up, flow-control calls into the
+    protocol, extra info. Mixed into a class that also derives from an asyncio transport."""
 
     _closing = _engine_state("_closing")
     _conn_lost = _engine_state("_conn_lost")
@@ -70,19 +69,107 @@ class SocketTransport(transports.Transport):
     _sendfile_active = _engine_state("_sendfile_active")
     _sock_fd = _engine_state("_sock_fd")
 
-    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
-        super().__init__(extra)
-        self._sock = None
-        core = StreamTransport(loop, sock, self)
-        if not core._attach_io():
+    def _start_engine(self, loop, fileobj, *, pipe=None):
+        """Make the engine for ``fileobj`` and register its descriptor; with ``pipe`` (None,
+        "read" or "write") the engine follows asyncio's pipe transport rules. Returns False
+        if the descriptor cannot be watched at all (a character device epoll refuses)."""
+        core = StreamTransport(loop, fileobj, self)
+        if pipe is not None:
+            core._set_pipe_mode(pipe == "write")
+        try:
+            attached = core._attach_io()
+        except PermissionError:
+            if pipe != "write":
+                raise
+            attached = None  # e.g. /dev/null: written to at once, never waited on
+        if attached is False:
             core._detach_io()
             raise RuntimeError(f"File descriptor {core._sock_fd} is already watched by the loop")
         self._core = core
         self.write = core.write
         self.get_write_buffer_size = core.get_write_buffer_size
         self.is_closing = core.is_closing
-        self.is_reading = core.is_reading
         self.get_protocol = core.get_protocol
+        self._loop = loop
+        return attached is not None
+
+    def get_extra_info(self, name, default=None):
+        return self._extra.get(name, default)
+
+    # pause_reading/resume_reading, for the transports that read (bound to them by name).
+    def _pause_reading(self):
+        if self._closing or self._paused:
+            return
+        self._paused = True
+        self._core._stop_reading()
+        if self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def _resume_reading(self):
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        self._core._start_reading()
+        if self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    @property
+    def _protocol(self):
+        return self.get_protocol()
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        if high is None:
+            high = _DEFAULT_HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water = high
+        self._low_water = low
+        self._maybe_pause_protocol()
+
+    def get_write_buffer_limits(self):
+        return (self._low_water, self._high_water)
+
+    def _maybe_pause_protocol(self):
+        if self.get_write_buffer_size() <= self._high_water or self._protocol_paused:
+            return
+        self._protocol_paused = True
+        self._tell_protocol("pause_writing")
+
+    def _maybe_resume_protocol(self):
+        if not self._protocol_paused or self.get_write_buffer_size() > self._low_water:
+            return
+        self._protocol_paused = False
+        self._tell_protocol("resume_writing")
+
+    def _tell_protocol(self, method):
+        try:
+            getattr(self._protocol, method)()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler(
+                {
+                    "message": f"protocol.{method}() failed",
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+
+
+class SocketTransport(EngineTransport, transports.Transport):
+    """An ``asyncio.Transport`` over a connected stream socket, reading and writing natively."""
+
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    _start_tls_compatible = True
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        super().__init__(extra)
+        self._sock = None
+        self._start_engine(loop, sock)
+        self.is_reading = self._core.is_reading
         self._extra["socket"] = trsock.TransportSocket(sock)
         try:
             self._extra["sockname"] = sock.getsockname()
@@ -93,7 +180,6 @@ class SocketTransport(transports.Transport):
                 self._extra["peername"] = sock.getpeername()
             except OSError:
                 self._extra["peername"] = None
-        self._loop = loop
         self._sock = sock
         self._server = None
         self._empty_waiter = None
@@ -104,7 +190,7 @@ class SocketTransport(transports.Transport):
             server._attach(self)
         _set_tcp_nodelay(sock)
         loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(core._start_reading)
+        loop.call_soon(self._core._start_reading)
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
@@ -130,33 +216,12 @@ class SocketTransport(transports.Transport):
 
     # -- the asyncio.Transport interface ------------------------------------------------
 
-    def get_extra_info(self, name, default=None):
-        """peername, sockname, socket (a TransportSocket), or what the creator added."""
-        return self._extra.get(name, default)
-
     def set_protocol(self, protocol):
         self._core._set_protocol(protocol, isinstance(protocol, protocols.BufferedProtocol))
         self._protocol_connected = True
 
-    @property
-    def _protocol(self):
-        return self.get_protocol()
-
-    def pause_reading(self):
-        if self._closing or self._paused:
-            return
-        self._paused = True
-        self._core._stop_reading()
-        if self._loop.get_debug():
-            logger.debug("%r pauses reading", self)
-
-    def resume_reading(self):
-        if self._closing or not self._paused:
-            return
-        self._paused = False
-        self._core._start_reading()
-        if self._loop.get_debug():
-            logger.debug("%r resumes reading", self)
+    pause_reading = EngineTransport._pause_reading
+    resume_reading = EngineTransport._resume_reading
 
     def writelines(self, list_of_data):
         self.write(b"".join(list_of_data))
@@ -171,20 +236,6 @@ class SocketTransport(transports.Transport):
 
     def can_write_eof(self):
         return True
-
-    def set_write_buffer_limits(self, high=None, low=None):
-        if high is None:
-            high = _DEFAULT_HIGH_WATER if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high_water = high
-        self._low_water = low
-        self._maybe_pause_protocol()
-
-    def get_write_buffer_limits(self):
-        return (self._low_water, self._high_water)
 
     def close(self):
         """Stop reading; once the queue is flushed, call connection_lost(None) and close."""
@@ -265,42 +316,6 @@ class SocketTransport(transports.Transport):
             self._call_connection_lost(None)
         elif self._eof:
             self._sock.shutdown(socket.SHUT_WR)
-
-    def _maybe_pause_protocol(self):
-        if self.get_write_buffer_size() <= self._high_water or self._protocol_paused:
-            return
-        self._protocol_paused = True
-        try:
-            self._protocol.pause_writing()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler(
-                {
-                    "message": "protocol.pause_writing() failed",
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
-
-    def _maybe_resume_protocol(self):
-        if not self._protocol_paused or self.get_write_buffer_size() > self._low_water:
-            return
-        self._protocol_paused = False
-        try:
-            self._protocol.resume_writing()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler(
-                {
-                    "message": "protocol.resume_writing() failed",
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
 
     # -- sendfile hand-over (loop.sendfile) -------------------------------------------------
 

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 NOT_YET_BUILT = (
     "create_datagram_endpoint",
-    "connect_read_pipe",
-    "connect_write_pipe",
-    "subprocess_shell",
-    "subprocess_exec",
 )
 
 

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyAssertionError, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
@@ -59,6 +59,11 @@ struct Inner {
     conn_lost: u32,
     /// `write_eof()` was called: the write side shuts once the queue drains.
     eof_requested: bool,
+    /// asyncio's pipe transport rules (`connect_read_pipe`/`connect_write_pipe`): their
+    /// messages, `write()` refusing other types by `assert`, writes dropped once closing.
+    pipe_mode: bool,
+    /// A write pipe: readiness to read (or, on a pipe, a hang-up) means the reader has gone.
+    write_only: bool,
     /// `pause_writing()` was called on the protocol and `resume_writing()` not yet.
     protocol_paused: bool,
     high_water: usize,
@@ -173,6 +178,22 @@ impl StreamTransport {
         }
     }
 
+    fn read_error_message(&self) -> &'static str {
+        if self.inner.lock().pipe_mode {
+            "Fatal read error on pipe transport"
+        } else {
+            "Fatal read error on socket transport"
+        }
+    }
+
+    fn write_error_message(pipe_mode: bool) -> &'static str {
+        if pipe_mode {
+            "Fatal write error on pipe transport"
+        } else {
+            "Fatal write error on socket transport"
+        }
+    }
+
     fn fatal(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
         if is_fatal(py, &err) {
@@ -207,6 +228,10 @@ impl StreamTransport {
         let this = slf.get();
         let (protocol, buffered, expect_large, tls) = {
             let inner = this.inner.lock();
+            if inner.write_only {
+                drop(inner);
+                return Self::peer_closed(slf);
+            }
             match inner.protocol.as_ref() {
                 Some(protocol) if inner.reading && inner.conn_lost == 0 => (
                     protocol.clone_ref(py),
@@ -264,7 +289,7 @@ impl StreamTransport {
             Self::requeue(slf, Direction::Read);
             Ok(())
         } else {
-            Self::fatal(slf, os_error(errno), "Fatal read error on socket transport")
+            Self::fatal(slf, os_error(errno), slf.get().read_error_message())
         }
     }
 
@@ -340,7 +365,19 @@ impl StreamTransport {
         let mut sent_objects = Vec::new();
         let (result, more_queued, queued) = {
             let mut inner = this.inner.lock();
-            if inner.conn_lost > 0 || inner.queue.is_empty() {
+            if inner.conn_lost > 0 {
+                return Ok(());
+            }
+            if inner.queue.is_empty() {
+                let watching_hangup = inner.write_only && this.kind == FdKind::Pipe;
+                drop(inner);
+                if !watching_hangup {
+                    return Ok(());
+                }
+                if hung_up(this.fd) {
+                    return Self::peer_closed(slf);
+                }
+                Self::drained(slf, Direction::Write);
                 return Ok(());
             }
             let mut slices: Vec<libc::iovec> = Vec::with_capacity(inner.queue.len().min(MAX_SLICES));
@@ -415,12 +452,26 @@ impl StreamTransport {
         if resume {
             Self::up(slf, intern!(py, "_maybe_resume_protocol"), ())?;
         }
-        let empty = this.inner.lock().queue.is_empty();
+        let (empty, watching_hangup) = {
+            let inner = this.inner.lock();
+            (inner.queue.is_empty(), inner.write_only && this.kind == FdKind::Pipe)
+        };
         if empty {
-            this.core(py).watch_stream(py, this.fd, Direction::Write, false);
+            if !watching_hangup {
+                this.core(py).watch_stream(py, this.fd, Direction::Write, false);
+            }
             Self::up(slf, intern!(py, "_on_drained"), ())?;
         }
         Ok(())
+    }
+
+    /// A write pipe's reader has gone: the Python transport closes (asyncio's `_read_ready`).
+    fn peer_closed(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        Self::set_reading(slf, false);
+        let this = slf.get();
+        this.core(py).watch_stream(py, this.fd, Direction::Write, false);
+        Self::up(slf, intern!(py, "_on_peer_closed"), ())
     }
 
     fn set_reading(slf: &Bound<'_, Self>, on: bool) {
@@ -440,6 +491,14 @@ impl StreamTransport {
             Self::requeue(slf, Direction::Read);
         }
     }
+}
+
+/// Whether `fd` reports a hang-up or an error (a pipe's reader has closed), by `poll(2)`.
+fn hung_up(fd: RawFd) -> bool {
+    let mut entry = libc::pollfd { fd, events: 0, revents: 0 };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut entry, 1, 0) };
+    n > 0 && entry.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
 /// `object.name(arg)` without a bound-method object.
@@ -492,6 +551,8 @@ impl StreamTransport {
                 closing: false,
                 conn_lost: 0,
                 eof_requested: false,
+                pipe_mode: false,
+                write_only: false,
                 protocol_paused: false,
                 high_water: DEFAULT_HIGH_WATER,
                 low_water: DEFAULT_HIGH_WATER / 4,
@@ -514,6 +575,10 @@ impl StreamTransport {
             && unsafe { ffi::PyByteArray_Check(data.as_ptr()) } == 0
             && unsafe { ffi::PyMemoryView_Check(data.as_ptr()) } == 0
         {
+            if this.inner.lock().pipe_mode {
+                // asyncio's pipe transports check the type with `assert`.
+                return Err(PyAssertionError::new_err(data.repr()?.unbind()));
+            }
             return Err(PyTypeError::new_err(format!(
                 "data argument must be a bytes-like object, not {}",
                 data.get_type().name()?.repr()?
@@ -522,6 +587,19 @@ impl StreamTransport {
         let view = BufferView::get(data, ffi::PyBUF_SIMPLE)?;
         let len = view.len();
         let mut inner = this.inner.lock();
+        let pipe_mode = inner.pipe_mode;
+        if pipe_mode && len > 0 && (inner.closing || inner.conn_lost > 0) {
+            let warn = inner.conn_lost >= LOST_WRITES_BEFORE_WARNING;
+            inner.conn_lost += 1;
+            drop(inner);
+            if warn {
+                let message = "pipe closed by peer or os.write(pipe, data) raised exception.";
+                py.import("asyncio.log")?
+                    .getattr(intern!(py, "logger"))?
+                    .call_method1(intern!(py, "warning"), (message,))?;
+            }
+            return Ok(());
+        }
         if inner.eof_requested {
             return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
         }
@@ -552,9 +630,12 @@ impl StreamTransport {
             if n < 0 {
                 let errno = last_errno();
                 if !would_block(errno) && errno != libc::EINTR {
+                    if pipe_mode {
+                        inner.conn_lost += 1;
+                    }
                     drop(inner);
                     drop(view);
-                    return Self::fatal(slf, os_error(errno), "Fatal write error on socket transport");
+                    return Self::fatal(slf, os_error(errno), Self::write_error_message(pipe_mode));
                 }
             } else if n as usize == len {
                 return Ok(());
@@ -648,6 +729,36 @@ impl StreamTransport {
         drop(inner);
         drop(tls);
         protocol
+    }
+
+    /// Follow asyncio's pipe transport rules; `write_only` for a write pipe (whose read
+    /// readiness, or hang-up, means the reader has gone).
+    fn _set_pipe_mode(&self, write_only: bool) {
+        let mut inner = self.inner.lock();
+        inner.pipe_mode = true;
+        inner.write_only = write_only;
+    }
+
+    /// A write pipe starts watching for its reader to go: a hang-up on a pipe or FIFO, read
+    /// readiness on a socket (asyncio's rule: either means the peer closed).
+    fn _watch_hangup(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let this = slf.get();
+        if this.kind == FdKind::Socket {
+            Self::set_reading(slf, true);
+            return;
+        }
+        let core = this.core(py);
+        core.watch_stream(py, this.fd, Direction::Write, true);
+        if core.arm_stream(this.fd, Direction::Write) {
+            Self::requeue(slf, Direction::Write);
+        }
+    }
+
+    /// Whether the descriptor is a socket (else a pipe, FIFO, pty or character device).
+    #[getter]
+    fn _is_socket(&self) -> bool {
+        self.kind == FdKind::Socket
     }
 
     fn _start_reading(slf: &Bound<'_, Self>) {
