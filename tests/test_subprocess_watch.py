@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import threading
 
 import pytest
 
@@ -106,3 +107,35 @@ def test_signals_go_through_the_pidfd(loop, monkeypatch):
 
     assert run(loop, main()) == -signal.SIGTERM
     assert sent == [signal.SIGTERM]
+
+
+def test_signals_arriving_during_spawns(loop):
+    """A signal handled by the loop keeps arriving while children are spawned and reaped:
+    no spawn fails with EINTR, every child is reaped, every signal reaches the handler."""
+    received = []
+    loop.add_signal_handler(signal.SIGUSR1, received.append, "usr1")
+    stop = threading.Event()
+
+    def pester():
+        while not stop.is_set():
+            os.kill(os.getpid(), signal.SIGUSR1)
+            stop.wait(0.001)
+
+    async def main():
+        codes = []
+        for n in range(30):
+            proc = await asyncio.create_subprocess_exec(*sh(f"exit {n % 7}"))
+            codes.append(await proc.wait())
+        return codes
+
+    thread = threading.Thread(target=pester)
+    thread.start()
+    try:
+        codes = run(loop, main())
+    finally:
+        stop.set()
+        thread.join()
+        run(loop, asyncio.sleep(0.05))
+        loop.remove_signal_handler(signal.SIGUSR1)
+    assert codes == [n % 7 for n in range(30)]
+    assert received and set(received) == {"usr1"}
