@@ -10,6 +10,8 @@ import asyncio
 import inspect
 import sys
 
+_DGRAM = asyncio.selector_events._SelectorDatagramTransport
+
 import pytest
 
 _LOOP_CLASS = asyncio.SelectorEventLoop
@@ -95,6 +97,19 @@ STDLIB_BUGS = {
         _RUNNING >= (3, 11),
         "the TLS layer reads into buf[offset:] of a BufferedProtocol's buffer, which copies a "
         "bytearray: the second and later reads of one pass are lost (cpython#156275)",
+    ),
+    "datagram_addr_asserts": (
+        _RUNNING < (3, 11),
+        "3.10's create_datagram_endpoint checks for a 2-tuple address with an assert "
+        "(AssertionError, gone under -O) rather than raising TypeError (changed in 3.11)",
+    ),
+    "datagram_buffer_size_drift": (
+        "+ 8" in inspect.getsource(_DGRAM.sendto)
+        and "8" not in inspect.getsource(_DGRAM._sendto_ready)
+        and "_header_size" not in inspect.getsource(_DGRAM._sendto_ready),
+        "3.13's datagram transport counts len(data) + 8 per queued datagram but subtracts "
+        "len(data) when it is sent, so get_write_buffer_size() stays above 0 after a drain "
+        "(gh-135444, fixed by PR #135445 and its backports)",
     ),
     "refused_run_forever_clears_running_loop": (
         _RUNNING == (3, 13, 0),
