@@ -7,13 +7,10 @@ from a version table. Traffic stays on 127.0.0.1, ::1 and AF_UNIX paths in a pri
 directory; every wait is bounded by ``_udp.TIMEOUT``. Checks that something did *not* arrive send
 a marker datagram behind it (loopback and AF_UNIX keep one sender's datagrams in order).
 
-AF_UNIX datagram sockets are used to make the kernel refuse sends (EAGAIN): a receiver that does
-not read holds only a few datagrams, which UDP on loopback would rarely do.
+The transport itself (sendto, flow control, close/abort, errors) is tested in
+test_udp_transport.py, and under load in test_udp_stress.py.
 """
 
-import asyncio
-import contextvars
-import logging
 import os
 import re
 import socket
@@ -22,29 +19,12 @@ import pytest
 from _netutil import needs_ipv6
 from _stdlib import loop_has, stdlib_has_bug
 from _udp import (
-    EMPTY_DATAGRAM_SENT, HAS_PAUSE_READING, IS_DATAGRAM_TRANSPORT, QUEUED_HEADER,
-    RAW_SOCK_ACCEPTED, WRONG_SOCK_MESSAGE, Dgram, close_and_wait, drain_plain, plain, recv_plain,
-    run, short_tmp,  # noqa: F401  (fixture)
+    RAW_SOCK_ACCEPTED, WRONG_SOCK_MESSAGE, Dgram, close_and_wait, plain, recv_plain, run,
+    short_tmp,  # noqa: F401  (fixture)
 )
 
-HIGH, LOW = 64 * 1024, 16 * 1024
 HAS_REUSE_ADDRESS = loop_has("create_datagram_endpoint", "reuse_address")  # removed in 3.11
 TAIL_OPTS = ("reuse_port", "allow_broadcast")
-
-
-async def unix_pair(loop, sockets, short_tmp, sndbuf=4096):
-    """A transport connected to a plain AF_UNIX peer that does not read: (tr, proto, peer).
-    The transport's socket is bound at ``short_tmp/a``, the peer at ``short_tmp/b``."""
-    a, b = os.path.join(short_tmp, "a"), os.path.join(short_tmp, "b")
-    peer = plain(sockets, socket.AF_UNIX, b)
-    tr, proto = await loop.create_datagram_endpoint(
-        Dgram, local_addr=a, remote_addr=b, family=socket.AF_UNIX)
-    tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-    return tr, proto, peer
-
-
-def numbered(i, size=1024):
-    return i.to_bytes(4, "big") * (size // 4)
 
 
 # -- creating endpoints ----------------------------------------------------------------------
