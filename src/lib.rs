@@ -23,6 +23,7 @@ fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<transports::stream::StreamTransport>()?;
     m.add_class::<transports::tls::TlsLayer>()?;
+    m.add_class::<transports::datagram::DatagramEngine>()?;
     m.add_class::<sock::SockWait>()?;
     m.add_function(wrap_pyfunction!(sock::_sock_recv_now, m)?)?;
     m.add_function(wrap_pyfunction!(sock::_sock_send_now, m)?)?;

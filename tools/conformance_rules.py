@@ -80,7 +80,7 @@ def version_matches(spec, version=None):
 #: Areas tokioloop has built; every test of these areas is checked by ``--check``.
 BUILT_AREAS = frozenset(
     {"core", "dns", "sockets", "tcp", "unix", "servers", "streams", "sendfile", "tls", "pipes",
-     "subprocess"}
+     "subprocess", "udp"}
 )
 
 #: Loop methods named by tokioloop's NotImplementedError, and the area each belongs to. Used as

@@ -20,6 +20,7 @@ from asyncio.log import logger
 import weakref
 
 from . import _compat
+from ._datagram import DatagramSupport
 from ._dns import DnsSupport
 from ._errors import ExceptionHandling
 from ._executor import ExecutorSupport
@@ -31,7 +32,6 @@ from ._subprocess import SubprocessSupport
 from ._tls import TlsSupport
 from ._transport import TransportSupport
 from ._tokioloop import LoopCore
-from ._unsupported import NotYetBuilt
 
 _DEBUG_STACK_DEPTH = 10
 _READ = "r"
@@ -86,13 +86,16 @@ def _format_handle(handle):
 
 class Loop(
     LoopCore, ExceptionHandling, ExecutorSupport, SignalSupport, SockSupport, DnsSupport,
-    NetSupport, TransportSupport, TlsSupport, PipeSupport, SubprocessSupport, NotYetBuilt, asyncio.AbstractEventLoop,
+    NetSupport, TransportSupport, TlsSupport, PipeSupport, SubprocessSupport, DatagramSupport,
+    asyncio.AbstractEventLoop,
 ):
     """An asyncio event loop on a tokio current-thread runtime. Create with ``new_event_loop()``."""
 
     def __init__(self):
         _LOOPS.add(self)
         self._asyncgens = weakref.WeakSet()
+        # Datagram transports by fd (stream transports are known to the native registry).
+        self._datagram_transports = weakref.WeakValueDictionary()
         self._asyncgens_shutdown_called = False
         self.slow_callback_duration = 0.1
         self._current_handle = None
@@ -224,6 +227,8 @@ class Loop(
         if fd < 0:
             raise ValueError(f"Invalid file descriptor: {fd}")
         transport = self._fd_transport(fd)
+        if transport is None:
+            transport = self._datagram_transports.get(fd)
         if transport is not None:
             raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
         return fd

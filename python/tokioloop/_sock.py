@@ -86,6 +86,9 @@ class SockSupport:
         does not block; return its result or raise its exception."""
         fut = self.create_future()
         self._sock_watch(fut, sock.fileno(), kind, self._sock_retry, fut, sock, method, *args)
+        if method in ("recvfrom", "recvfrom_into"):
+            # A datagram socket's error (an ICMP refusal) must wake this reader too.
+            self._watch_errors(sock.fileno())
         try:
             return await fut
         finally:

@@ -42,6 +42,21 @@ def _set_tcp_nodelay(sock):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def add_socket_extra(extra, sock):
+    """A socket transport's extra info, as asyncio's: socket (a TransportSocket), sockname,
+    and peername unless the creator gave it (None where the socket has none)."""
+    extra["socket"] = trsock.TransportSocket(sock)
+    try:
+        extra["sockname"] = sock.getsockname()
+    except OSError:
+        extra["sockname"] = None
+    if "peername" not in extra:
+        try:
+            extra["peername"] = sock.getpeername()
+        except OSError:
+            extra["peername"] = None
+
+
 def _engine_state(name):
     """A transport attribute that lives in the native engine (the hot path reads it there)."""
 
@@ -54,7 +69,84 @@ def _engine_state(name):
     return property(get, set)
 
 
-class EngineTransport:
+class WriteFlowControl:
+    """asyncio's write flow control for a transport whose buffer size, high and low water
+    marks and paused flag live in its native engine: pause_writing above the high mark,
+    resume_writing at or below the low one, failures reported to the exception handler."""
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        if high is None:
+            high = _DEFAULT_HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water = high
+        self._low_water = low
+        self._maybe_pause_protocol()
+
+    def get_write_buffer_limits(self):
+        return (self._low_water, self._high_water)
+
+    def _maybe_pause_protocol(self):
+        if self.get_write_buffer_size() <= self._high_water or self._protocol_paused:
+            return
+        self._protocol_paused = True
+        self._tell_protocol("pause_writing")
+
+    def _maybe_resume_protocol(self):
+        if not self._protocol_paused or self.get_write_buffer_size() > self._low_water:
+            return
+        self._protocol_paused = False
+        self._tell_protocol("resume_writing")
+
+    def _tell_protocol(self, method):
+        try:
+            getattr(self._protocol, method)()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler(
+                {
+                    "message": f"protocol.{method}() failed",
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+
+
+class SelectorEnding:
+    """How asyncio's selector transports end (their ``close``, ``abort``, ``_fatal_error``),
+    for a class that provides ``_halt_reading``, ``_force_close`` and
+    ``_call_connection_lost``."""
+
+    def close(self):
+        """Stop reading; once the queue is flushed, call connection_lost(None) and close."""
+        if self._closing:
+            return
+        self._closing = True
+        self._halt_reading()
+        if not self.get_write_buffer_size():
+            self._conn_lost += 1
+            self._loop.call_soon(self._call_connection_lost, None)
+
+    def abort(self):
+        """Close at once, dropping anything queued."""
+        self._force_close(None)
+
+    def _fatal_error(self, exc, message="Fatal error on transport"):
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler(
+                {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
+            )
+        self._force_close(exc)
+
+
+class EngineTransport(WriteFlowControl):
     """What every transport on the native stream engine shares (sockets here, pipes in
     ``_pipes.py``): the engine's state as attributes, set-up, flow-control calls into the
     protocol, extra info. Mixed into a class that also derives from an asyncio transport."""
@@ -117,49 +209,7 @@ class EngineTransport:
     def _protocol(self):
         return self.get_protocol()
 
-    def set_write_buffer_limits(self, high=None, low=None):
-        if high is None:
-            high = _DEFAULT_HIGH_WATER if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high_water = high
-        self._low_water = low
-        self._maybe_pause_protocol()
-
-    def get_write_buffer_limits(self):
-        return (self._low_water, self._high_water)
-
-    def _maybe_pause_protocol(self):
-        if self.get_write_buffer_size() <= self._high_water or self._protocol_paused:
-            return
-        self._protocol_paused = True
-        self._tell_protocol("pause_writing")
-
-    def _maybe_resume_protocol(self):
-        if not self._protocol_paused or self.get_write_buffer_size() > self._low_water:
-            return
-        self._protocol_paused = False
-        self._tell_protocol("resume_writing")
-
-    def _tell_protocol(self, method):
-        try:
-            getattr(self._protocol, method)()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler(
-                {
-                    "message": f"protocol.{method}() failed",
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
-
-
-class SocketTransport(EngineTransport, transports.Transport):
+class SocketTransport(SelectorEnding, EngineTransport, transports.Transport):
     """An ``asyncio.Transport`` over a connected stream socket, reading and writing natively."""
 
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
@@ -170,16 +220,7 @@ class SocketTransport(EngineTransport, transports.Transport):
         self._sock = None
         self._start_engine(loop, sock)
         self.is_reading = self._core.is_reading
-        self._extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            self._extra["sockname"] = sock.getsockname()
-        except OSError:
-            self._extra["sockname"] = None
-        if "peername" not in self._extra:
-            try:
-                self._extra["peername"] = sock.getpeername()
-            except OSError:
-                self._extra["peername"] = None
+        add_socket_extra(self._extra, sock)
         self._sock = sock
         self._server = None
         self._empty_waiter = None
@@ -237,31 +278,8 @@ class SocketTransport(EngineTransport, transports.Transport):
     def can_write_eof(self):
         return True
 
-    def close(self):
-        """Stop reading; once the queue is flushed, call connection_lost(None) and close."""
-        if self._closing:
-            return
-        self._closing = True
+    def _halt_reading(self):
         self._core._stop_reading()
-        if not self.get_write_buffer_size():
-            self._conn_lost += 1
-            self._loop.call_soon(self._call_connection_lost, None)
-
-    def abort(self):
-        """Close at once, dropping anything queued."""
-        self._force_close(None)
-
-    # -- called by the native half --------------------------------------------------------
-
-    def _fatal_error(self, exc, message="Fatal error on transport"):
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler(
-                {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
-            )
-        self._force_close(exc)
 
     def _force_close(self, exc):
         if self._conn_lost:

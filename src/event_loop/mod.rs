@@ -638,6 +638,12 @@ impl LoopCore {
         Ok(())
     }
 
+    /// Lets socket errors reach `fd`'s reader (datagram sockets); see
+    /// `Registry::watch_errors_for`.
+    fn _watch_errors(&self, fd: RawFd) {
+        self.io.lock().watch_errors_for(fd);
+    }
+
     /// Watches `fd`; returns the handle, which `_remove_reader` can name to remove only it.
     /// `fileobj`: the object add_reader was given, by which a closed socket is still found.
     #[pyo3(signature = (fd, callback, args, fileobj=None))]

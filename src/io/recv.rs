@@ -61,6 +61,32 @@ pub fn recv_with<R>(kind: FdKind, fd: RawFd, n: usize, consume: impl FnOnce(&[u8
     })
 }
 
+/// `recvfrom(fd, n)` into the per-thread buffer, then `consume` the datagram and its sender's
+/// address (zeroed storage and its length, as the kernel set it) while the buffer is borrowed:
+/// `consume` must not run Python code that could read from a socket. Returns what `consume`
+/// returned, or the errno.
+pub fn recvfrom_with<R>(
+    fd: RawFd,
+    n: usize,
+    consume: impl FnOnce(&[u8], &libc::sockaddr_storage, libc::socklen_t) -> R,
+) -> Result<R, i32> {
+    BUFFER.with(|cell| {
+        let mut buffer = cell.borrow_mut();
+        let n = n.min(BUFFER_SIZE);
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: the buffer has BUFFER_SIZE >= n writable bytes; storage and len are valid.
+        let got = unsafe {
+            libc::recvfrom(fd, buffer.as_mut_ptr().cast(), n, 0, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len)
+        };
+        if got < 0 {
+            return Err(last_errno());
+        }
+        Ok(consume(&buffer[..got as usize], &storage, len))
+    })
+}
+
 /// One read of up to `n` bytes (`recv(fd, n, flags)` on a socket) into a new exact-size
 /// bytes object.
 pub fn recv_bytes(

@@ -110,6 +110,11 @@ struct Interest1 {
     hot: bool,
     /// The dispatch round that last looked at this direction (no double queueing per turn).
     checked_round: u64,
+    /// (Write side only.) No writer is set, but the waker is armed to hear of socket errors
+    /// for the reader: tokio reports an error-only event (an ICMP refusal on a connected
+    /// datagram socket) as write-closed, never as readable, while a selector reports it to
+    /// readers. Its readiness was cleared for that, so a writer set later must look first.
+    error_watch: bool,
     waker: Waker,
 }
 
@@ -232,6 +237,7 @@ impl Registry {
                 target: None,
                 hot: false,
                 checked_round: 0,
+                error_watch: false,
                 waker: waker_for(direction),
             };
             let registration = Registration {
@@ -277,13 +283,21 @@ impl Registry {
             Some(Target::Callback(old)) => Some(old),
             _ => None,
         };
+        let was_error_watch = std::mem::take(&mut side.error_watch);
         if side.hot {
+            return Ok(Ok(old));
+        }
+        let waker = side.waker.clone();
+        if was_error_watch {
+            // Our error watch cleared tokio's write readiness: only poll(2) knows it now.
+            registration.side(direction).hot = true;
+            self.hot.push((fd, direction));
+            self.notices.pending.store(true, Ordering::Release);
             return Ok(Ok(old));
         }
         // Readiness may predate this callback. If tokio has not seen the direction ready,
         // polling it registers the waker and the next edge tells (a new registration's first
         // epoll report included): no syscall. If it has, it may be stale: poll(2) next turn.
-        let waker = side.waker.clone();
         let mut cx = Context::from_waker(&waker);
         let seen_ready = match direction {
             Direction::Read => registration.fd.poll_read_ready(&mut cx).is_ready(),
@@ -295,6 +309,31 @@ impl Registry {
             self.notices.pending.store(true, Ordering::Release);
         }
         Ok(Ok(old))
+    }
+
+    /// Lets a socket error (POLLERR) on `fd` reach its reader callback, as a selector would:
+    /// for datagram sockets, where an ICMP error arrives with nothing to read. No-op if the
+    /// descriptor is not watched or a writer is set (the writer then hears of it).
+    pub fn watch_errors_for(&mut self, fd: RawFd) {
+        if let Some(registration) = self.fds.get_mut(&fd) {
+            if registration.write.target.is_none() && !registration.write.error_watch {
+                Self::watch_errors(registration);
+            }
+        }
+    }
+
+    /// Arms the idle write side's waker so that a socket error reaches the reader (see
+    /// `Interest1::error_watch`): tokio's write readiness is cleared until the waker is stored.
+    fn watch_errors(registration: &mut Registration) {
+        let waker = registration.write.waker.clone();
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..2 {
+            match registration.fd.poll_write_ready(&mut cx) {
+                Poll::Ready(Ok(mut guard)) => guard.clear_ready(),
+                _ => break,
+            }
+        }
+        registration.write.error_watch = true;
     }
 
     /// Removes one direction's callback — only if it is `expected`, when given — and drops the
@@ -549,6 +588,15 @@ impl Registry {
                     continue;
                 }
                 side.checked_round = round;
+                if direction == Direction::Write && side.target.is_none() && side.error_watch {
+                    if socket_error_pending(fd) {
+                        if let Some(Target::Callback(handle)) = registration.read.target.as_ref() {
+                            out.push(Ready::Soon(handle.clone_ref(py)));
+                        }
+                    }
+                    Self::watch_errors(registration);
+                    continue;
+                }
                 if let Some(Target::Stream(transport)) = side.target.as_ref() {
                     out.push(Ready::Stream(transport.clone_ref(py), direction, true));
                 } else if Self::check(py, registration, direction, true, out) {
@@ -616,6 +664,14 @@ impl Registry {
         }
         ready
     }
+}
+
+/// Zero-timeout `poll(2)`: does the descriptor report an error (POLLERR)?
+fn socket_error_pending(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd { fd, events: 0, revents: 0 };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & libc::POLLERR != 0
 }
 
 /// Zero-timeout `poll(2)`: is the descriptor ready in `direction` right now?

@@ -4,5 +4,6 @@
 //! close/abort, error reporting, extra info. `io::registry` dispatches readiness to
 //! transports; the turn in `event_loop` runs them.
 
+pub mod datagram;
 pub mod stream;
 pub mod tls;
