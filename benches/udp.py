@@ -257,7 +257,9 @@ def parse_args(argv):
     opts.parser.add_argument("--sizes", default=",".join(map(str, SIZES)),
                              help="datagram sizes in bytes (default 64,1400)")
     opts.parser.add_argument("--windows", default=",".join(map(str, WINDOWS)),
-                             help="datagrams in flight per client socket (default 1,4; at 1400 B x 8 x 10 the server's default 208 KiB receive buffer overflows)")
+                             help="datagrams in flight per client socket (default 1,4; "
+                                  "at 8 x 10 x 1400 B the server's default 208 KiB "
+                                  "receive buffer overflows)")
     opts.parser.add_argument("--conns", type=int, default=CONNS,
                              help=f"client sockets (default {CONNS})")
     args = opts.parse(argv)
