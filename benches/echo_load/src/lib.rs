@@ -1,6 +1,6 @@
-//! Shared bits of `echo_client` and `echo_server`: a tiny argument parser and
-//! the endpoint type (TCP `host:port` or a Unix socket path); with the `tls`
-//! feature, the TLS set-up in `tls`.
+//! Shared bits of the echo_load binaries (`echo_client`, `echo_server`, `udp_client`,
+//! `udp_server`): a tiny argument parser and the endpoint type (TCP `host:port`
+//! or a Unix socket path); with the `tls` feature, the TLS set-up in `tls`.
 
 use std::time::Duration;
 
