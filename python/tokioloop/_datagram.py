@@ -69,7 +69,7 @@ class DatagramTransport(SelectorEnding, WriteFlowControl, *_BASES):
         super().__init__(extra)
         self._sock = None
         loop._ensure_fd_no_transport(sock.fileno())
-        engine = DatagramEngine(sock, self, _HEADER_SIZE, _SENDS_EMPTY)
+        engine = DatagramEngine(loop, sock, self, _HEADER_SIZE, _SENDS_EMPTY)
         self._engine = engine
         self.sendto = engine.sendto
         self.get_write_buffer_size = engine.get_write_buffer_size

@@ -256,6 +256,11 @@ impl LoopCore {
         drop(old);
     }
 
+    /// See `Registry::settle`.
+    pub(crate) fn settle_callback(&self, fd: RawFd, direction: Direction) {
+        self.io.lock().settle(fd, direction);
+    }
+
     /// See `Registry::arm`.
     pub(crate) fn arm_stream(&self, fd: RawFd, direction: Direction) -> bool {
         self.io.lock().arm(fd, direction)

@@ -507,6 +507,29 @@ impl Registry {
         true
     }
 
+    /// A callback's own syscall showed `direction` drained (a native reader that read until
+    /// `EAGAIN`): tokio's readiness is forgotten and the direction stops being hot, so the
+    /// next turn spends no `poll(2)` confirming what the callback already knows. A direction
+    /// tokio still reports ready (closed, errored) stays hot.
+    pub fn settle(&mut self, fd: RawFd, direction: Direction) {
+        let is_callback = match self.fds.get_mut(&fd) {
+            Some(registration) => matches!(registration.side(direction).target, Some(Target::Callback(_))),
+            None => false,
+        };
+        if !is_callback {
+            return;
+        }
+        let still_ready = self.rearm(fd, direction);
+        if let Some(registration) = self.fds.get_mut(&fd) {
+            let side = registration.side(direction);
+            if still_ready && !side.hot {
+                self.hot.push((fd, direction));
+                self.notices.pending.store(true, Ordering::Release);
+            }
+            registration.side(direction).hot = still_ready;
+        }
+    }
+
     /// (readers, writers) currently registered, transports included.
     pub fn counts(&self) -> (usize, usize) {
         let readers = self.fds.values().filter(|r| r.read.target.is_some()).count();

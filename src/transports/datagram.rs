@@ -27,6 +27,8 @@ use pyo3::types::{PyBytes, PyString};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
 use crate::errors::{last_errno, os_error};
+use crate::event_loop::LoopCore;
+use crate::io::registry::Direction;
 use crate::io::recv::recvfrom_with;
 use crate::transports::stream::BufferView;
 
@@ -36,6 +38,8 @@ const MAX_DATAGRAM: usize = 256 * 1024;
 const READS_PER_TURN: usize = 32;
 /// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOST_WRITES_BEFORE_WARNING: u32 = 5;
+/// Senders whose address objects are kept for reuse.
+const RECENT_ADDRESSES: usize = 16;
 /// asyncio's default write limits for transports (high; low is a quarter).
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 
@@ -164,13 +168,16 @@ struct Inner {
     high_water: usize,
     low_water: usize,
     protocol_paused: bool,
-    /// The last address handed to `datagram_received`, with its raw form.
-    last_address: Option<(RawAddress, Py<PyAny>)>,
+    /// The latest senders' addresses handed to `datagram_received`, with their raw forms
+    /// (most recent last): a server answering a few clients in turn makes each only once.
+    recent_addresses: Vec<(RawAddress, Py<PyAny>)>,
 }
 
 #[pyclass(frozen, module = "tokioloop._tokioloop")]
 pub struct DatagramEngine {
     fd: RawFd,
+    /// The loop: told when a read found the socket drained (no poll(2) next turn).
+    core: Py<LoopCore>,
     /// The Python socket: its `sendto` parses addresses this engine does not know.
     sock: Py<PyAny>,
     /// The Python transport, for the rare paths it implements; dropped at `_detach`.
@@ -204,16 +211,19 @@ impl DatagramEngine {
         }
     }
 
-    /// The address object for `raw`, reusing the last one when the sender is the same.
+    /// The address object for `raw`, reusing a recent sender's.
     fn address_for(&self, py: Python<'_>, raw: RawAddress) -> PyResult<Py<PyAny>> {
-        if let Some((last_raw, object)) = self.inner.lock().last_address.as_ref() {
-            if last_raw.bytes() == raw.bytes() {
-                return Ok(object.clone_ref(py));
-            }
+        if let Some((_, object)) = self.inner.lock().recent_addresses.iter().rev().find(|(known, _)| known.bytes() == raw.bytes()) {
+            return Ok(object.clone_ref(py));
         }
         let object = address_object(py, &raw)?;
-        let old = self.inner.lock().last_address.replace((raw, object.clone_ref(py)));
-        drop(old);
+        let evicted = {
+            let mut inner = self.inner.lock();
+            let evicted = (inner.recent_addresses.len() >= RECENT_ADDRESSES).then(|| inner.recent_addresses.remove(0));
+            inner.recent_addresses.push((raw, object.clone_ref(py)));
+            evicted
+        };
+        drop(evicted);
         Ok(object)
     }
 
@@ -224,9 +234,10 @@ impl DatagramEngine {
             Some(addr) if !peer_connected => {
                 let inner = self.inner.lock();
                 inner
-                    .last_address
-                    .as_ref()
-                    .filter(|(_, object)| object.as_ptr() == addr.as_ptr())
+                    .recent_addresses
+                    .iter()
+                    .rev()
+                    .find(|(_, object)| object.as_ptr() == addr.as_ptr())
                     .map(|(raw, _)| raw.clone())
             }
             _ => None,
@@ -268,12 +279,20 @@ impl DatagramEngine {
 
 #[pymethods]
 impl DatagramEngine {
-    /// `DatagramEngine(sock, owner, header, send_empty)`: the engine of the transport `owner`.
+    /// `DatagramEngine(loop, sock, owner, header, send_empty)`: the engine of the transport
+    /// `owner`.
     #[new]
-    fn new(sock: &Bound<'_, PyAny>, owner: Py<PyAny>, header: usize, send_empty: bool) -> PyResult<Self> {
+    fn new(
+        r#loop: &Bound<'_, PyAny>,
+        sock: &Bound<'_, PyAny>,
+        owner: Py<PyAny>,
+        header: usize,
+        send_empty: bool,
+    ) -> PyResult<Self> {
         let fd: RawFd = sock.call_method0(intern!(sock.py(), "fileno"))?.extract()?;
         Ok(DatagramEngine {
             fd,
+            core: r#loop.cast::<LoopCore>()?.clone().unbind(),
             sock: sock.clone().unbind(),
             owner: Mutex::new(Some(owner)),
             inner: Mutex::new(Inner {
@@ -290,7 +309,7 @@ impl DatagramEngine {
                 high_water: DEFAULT_HIGH_WATER,
                 low_water: DEFAULT_HIGH_WATER / 4,
                 protocol_paused: false,
-                last_address: None,
+                recent_addresses: Vec::new(),
             }),
         })
     }
@@ -328,7 +347,10 @@ impl DatagramEngine {
                 (PyBytes::new(py, data).unbind(), RawAddress { storage: *storage, len })
             });
             match received {
-                Err(errno) if would_block(errno) => return Ok(()),
+                Err(errno) if would_block(errno) => {
+                    this.core.get().settle_callback(this.fd, Direction::Read);
+                    return Ok(());
+                }
                 Err(libc::EINTR) => continue,
                 Err(errno) => return this.error_received(py, errno),
                 Ok((data, raw)) => {
@@ -486,7 +508,7 @@ impl DatagramEngine {
     fn _detach(&self) {
         let (owner, protocol, last) = {
             let mut inner = self.inner.lock();
-            (self.owner.lock().take(), inner.protocol.take(), inner.last_address.take())
+            (self.owner.lock().take(), inner.protocol.take(), std::mem::take(&mut inner.recent_addresses))
         };
         drop((owner, protocol, last));
         self._clear_queue();
@@ -554,6 +576,7 @@ impl DatagramEngine {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.sock)?;
+        visit.call(&self.core)?;
         if let Some(owner) = self.owner.try_lock() {
             if let Some(owner) = owner.as_ref() {
                 visit.call(owner)?;
@@ -562,6 +585,9 @@ impl DatagramEngine {
         if let Some(inner) = self.inner.try_lock() {
             for object in [&inner.protocol, &inner.address].into_iter().flatten() {
                 visit.call(object)?;
+            }
+            for (_, address) in inner.recent_addresses.iter() {
+                visit.call(address)?;
             }
             for (_, addr) in inner.queue.iter() {
                 if let Some(addr) = addr {
