@@ -71,7 +71,12 @@ def run_child(loop_name, bench_name, n):
 # ---- Parent side. ----
 
 def real_python():
-    """The interpreter binary itself: valgrind can't run a pyenv shell shim."""
+    """The interpreter to run under valgrind. valgrind can't run a pyenv shell shim, so a bare
+    interpreter is resolved to its binary; a virtual environment's own python (a symlink to a
+    binary) is kept as it is: resolving it would leave the venv, and the children could not
+    import the loops installed there."""
+    if sys.prefix != sys.base_prefix:
+        return os.path.abspath(sys.executable)
     return os.path.realpath(sys.executable)
 
 
