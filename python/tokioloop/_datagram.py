@@ -351,7 +351,3 @@ class DatagramSupport:
             raise errors[0]
         finally:
             errors = None
-
-    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
-        return DatagramTransport(self, sock, protocol, address, waiter, extra)
-

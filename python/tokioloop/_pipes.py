@@ -230,11 +230,3 @@ class PipeSupport:
         if self.get_debug():
             logger.debug("%s pipe %r connected: (%r, %r)", kind, pipe.fileno(), transport, protocol)
         return transport, protocol
-
-    # asyncio's names for the constructors (its subprocess machinery does not use them, but
-    # code written against the selector loop sometimes does).
-    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
-        return ReadPipeTransport(self, pipe, protocol, waiter, extra)
-
-    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
-        return WritePipeTransport(self, pipe, protocol, waiter, extra)

@@ -317,11 +317,6 @@ impl StreamTransport {
         }
     }
 
-    /// `write` for the TLS layer over this transport: its records, as bytes.
-    pub(crate) fn write_records(slf: &Bound<'_, Self>, records: &Bound<'_, PyAny>) -> PyResult<()> {
-        Self::write(slf, records)
-    }
-
     fn read_into_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -565,8 +560,9 @@ impl StreamTransport {
     }
 
     /// Write `data` (bytes, bytearray or memoryview): sent now if the kernel takes it,
-    /// otherwise queued and flushed when the socket is writable.
-    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// otherwise queued and flushed when the socket is writable. (Also the TLS layer's way
+    /// to send its records, called directly.)
+    pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         // SAFETY: type checks on a live object.

@@ -409,7 +409,7 @@ impl TlsLayer {
             let records = outgoing.call_method0(intern!(py, "read"))?;
             if !records.cast::<PyBytes>()?.as_bytes().is_empty() {
                 match (lower, transport) {
-                    (Some(lower), _) => StreamTransport::write_records(lower.bind(py), &records)?,
+                    (Some(lower), _) => StreamTransport::write(lower.bind(py), &records)?,
                     (None, Some(transport)) => call(transport.bind(py), intern!(py, "write"), (records,))?,
                     (None, None) => {}
                 }
