@@ -17,36 +17,67 @@ use pyo3::pyclass::CompareOp;
 use pyo3::types::PyTuple;
 use pyo3::{ffi, PyTraverseError, PyVisit};
 
-/// The callable, its arguments and the context it runs in.
-pub struct Parts {
-    pub function: Py<PyAny>,
-    pub args: Py<PyTuple>,
-    pub context: Py<PyAny>,
-    /// `traceback.StackSummary` of where the handle was made; only in debug mode.
-    pub source_traceback: Option<Py<PyAny>>,
-    /// The context is our own copy, taken off the GC's lists while only we hold it.
-    owns_untracked_context: bool,
+use crate::contexts::ContextSlot;
+
+/// A callback's positional arguments. Most callbacks take none (a Task step) or one (a Future
+/// wake-up, a done-callback): those are kept and called without a tuple, which is built only
+/// if Python asks for `_args`.
+pub enum Args {
+    None,
+    One(Py<PyAny>),
+    Many(Py<PyTuple>),
 }
 
-impl Drop for Parts {
-    /// A copied context is untracked while queued (a long queue of young contexts made every
-    /// gen-0 collection walk them all: `gc_collect_main` was 17% of call_soon_threadsafe's
-    /// instructions under callgrind). It goes back under the GC's watch before we let go:
-    /// whoever else holds it may have put it in a cycle, and CPython's context dealloc
-    /// unlinks the object from the GC list unconditionally, so it must be tracked to die.
-    fn drop(&mut self) {
-        if self.owns_untracked_context {
-            let ctx = self.context.as_ptr();
-            // SAFETY: parts are dropped with the GIL held (handles die in tp_dealloc or in
-            // the loop's turn); `ctx` is alive since we still own a reference; tracking an
-            // untracked GC object is allowed.
-            unsafe {
-                if ffi::PyObject_GC_IsTracked(ctx) == 0 {
-                    ffi::PyObject_GC_Track(ctx.cast());
-                }
+impl Args {
+    pub fn from_tuple(args: Bound<'_, PyTuple>) -> Self {
+        match args.len() {
+            0 => Args::None,
+            // SAFETY: index 0 exists.
+            1 => Args::One(unsafe { args.get_borrowed_item_unchecked(0) }.to_owned().unbind()),
+            _ => Args::Many(args.unbind()),
+        }
+    }
+
+    /// The arguments as asyncio's `_args` tuple.
+    pub fn to_tuple<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        match self {
+            Args::None => Ok(PyTuple::empty(py)),
+            Args::One(arg) => PyTuple::new(py, [arg.bind(py)]),
+            Args::Many(args) => Ok(args.bind(py).clone()),
+        }
+    }
+
+    /// `function(*args)`: a new reference, or NULL with a Python error set.
+    ///
+    /// # Safety
+    /// GIL held; `function` alive.
+    unsafe fn call(&self, function: *mut ffi::PyObject) -> *mut ffi::PyObject {
+        // SAFETY: per the contract; the arguments are owned by `self`.
+        unsafe {
+            match self {
+                Args::None => ffi::PyObject_CallNoArgs(function),
+                Args::One(arg) => ffi::PyObject_CallOneArg(function, arg.as_ptr()),
+                Args::Many(args) => ffi::PyObject_Call(function, args.as_ptr(), std::ptr::null_mut()),
             }
         }
     }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Args::None => Ok(()),
+            Args::One(arg) => visit.call(arg),
+            Args::Many(args) => visit.call(args),
+        }
+    }
+}
+
+/// The callable, its arguments and the context it runs in.
+pub struct Parts {
+    pub function: Py<PyAny>,
+    pub args: Args,
+    pub context: ContextSlot,
+    /// `traceback.StackSummary` of where the handle was made; only in debug mode.
+    pub source_traceback: Option<Py<PyAny>>,
 }
 
 /// A handle's callback, released by the loop once the handle has run or was cancelled.
@@ -69,26 +100,15 @@ impl Callback {
     pub fn new(
         py: Python<'_>,
         function: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Bound<'_, PyAny>>,
         source_traceback: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
-        let (context, owns_untracked_context) = match context {
-            Some(ctx) if !ctx.is_none() => (ctx.unbind(), false),
-            _ => {
-                // SAFETY: we hold the GIL; a NULL return has set a Python error. The copy is
-                // new and ours alone, so untracking it cannot hide a cycle (see Parts::drop).
-                let copy = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? };
-                unsafe { ffi::PyObject_GC_UnTrack(copy.as_ptr().cast()) };
-                (copy.unbind(), true)
-            }
-        };
         let parts = Parts {
             function: function.unbind(),
-            args: args.unbind(),
-            context,
+            args,
+            context: ContextSlot::capture(py, context)?,
             source_traceback,
-            owns_untracked_context,
         };
         Ok(Callback {
             parts: UnsafeCell::new(Some(parts)),
@@ -113,39 +133,18 @@ impl Callback {
         let Some(parts) = self.parts() else {
             return Ok(());
         };
-        let ctx = parts.context.as_ptr();
-        // SAFETY: all pointers are owned by `parts` and alive; the GIL is held. Enter and exit
-        // are paired on every path, and the callback's error is fetched before exiting.
-        unsafe {
-            if ffi::PyContext_Enter(ctx) < 0 {
-                return Err(PyErr::fetch(py));
-            }
-            let args = parts.args.as_ptr();
-            let result = if ffi::PyTuple_GET_SIZE(args) == 0 {
-                ffi::PyObject_CallNoArgs(parts.function.as_ptr())
-            } else {
-                ffi::PyObject_Call(parts.function.as_ptr(), args, std::ptr::null_mut())
-            };
-            let outcome = if result.is_null() {
-                Err(PyErr::fetch(py))
-            } else {
-                ffi::Py_DECREF(result);
-                Ok(())
-            };
-            if ffi::PyContext_Exit(ctx) < 0 {
-                let exit_error = PyErr::fetch(py);
-                return outcome.and(Err(exit_error));
-            }
-            outcome
-        }
+        let function = parts.function.as_ptr();
+        // SAFETY: the function and arguments are owned by `parts`, which the loop does not
+        // release while the call runs; the GIL is held.
+        parts.context.run(py, || unsafe { parts.args.call(function) })
     }
 
     /// For the loop's own GC traversal: the objects a pending handle keeps alive.
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(parts) = self.parts() {
             visit.call(&parts.function)?;
-            visit.call(&parts.args)?;
-            visit.call(&parts.context)?;
+            parts.args.traverse(visit)?;
+            parts.context.traverse(visit)?;
             if let Some(tb) = &parts.source_traceback {
                 visit.call(tb)?;
             }
@@ -157,12 +156,12 @@ impl Callback {
         self.parts().map(|p| p.function.clone_ref(py))
     }
 
-    fn args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
-        self.parts().map(|p| p.args.clone_ref(py))
+    fn args(&self, py: Python<'_>) -> PyResult<Option<Py<PyTuple>>> {
+        self.parts().map(|p| Ok(p.args.to_tuple(py)?.unbind())).transpose()
     }
 
-    fn context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.parts().map(|p| p.context.clone_ref(py))
+    fn context(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.parts().map(|p| p.context.get(py)).transpose()
     }
 
     fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -177,13 +176,14 @@ impl Callback {
             parts.push("cancelled".to_owned());
         }
         // Owned references: the Python code below could cancel the handle, releasing its parts.
-        let own = self.parts().map(|p| {
-            (
+        let own = match self.parts() {
+            Some(p) => Some((
                 p.function.clone_ref(py),
-                p.args.clone_ref(py),
+                p.args.to_tuple(py)?.unbind(),
                 p.source_traceback.as_ref().map(|tb| tb.clone_ref(py)),
-            )
-        });
+            )),
+            None => None,
+        };
         if let Some((function, args, traceback)) = own {
             let source = py
                 .import("asyncio.format_helpers")?
@@ -273,7 +273,7 @@ impl Handle {
         self.is_cancelled()
     }
 
-    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+    fn get_context(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.callback.context(py)
     }
 
@@ -283,7 +283,7 @@ impl Handle {
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+    fn _args(&self, py: Python<'_>) -> PyResult<Option<Py<PyTuple>>> {
         self.callback.args(py)
     }
 
@@ -373,7 +373,7 @@ impl TimerHandle {
         }
     }
 
-    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+    fn get_context(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.callback.context(py)
     }
 
@@ -395,7 +395,7 @@ impl TimerHandle {
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+    fn _args(&self, py: Python<'_>) -> PyResult<Option<Py<PyTuple>>> {
         self.callback.args(py)
     }
 
@@ -422,7 +422,7 @@ impl TimerHandle {
         let other = other.get();
         let same_callback = match (self.callback.parts(), other.callback.parts()) {
             (Some(a), Some(b)) => {
-                a.function.bind(py).eq(b.function.bind(py))? && a.args.bind(py).eq(b.args.bind(py))?
+                a.function.bind(py).eq(b.function.bind(py))? && a.args.to_tuple(py)?.eq(b.args.to_tuple(py)?)?
             }
             (None, None) => true,
             _ => false,

@@ -3,6 +3,7 @@
 //! The public API is the Python package `tokioloop`; this module is private to it.
 
 mod clock;
+mod contexts;
 mod dns;
 mod errors;
 mod event_loop;

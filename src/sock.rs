@@ -179,7 +179,7 @@ impl SockWait {
             fd,
             direction,
             callback,
-            PyTuple::empty(py),
+            crate::handles::Args::None,
             None,
             Some(context),
         )?;

@@ -15,16 +15,23 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
+use pyo3::intern;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple, PyType};
+
+use crate::handles::Args;
 
 use super::LoopCore;
 
 type Schedule = for<'py> fn(
     &Bound<'py, LoopCore>,
     Bound<'py, PyAny>,
-    Bound<'py, PyTuple>,
+    Args,
     Option<Bound<'py, PyAny>>,
 ) -> PyResult<Py<crate::handles::Handle>>;
+
+/// `"context"` as C asyncio passes it: the interned string, recognised by pointer.
+static CONTEXT_KEYWORD: PyOnceLock<Py<PyString>> = PyOnceLock::new();
 
 /// Parses `(callback, *args, context=None)` and schedules through `schedule`.
 ///
@@ -53,24 +60,33 @@ unsafe fn entry(
                 )));
             }
             let callback = Bound::from_borrowed_ptr(py, *args);
-            let extra = ffi::PyTuple_New(nargs - 1);
-            let extra = Bound::from_owned_ptr_or_err(py, extra)?.cast_into_unchecked::<PyTuple>();
-            for i in 1..nargs {
-                let item = *args.offset(i);
-                ffi::Py_INCREF(item);
-                ffi::PyTuple_SET_ITEM(extra.as_ptr(), i - 1, item);
-            }
+            let extra = match nargs {
+                1 => Args::None,
+                2 => Args::One(Bound::from_borrowed_ptr(py, *args.offset(1)).unbind()),
+                _ => {
+                    let tuple = ffi::PyTuple_New(nargs - 1);
+                    let tuple = Bound::from_owned_ptr_or_err(py, tuple)?.cast_into_unchecked::<PyTuple>();
+                    for i in 1..nargs {
+                        let item = *args.offset(i);
+                        ffi::Py_INCREF(item);
+                        ffi::PyTuple_SET_ITEM(tuple.as_ptr(), i - 1, item);
+                    }
+                    Args::Many(tuple.unbind())
+                }
+            };
             let mut context = None;
             if !kwnames.is_null() {
-                let names = Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>();
-                for (i, key) in names.iter().enumerate() {
-                    let key = key.cast_into::<PyString>()?;
-                    if key.to_str()? != "context" {
+                let expected = CONTEXT_KEYWORD.get_or_init(py, || intern!(py, "context").clone().unbind());
+                let count = ffi::PyTuple_GET_SIZE(kwnames);
+                for i in 0..count {
+                    let key = ffi::PyTuple_GET_ITEM(kwnames, i);
+                    if key != expected.as_ptr() && !is_context_keyword(py, key)? {
+                        let key = Bound::from_borrowed_ptr(py, key);
                         return Err(PyTypeError::new_err(format!(
                             "{name}() got an unexpected keyword argument '{key}'"
                         )));
                     }
-                    context = Some(Bound::from_borrowed_ptr(py, *args.offset(nargs + i as isize)));
+                    context = Some(Bound::from_borrowed_ptr(py, *args.offset(nargs + i)));
                 }
             }
             Ok(schedule(&this, callback, extra, context)?.into_ptr())
@@ -87,6 +103,16 @@ unsafe fn entry(
             std::ptr::null_mut()
         }
     }
+}
+
+/// The slow check for a keyword name that is not the interned `"context"` object.
+///
+/// # Safety
+/// GIL held; `key` is a live borrowed reference (CPython guarantees keyword names are str).
+unsafe fn is_context_keyword(py: Python<'_>, key: *mut ffi::PyObject) -> PyResult<bool> {
+    // SAFETY: per the contract.
+    let key = unsafe { Bound::from_borrowed_ptr(py, key) };
+    Ok(key.cast_into::<PyString>()?.to_str()? == "context")
 }
 
 fn panic_error(payload: Box<dyn Any + Send>) -> PyErr {

@@ -28,7 +28,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use tokio::runtime::Runtime;
 
 use crate::clock;
-use crate::handles::{new_untracked, Callback, Handle, TimerHandle};
+use crate::handles::{new_untracked, Args, Callback, Handle, TimerHandle};
 use crate::io::registry::{Direction, Registry, Target};
 use crate::runtime;
 use crate::transports::stream::StreamTransport;
@@ -282,7 +282,7 @@ impl LoopCore {
         when: f64,
         when_object: Option<Py<PyAny>>,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();
@@ -299,7 +299,7 @@ impl LoopCore {
     fn schedule_soon(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         Self::schedule_ready(slf, callback, args, context, false)
@@ -308,7 +308,7 @@ impl LoopCore {
     fn schedule_threadsafe(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         Self::schedule_ready(slf, callback, args, context, true)
@@ -319,7 +319,7 @@ impl LoopCore {
     fn schedule_ready(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Bound<'_, PyAny>>,
         threadsafe: bool,
     ) -> PyResult<Py<Handle>> {
@@ -348,7 +348,7 @@ impl LoopCore {
         fd: RawFd,
         direction: Direction,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: Args,
         fileobj: Option<&Bound<'_, PyAny>>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
@@ -451,7 +451,7 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::schedule_soon(slf, callback, args, context)
+        Self::schedule_soon(slf, callback, Args::from_tuple(args), context)
     }
 
     /// `call_soon` from any thread: wakes the loop if it is parked.
@@ -462,7 +462,7 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::schedule_threadsafe(slf, callback, args, context)
+        Self::schedule_threadsafe(slf, callback, Args::from_tuple(args), context)
     }
 
     /// Schedules `callback(*args)` `delay` seconds from now; never runs earlier.
@@ -475,7 +475,7 @@ impl LoopCore {
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         let delay = delay.ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
-        Self::schedule_timer(slf, clock::now() + delay, None, callback, args, context)
+        Self::schedule_timer(slf, clock::now() + delay, None, callback, Args::from_tuple(args), context)
     }
 
     /// Schedules `callback(*args)` at `when` on the loop's clock; never runs earlier.
@@ -491,7 +491,7 @@ impl LoopCore {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
         let when_value: f64 = when.extract()?;
-        Self::schedule_timer(slf, when_value, Some(when.unbind()), callback, args, context)
+        Self::schedule_timer(slf, when_value, Some(when.unbind()), callback, Args::from_tuple(args), context)
     }
 
     /// A new `asyncio.Future` attached to this loop.
@@ -659,7 +659,7 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         fileobj: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::set_fd_callback(slf, fd, Direction::Read, callback, args, fileobj.as_ref(), None)
+        Self::set_fd_callback(slf, fd, Direction::Read, callback, Args::from_tuple(args), fileobj.as_ref(), None)
     }
 
     /// Watches `fd`; returns the handle, which `_remove_writer` can name to remove only it.
@@ -671,7 +671,7 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         fileobj: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::set_fd_callback(slf, fd, Direction::Write, callback, args, fileobj.as_ref(), None)
+        Self::set_fd_callback(slf, fd, Direction::Write, callback, Args::from_tuple(args), fileobj.as_ref(), None)
     }
 
     /// The fd registered by add_reader/add_writer with `fileobj` (by identity), and whether
