@@ -28,7 +28,7 @@ thread_local! {
 ///
 /// # Safety
 /// GIL held; `object` alive.
-unsafe fn has_weakrefs(object: *mut ffi::PyObject) -> bool {
+pub(crate) unsafe fn has_weakrefs(object: *mut ffi::PyObject) -> bool {
     // SAFETY: per the contract; a positive offset is where the type keeps its weakref list.
     unsafe {
         let offset = (*ffi::Py_TYPE(object)).tp_weaklistoffset;

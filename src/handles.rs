@@ -248,6 +248,25 @@ impl Handle {
         }
     }
 
+    /// True if only the caller's reference holds this handle and nothing can reach it again
+    /// (no weak references): it may be refilled with another callback unseen.
+    ///
+    /// # Safety
+    /// GIL held; `this` is a live reference to `handle`.
+    pub unsafe fn is_unshared(handle: &Py<Handle>) -> bool {
+        let object = handle.as_ptr();
+        // SAFETY: per the contract.
+        unsafe { ffi::Py_REFCNT(object) == 1 && !crate::contexts::has_weakrefs(object) }
+    }
+
+    /// Gives an unshared, finished handle a new callback (see `is_unshared`).
+    pub fn refill(&self, callback: Callback) {
+        // SAFETY: GIL held by the caller (it owns a `Callback`, made with the GIL); the handle
+        // is unshared, so nothing else reads its parts, and its old parts were released.
+        unsafe { *self.callback.parts.get() = callback.parts.into_inner() };
+        self.cancelled.store(false, Ordering::Relaxed);
+    }
+
     #[inline]
     pub fn is_persistent(&self) -> bool {
         self.persistent

@@ -8,6 +8,7 @@
 //! the thread inside `_run_native`; other threads reach it through `call_soon_threadsafe`.
 
 mod fastcall;
+mod pool;
 pub mod ready;
 mod tasks;
 pub mod timers;
@@ -34,6 +35,7 @@ use crate::runtime;
 use crate::transports::stream::StreamTransport;
 use ready::Ready;
 use timers::Timers;
+use pool::HandlePool;
 use wake::Wake;
 
 /// Swaps in the hand-written `call_soon`/`call_soon_threadsafe` (see `fastcall`).
@@ -57,6 +59,8 @@ struct State {
 #[pyclass(subclass, frozen, module = "tokioloop._tokioloop")]
 pub struct LoopCore {
     state: Mutex<State>,
+    /// Finished `call_soon` handles to refill (see `pool`).
+    pool: HandlePool,
     io: Mutex<Registry>,
     /// True while the fd registry may have callbacks to queue (see `Registry::pending_flag`).
     io_pending: Arc<AtomicBool>,
@@ -231,6 +235,14 @@ impl LoopCore {
         }
     }
 
+    /// The turn is done with `item`: its callback's references go, and an unshared
+    /// `call_soon` handle goes to the pool.
+    fn recycle(&self, py: Python<'_>, item: Ready) {
+        if let Some(handle) = item.finish() {
+            self.pool.give(py, handle);
+        }
+    }
+
     pub(crate) fn push_ready(&self, item: Ready) {
         self.state.lock().ready.push_back(item);
     }
@@ -332,10 +344,14 @@ impl LoopCore {
             "call_soon"
         };
         let traceback = Self::debug_prologue(slf, &callback, method, !threadsafe)?;
-        let handle = new_untracked(
-            py,
-            Handle::new(Callback::new(py, callback, args, context, traceback)?),
-        )?;
+        let callback = Callback::new(py, callback, args, context, traceback)?;
+        let handle = match this.pool.take(py) {
+            Some(handle) => {
+                handle.get().refill(callback);
+                handle
+            }
+            None => new_untracked(py, Handle::new(callback))?,
+        };
         this.push_ready(Ready::Soon(handle.clone_ref(py)));
         if threadsafe {
             this.wake.notify();
@@ -426,6 +442,7 @@ impl LoopCore {
                 ready: VecDeque::new(),
                 timers,
             }),
+            pool: HandlePool::default(),
             io_pending: registry.pending_flag(),
             io: Mutex::new(registry),
             wake,
@@ -623,7 +640,7 @@ impl LoopCore {
     }
 
     /// Forgets every pending callback, timer and fd registration. Refuses while running.
-    fn _close_native(&self) -> PyResult<()> {
+    fn _close_native(&self, py: Python<'_>) -> PyResult<()> {
         if self.running.load(Ordering::SeqCst) {
             return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
         }
@@ -640,6 +657,7 @@ impl LoopCore {
         let lookups = self.dns.clear();
         release_all(ready, timers, fd_handles);
         drop(lookups);
+        drop(self.pool.drain(py));
         Ok(())
     }
 

@@ -58,15 +58,25 @@ impl Ready {
     }
 
     /// Called once the turn is done with this item: drops the callback's references unless
-    /// the handle will run again (a live fd callback).
+    /// the handle will run again (a live fd callback). Returns a `call_soon` handle nobody
+    /// else holds, for the loop's pool of handles to refill.
     #[inline]
-    pub fn finish(self) {
-        let keep = match &self {
-            Ready::Soon(h) => h.get().is_persistent() && !h.get().is_cancelled(),
-            Ready::Timer(_) | Ready::Stream(..) => false,
-        };
-        if !keep {
-            self.release();
+    pub fn finish(self) -> Option<Py<Handle>> {
+        match self {
+            Ready::Soon(handle) => {
+                let h = handle.get();
+                if h.is_persistent() && !h.is_cancelled() {
+                    return None;
+                }
+                drop(h.callback.release());
+                // SAFETY: the turn runs with the GIL held; `handle` is our live reference. Checked after the release,
+                // whose drops may have run Python code.
+                (!h.is_persistent() && unsafe { Handle::is_unshared(&handle) }).then_some(handle)
+            }
+            other => {
+                other.release();
+                None
+            }
         }
     }
 

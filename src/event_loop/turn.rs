@@ -71,7 +71,7 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
         core.take_ready(py, &mut batch);
         while let Some(item) = batch.pop_front() {
             if item.is_cancelled() {
-                item.finish();
+                core.recycle(py, item);
                 continue;
             }
             let outcome = match &item {
@@ -81,7 +81,7 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
                     .map(drop),
                 _ => run_handle(slf, &item),
             };
-            item.finish();
+            core.recycle(py, item);
             if let Err(err) = outcome {
                 core.requeue_front(&mut batch);
                 return Err(err);
