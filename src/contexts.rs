@@ -4,24 +4,48 @@
 //! Most callers' contexts are empty, and an empty copy is only ever an empty mapping: keeping one
 //! per pending callback cost a live Context object each (a 1M `call_soon` burst held 1M of
 //! them). So a [`ContextSlot`] copies the caller's context, keeps the copy only when it holds
-//! something, and otherwise runs the callback in an empty context lent from a per-thread spare.
+//! something, and otherwise runs the callback in an empty context lent from a per-loop spare.
 //! What a holder can observe is unchanged: the same mapping, isolation between callbacks (a
 //! lent context goes back to the spare only if the run left it empty and nobody else holds
 //! it), and a stable `get_context()` (asking for the context makes it the slot's own).
 //!
-//! Only `handles` uses this; every function here needs the GIL.
+//! `handles` uses the slot; `LoopCore` owns its spare. Every function here needs the GIL.
 
-use std::cell::{Cell, UnsafeCell};
+use std::cell::UnsafeCell;
 use std::ptr;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
-thread_local! {
-    /// An empty, unentered Context that only this thread's loop holds, ready to be lent.
-    /// Never released: a thread-local destructor may run after the interpreter is gone.
-    static SPARE: Cell<*mut ffi::PyObject> = const { Cell::new(ptr::null_mut()) };
+/// An empty, unentered Context that only its loop holds, ready to be lent to a callback whose
+/// caller's context was empty. One per loop, used only by the loop's thread with the GIL held.
+#[derive(Default)]
+pub struct SpareContext {
+    context: UnsafeCell<Option<Py<PyAny>>>,
+}
+
+// SAFETY: every method takes a `Python` token, so the GIL serialises all access (the module
+// does not declare free-threaded support), and none runs Python code while it holds the cell.
+unsafe impl Sync for SpareContext {}
+
+impl SpareContext {
+    fn take(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        // SAFETY: see the Sync impl.
+        match unsafe { (*self.context.get()).take() } {
+            Some(context) => Ok(context),
+            // SAFETY: GIL held; NULL sets an error.
+            None => Ok(unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_New())? }.unbind()),
+        }
+    }
+
+    fn put(&self, py: Python<'_>, context: Py<PyAny>) {
+        // SAFETY: see the Sync impl.
+        let previous = unsafe { (*self.context.get()).replace(context) };
+        if let Some(previous) = previous {
+            previous.drop_ref(py);
+        }
+    }
 }
 
 /// True if `object` has weak references (one could hand it to somebody later).
@@ -33,6 +57,20 @@ pub(crate) unsafe fn has_weakrefs(object: *mut ffi::PyObject) -> bool {
     unsafe {
         let offset = (*ffi::Py_TYPE(object)).tp_weaklistoffset;
         offset > 0 && !(*object.cast::<u8>().offset(offset).cast::<*mut ffi::PyObject>()).is_null()
+    }
+}
+
+/// True for a Context with no variables set, asked of the type's length slot directly.
+///
+/// # Safety
+/// GIL held; `context` is a live `contextvars.Context`.
+unsafe fn is_empty(context: *mut ffi::PyObject) -> bool {
+    // SAFETY: per the contract; Context implements the mapping length slot, which cannot fail.
+    unsafe {
+        match (*ffi::Py_TYPE(context)).tp_as_mapping.as_ref().and_then(|m| m.mp_length) {
+            Some(length) => length(context) == 0,
+            None => ffi::PyObject_Length(context) == 0,
+        }
     }
 }
 
@@ -53,7 +91,7 @@ impl ContextSlot {
         // alone, so untracking it cannot hide a cycle (see Drop).
         unsafe {
             let copy = Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?;
-            if ffi::PyObject_Length(copy.as_ptr()) == 0 {
+            if is_empty(copy.as_ptr()) {
                 return Ok(ContextSlot::holding(None, false));
             }
             ffi::PyObject_GC_UnTrack(copy.as_ptr().cast());
@@ -93,21 +131,18 @@ impl ContextSlot {
         Ok(fresh)
     }
 
-    /// Calls `call` inside the context, lending the spare if the slot has none. `call` returns
+    /// Calls `call` inside the context, lending `spare`'s if the slot has none. `call` returns
     /// a new reference, or NULL with a Python error set.
-    pub fn run(&self, py: Python<'_>, call: impl FnOnce() -> *mut ffi::PyObject) -> PyResult<()> {
+    pub fn run(
+        &self,
+        py: Python<'_>,
+        spare: &SpareContext,
+        call: impl FnOnce() -> *mut ffi::PyObject,
+    ) -> PyResult<()> {
         // SAFETY: GIL held; no Python code runs while the slot is borrowed.
         let lent = unsafe { self.slot() }.is_none();
         if lent {
-            let spare = SPARE.with(|s| s.replace(ptr::null_mut()));
-            // SAFETY: the spare is an owned reference; a fresh Context is new (NULL sets an error).
-            let spare = unsafe {
-                if spare.is_null() {
-                    Bound::from_owned_ptr_or_err(py, ffi::PyContext_New())?.unbind()
-                } else {
-                    Bound::from_owned_ptr(py, spare).unbind()
-                }
-            };
+            let spare = spare.take(py)?;
             // In the slot while it runs, so get_context() on the running handle returns it.
             // SAFETY: as above.
             *unsafe { self.slot() } = Some(spare);
@@ -136,35 +171,48 @@ impl ContextSlot {
             }
         };
         if lent {
-            self.give_back();
+            self.give_back(py, spare);
         }
         outcome
     }
 
     /// After a run in a lent context: back to the spare if the run left it empty and unseen;
     /// otherwise the callback's own from now on, as a copy of its caller's context would be.
-    fn give_back(&self) {
-        // SAFETY: GIL held (the loop thread, right after a run); no Python code runs below.
+    fn give_back(&self, py: Python<'_>, spare: &SpareContext) {
+        // SAFETY: GIL held (the loop thread, right after a run); no Python code runs while
+        // the slot is borrowed.
         let slot = unsafe { self.slot() };
         let Some(context) = slot.as_ref() else {
             return;
         };
-        let context = context.as_ptr();
-        // SAFETY: `context` is alive, owned by the slot; a Context's length cannot fail.
+        // SAFETY: `context` is alive, owned by the slot.
         let unseen = unsafe {
-            ffi::Py_REFCNT(context) == 1 && !has_weakrefs(context) && ffi::PyObject_Length(context) == 0
+            let context = context.as_ptr();
+            ffi::Py_REFCNT(context) == 1 && !has_weakrefs(context) && is_empty(context)
         };
-        if !unseen {
-            return;
+        if let Some(context) = slot.take_if(|_| unseen) {
+            spare.put(py, context);
         }
-        let Some(context) = slot.take() else {
-            return;
-        };
-        let previous = SPARE.with(|s| s.replace(context.into_ptr()));
-        if !previous.is_null() {
-            // SAFETY: the spare was an owned reference; dropping an empty Context runs no
-            // Python code that could reach this slot.
-            unsafe { ffi::Py_DECREF(previous) };
+    }
+
+    /// Lets go of the context without pyo3's check for an attached thread (the caller proves
+    /// it): the turn does this for every callback it ran.
+    pub fn dispose(mut self, py: Python<'_>) {
+        if let Some(context) = self.context.get_mut().take() {
+            self.untracked_done(&context);
+            context.drop_ref(py);
+        }
+    }
+
+    fn untracked_done(&self, context: &Py<PyAny>) {
+        if self.owns_untracked {
+            // SAFETY: slots are dropped with the GIL held (handles die in tp_dealloc or in the
+            // loop's turn); the context is alive; tracking an untracked GC object is allowed.
+            unsafe {
+                if ffi::PyObject_GC_IsTracked(context.as_ptr()) == 0 {
+                    ffi::PyObject_GC_Track(context.as_ptr().cast());
+                }
+            }
         }
     }
 
@@ -183,18 +231,9 @@ impl Drop for ContextSlot {
     /// whoever else holds it may have put it in a cycle, and CPython's context dealloc unlinks
     /// the object from the GC list unconditionally, so it must be tracked to die.
     fn drop(&mut self) {
-        let Some(context) = self.context.get_mut().take() else {
-            return;
-        };
-        if self.owns_untracked {
-            // SAFETY: slots are dropped with the GIL held (handles die in tp_dealloc or in the
-            // loop's turn); the context is alive; tracking an untracked GC object is allowed.
-            unsafe {
-                if ffi::PyObject_GC_IsTracked(context.as_ptr()) == 0 {
-                    ffi::PyObject_GC_Track(context.as_ptr().cast());
-                }
-            }
+        if let Some(context) = self.context.get_mut().take() {
+            self.untracked_done(&context);
+            drop(context);
         }
-        drop(context);
     }
 }

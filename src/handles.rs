@@ -17,7 +17,7 @@ use pyo3::pyclass::CompareOp;
 use pyo3::types::PyTuple;
 use pyo3::{ffi, PyTraverseError, PyVisit};
 
-use crate::contexts::ContextSlot;
+use crate::contexts::{ContextSlot, SpareContext};
 
 /// A callback's positional arguments. Most callbacks take none (a Task step) or one (a Future
 /// wake-up, a done-callback): those are kept and called without a tuple, which is built only
@@ -80,6 +80,29 @@ pub struct Parts {
     pub source_traceback: Option<Py<PyAny>>,
 }
 
+impl Parts {
+    /// Lets go of everything without pyo3's per-reference check for an attached thread (the
+    /// token proves it): the turn does this for every callback it ran.
+    pub fn dispose(self, py: Python<'_>) {
+        let Parts {
+            function,
+            args,
+            context,
+            source_traceback,
+        } = self;
+        function.drop_ref(py);
+        match args {
+            Args::None => {}
+            Args::One(arg) => arg.drop_ref(py),
+            Args::Many(args) => args.drop_ref(py),
+        }
+        context.dispose(py);
+        if let Some(tb) = source_traceback {
+            tb.drop_ref(py);
+        }
+    }
+}
+
 /// A handle's callback, released by the loop once the handle has run or was cancelled.
 ///
 /// Handles are not tracked by the cyclic GC (that cost a fifth of `call_soon`'s instructions
@@ -128,15 +151,16 @@ impl Callback {
         unsafe { (*self.parts.get()).take() }
     }
 
-    /// Calls the function inside its context. The error, if any, is the callback's.
-    pub fn invoke(&self, py: Python<'_>) -> PyResult<()> {
+    /// Calls the function inside its context (lending `spare`'s if the caller's was empty).
+    /// The error, if any, is the callback's.
+    pub fn invoke(&self, py: Python<'_>, spare: &SpareContext) -> PyResult<()> {
         let Some(parts) = self.parts() else {
             return Ok(());
         };
         let function = parts.function.as_ptr();
         // SAFETY: the function and arguments are owned by `parts`, which the loop does not
         // release while the call runs; the GIL is held.
-        parts.context.run(py, || unsafe { parts.args.call(function) })
+        parts.context.run(py, spare, || unsafe { parts.args.call(function) })
     }
 
     /// For the loop's own GC traversal: the objects a pending handle keeps alive.

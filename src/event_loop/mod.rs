@@ -29,6 +29,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use tokio::runtime::Runtime;
 
 use crate::clock;
+use crate::contexts::SpareContext;
 use crate::handles::{new_untracked, Args, Callback, Handle, TimerHandle};
 use crate::io::registry::{Direction, Registry, Target};
 use crate::runtime;
@@ -61,6 +62,8 @@ pub struct LoopCore {
     state: Mutex<State>,
     /// Finished `call_soon` handles to refill (see `pool`).
     pool: HandlePool,
+    /// The empty context lent to callbacks scheduled from an empty one (see `contexts`).
+    pub(crate) spare_context: SpareContext,
     io: Mutex<Registry>,
     /// True while the fd registry may have callbacks to queue (see `Registry::pending_flag`).
     io_pending: Arc<AtomicBool>,
@@ -151,17 +154,27 @@ impl LoopCore {
     }
 
     /// Debug-mode checks and the creation stack, as asyncio records them.
-    #[inline]
+    #[inline(always)]
     fn debug_prologue(
         slf: &Bound<'_, Self>,
         callback: &Bound<'_, PyAny>,
         method: &str,
         check_thread: bool,
     ) -> PyResult<Option<Py<PyAny>>> {
-        let this = slf.get();
-        if !this.debug() {
+        if !slf.get().debug() {
             return Ok(None);
         }
+        Self::debug_checks(slf, callback, method, check_thread)
+    }
+
+    #[cold]
+    fn debug_checks(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        method: &str,
+        check_thread: bool,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        let this = slf.get();
         if check_thread {
             this.check_thread()?;
         }
@@ -238,7 +251,7 @@ impl LoopCore {
     /// The turn is done with `item`: its callback's references go, and an unshared
     /// `call_soon` handle goes to the pool.
     fn recycle(&self, py: Python<'_>, item: Ready) {
-        if let Some(handle) = item.finish() {
+        if let Some(handle) = item.finish(py) {
             self.pool.give(py, handle);
         }
     }
@@ -443,6 +456,7 @@ impl LoopCore {
                 timers,
             }),
             pool: HandlePool::default(),
+            spare_context: SpareContext::default(),
             io_pending: registry.pending_flag(),
             io: Mutex::new(registry),
             wake,

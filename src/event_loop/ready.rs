@@ -61,14 +61,16 @@ impl Ready {
     /// the handle will run again (a live fd callback). Returns a `call_soon` handle nobody
     /// else holds, for the loop's pool of handles to refill.
     #[inline]
-    pub fn finish(self) -> Option<Py<Handle>> {
+    pub fn finish(self, py: Python<'_>) -> Option<Py<Handle>> {
         match self {
             Ready::Soon(handle) => {
                 let h = handle.get();
                 if h.is_persistent() && !h.is_cancelled() {
                     return None;
                 }
-                drop(h.callback.release());
+                if let Some(parts) = h.callback.release() {
+                    parts.dispose(py);
+                }
                 // SAFETY: the turn runs with the GIL held; `handle` is our live reference. Checked after the release,
                 // whose drops may have run Python code.
                 (!h.is_persistent() && unsafe { Handle::is_unshared(&handle) }).then_some(handle)

@@ -127,7 +127,7 @@ pub fn run_handle(slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
     let Some(callback) = item.callback() else {
         return Ok(());
     };
-    match callback.invoke(py) {
+    match callback.invoke(py, &slf.get().spare_context) {
         Ok(()) => Ok(()),
         Err(err) if is_fatal(py, &err) => Err(err),
         Err(err) => slf
