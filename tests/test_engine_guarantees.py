@@ -791,3 +791,211 @@ def test_create_future_ignores_asyncio_future_alias(loop, monkeypatch):
 
     monkeypatch.setattr(asyncio, "Future", Other)
     assert type(loop.create_future()) is not Other
+
+
+# == 6. Fork ===================================================================================
+
+
+def run_in_fork(body):
+    """Run ``body()`` (returning bytes) in a forked child; return (exit code, what it wrote).
+
+    The child always leaves with os._exit; the parent waits at most GUARD_SECONDS * 3."""
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with warnings.catch_warnings():
+        # 3.12+ warns about forking a process with threads (tokioloop's runtime has some).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_fd)
+            report = body()
+            code = 0
+        except BaseException:
+            report = traceback.format_exc().encode()
+        finally:
+            try:
+                os.write(write_fd, report[:60000])
+            finally:
+                os._exit(code)
+    os.close(write_fd)
+    chunks = []
+    try:
+        while True:
+            ready, _, _ = select.select([read_fd], [], [], GUARD_SECONDS * 3)
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                break
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+        _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), b"".join(chunks)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_with_handles_queued(loop, loop_factory):
+    out = []
+    for i in range(1000):
+        loop.call_soon(out.append, i)
+    held = [loop.call_soon(out.append, "held") for _ in range(3)]
+    timers = [loop.call_later(0, out.append, "timer") for _ in range(3)]
+
+    def child():
+        fresh = loop_factory()
+        got = []
+        try:
+            for i in range(1000):
+                fresh.call_soon(got.append, i)
+            handles = [fresh.call_soon(got.append, "mine") for _ in range(3)]
+            handles[1].cancel()
+            fresh.call_soon(fresh.stop)
+            fresh.run_forever()
+        finally:
+            fresh.close()
+        ok = got == list(range(1000)) + ["mine", "mine"] and out == []
+        return b"ok" if ok else repr((got[:5], len(got), out[:5])).encode()
+
+    code, report = run_in_fork(child)
+    assert (code, report) == (0, b"ok")
+    held[0].cancel()
+    run_due_timers(loop)
+    assert out == list(range(1000)) + ["held"] * 2 + ["timer"] * 3
+    run_briefly(loop)
+    assert len(out) == 1005
+    assert not any(t.cancelled() for t in timers)
+
+
+# == 7. Cycles through queued handles and the GC ==============================================
+
+
+class Node:
+    """Queue ``node.cb`` and keep the handle in ``node.handle``: a cycle through the queue."""
+
+    def __init__(self, name=None, log=None):
+        self.name = name
+        self.log = [] if log is None else log
+
+    def cb(self):
+        self.log.append(self.name)
+
+
+@pytest.mark.parametrize("method", SCHEDULERS)
+def test_cycle_through_queued_handle_freed_after_close(loop, method):
+    obj = Node()
+    obj.handle = SCHEDULERS[method](loop, obj.cb)
+    far = Node()
+    far.handle = loop.call_later(3600, far.cb)
+    refs = [weakref.ref(obj), weakref.ref(far)]
+    del obj, far
+    gc.collect()
+    assert all(r() is not None for r in refs)  # still queued: the loop keeps them
+    loop.close()
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
+
+
+def cancelled_cycle_collected(loop, method):
+    """Queue a cycle's callback with ``method``, cancel it, drop the cycle and collect: True if
+    the cycle was freed while its cancelled handle was still queued."""
+    obj = Node()
+    obj.handle = SCHEDULERS[method](loop, obj.cb)
+    obj.handle.cancel()
+    ref = weakref.ref(obj)
+    del obj
+    gc.collect()
+    freed = ref() is None
+    run_due_timers(loop)  # the loop lets go of the cancelled handle either way
+    return freed
+
+
+@pytest.mark.parametrize("method", ["call_later", "call_at"])
+def test_cancelled_timer_lets_go_of_its_cycle(loop, method):
+    assert cancelled_cycle_collected(loop, method)
+
+
+@differs_on_tokioloop(
+    "asyncio's Handle.cancel() drops the callback and arguments at once; tokioloop's keeps "
+    "them until the loop takes the handle off its queue, so a cycle through a cancelled "
+    "call_soon handle lives until the next turn (or close)"
+)
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe"])
+def test_cancelled_handle_lets_go_of_its_cycle(loop, method):
+    assert cancelled_cycle_collected(loop, method)
+
+
+def test_collect_while_running_keeps_queued_cycles(loop):
+    """Cycles made in a callback and reachable only through the queue (a handle, a timer, a
+    handle's context) survive a collection made while the loop runs, run exactly once, and
+    are collectable after."""
+    refs = []
+    ran = []
+
+    def make_cycles():
+        soon, timer, in_ctx = (Node(name, ran) for name in ("soon", "timer", "in context"))
+        soon.handle = loop.call_soon(soon.cb)
+        timer.handle = loop.call_later(0, timer.cb)
+        ctx = contextvars.copy_context()
+        ctx.run(VAR.set, in_ctx)
+        in_ctx.handle = loop.call_soon(in_ctx.cb, context=ctx)
+        refs.extend(weakref.ref(h) for h in (soon, timer, in_ctx))
+
+    alive_at_collect = []
+
+    def collect():
+        gc.collect()
+        alive_at_collect.append([r() is not None for r in refs])
+
+    loop.call_soon(make_cycles)
+    loop.call_soon(collect)
+    run_due_timers(loop)
+    run_briefly(loop)
+    assert alive_at_collect == [[True, True, True]]
+    assert sorted(ran) == ["in context", "soon", "timer"]
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
+
+
+def test_collect_every_turn_with_cycles_queued(loop):
+    """A chain of 50 turns, each making a cycle queued for the next turn and collecting."""
+    runs = []
+    refs = []
+
+    class Link(Node):
+        def cb(self):
+            super().cb()
+            gc.collect()
+            if self.name < 50:
+                nxt = Link(self.name + 1, runs)
+                nxt.handle = loop.call_soon(nxt.cb)
+                refs.append(weakref.ref(nxt))
+
+    first = Link(0, runs)
+    first.handle = loop.call_soon(first.cb)
+    del first
+    run_briefly(loop, 52)
+    gc.collect()
+    assert runs == list(range(51))
+    assert all(r() is None for r in refs)
+
+
+def test_cycle_through_loop_collected_after_close(loop_factory):
+    lp = loop_factory()
+    lp.run_until_complete(asyncio.sleep(0))
+    obj = Node()
+    obj.loop = lp
+    obj.handle = lp.call_soon(obj.cb)
+    obj.timer = lp.call_later(3600, obj.cb)
+    ctx = contextvars.copy_context()
+    ctx.run(VAR.set, obj)
+    obj.in_ctx = lp.call_soon(noop, context=ctx)
+    refs = [weakref.ref(obj), weakref.ref(lp)]
+    lp.close()
+    del obj, lp, ctx
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
