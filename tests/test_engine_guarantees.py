@@ -999,3 +999,330 @@ def test_cycle_through_loop_collected_after_close(loop_factory):
     del obj, lp, ctx
     gc.collect()
     assert [r() for r in refs] == [None, None]
+
+
+# == 8. Signals: Ctrl+C leaves a busy loop ====================================================
+
+
+@pytest.fixture
+def default_sigint():
+    """Python's own SIGINT handler (KeyboardInterrupt), whatever the runner installed."""
+    if sys.platform == "win32":
+        pytest.skip("Unix signals (and libc's raise() through ctypes)")
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals need the main thread")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def interrupted(loop, run):
+    """Call ``run()``; True if it left with KeyboardInterrupt before the hang guard.
+
+    A loop that never noticed the signal is stopped by the guard (native callables only, so
+    they cannot notice it either); the interrupt then surfaces in this frame, and is caught
+    here rather than reaching the test runner."""
+    guard_fired = []
+    guards = [
+        loop.call_later(GUARD_SECONDS, guard_fired.append, True),
+        loop.call_later(GUARD_SECONDS, loop.stop),
+    ]
+    left_by_interrupt = False
+    try:
+        try:
+            run()
+        except KeyboardInterrupt:
+            left_by_interrupt = True
+        except RuntimeError:  # run_until_complete stopped by the guard
+            pass
+    except KeyboardInterrupt:
+        pass
+    for guard in guards:
+        guard.cancel()
+    return left_by_interrupt and not guard_fired
+
+
+class NativeChain:
+    """A busy loop of native callables only: each turn ``partial(next, steps)`` schedules
+    itself again through ``map(loop.call_soon, ...)``. No Python frame runs, so nothing but
+    the loop itself can notice a pending signal or hand the GIL to another thread."""
+
+    def __init__(self, loop, limit):
+        self._limit = limit
+        self._turns = iter(range(limit))
+        self._next = [None]
+        steps = map(loop.call_soon, map(self._next.__getitem__, itertools.repeat(0)), self._turns)
+        self._next[0] = self.start = functools.partial(next, steps)
+
+    def turns(self):
+        """How many steps ran so far."""
+        return self._limit - operator.length_hint(self._turns)
+
+    def end(self, loop):
+        """Let the queued step schedule a harmless int(n) instead of itself; run that out."""
+        self._next[0] = int
+        run_briefly(loop, 3)
+
+
+def native_raise(signum):
+    """A native callable raising ``signum`` in this thread; unlike signal.raise_signal and
+    os.kill it returns without checking for signals, leaving that to whoever runs next."""
+    return functools.partial(getattr(ctypes.CDLL(None), "raise"), int(signum))
+
+
+@pytest.mark.skipif(not hasattr(signal, "raise_signal"), reason="needs signal.raise_signal")
+@pytest.mark.parametrize("runner", ["run_forever", "run_until_complete"])
+def test_raise_signal_in_callback_leaves_busy_loop(loop, default_sigint, runner):
+    """A callback that always reschedules itself raises SIGINT on its 100th turn: the run
+    leaves with KeyboardInterrupt and at most a few more callbacks run after the raise."""
+    state = {"turns": 0, "after_raise": 0, "raised": False, "draining": False}
+
+    def spin():
+        if state["draining"]:
+            return
+        if state["raised"]:
+            state["after_raise"] += 1
+        state["turns"] += 1
+        loop.call_soon(spin)
+        if state["turns"] == 100:
+            state["raised"] = True
+            signal.raise_signal(signal.SIGINT)
+
+    never = loop.create_future()
+    loop.call_soon(spin)
+    if runner == "run_forever":
+        left = interrupted(loop, loop.run_forever)
+    else:
+        left = interrupted(loop, functools.partial(loop.run_until_complete, never))
+    state["draining"] = True
+    never.cancel()
+    run_briefly(loop, 2)
+    assert left
+    assert state["raised"] and state["after_raise"] <= 1000
+
+
+def test_signal_noticed_by_loop_running_native_callbacks(loop, default_sigint):
+    """The signal arrives in the first turn, while native callbacks keep the loop busy: the
+    loop itself must notice it, within a bounded number of turns."""
+    chain = NativeChain(loop, 10**9)
+    loop.call_soon(chain.start)
+    loop.call_soon(native_raise(signal.SIGINT))
+    left = interrupted(loop, loop.run_forever)
+    turns = chain.turns()
+    chain.end(loop)
+    assert left
+    assert turns <= 1000
+
+
+def test_signal_from_timer_noticed_by_busy_native_loop(loop, default_sigint):
+    chain = NativeChain(loop, 10**9)
+    loop.call_soon(chain.start)
+    loop.call_later(0.01, native_raise(signal.SIGINT))
+    left = interrupted(loop, loop.run_forever)
+    chain.end(loop)
+    assert left
+
+
+def test_sigint_from_other_thread_leaves_busy_loop(loop, default_sigint):
+    busy = threading.Event()
+    stop_spinning = []
+
+    def spin(n):
+        if stop_spinning:
+            return
+        if n == 100:
+            busy.set()
+        loop.call_soon(spin, n + 1)
+
+    def sender():
+        if busy.wait(GUARD_SECONDS):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=sender)
+    loop.call_soon(thread.start)
+    loop.call_soon(spin, 0)
+    try:
+        left = interrupted(loop, loop.run_forever)
+    finally:
+        busy.set()
+        thread.join()
+    stop_spinning.append(True)
+    run_briefly(loop, 2)
+    assert left
+
+
+@differs_on_tokioloop(
+    "tokioloop's turn never releases the GIL while callbacks are ready: a busy loop of "
+    "native callbacks (no Python bytecode, so no eval-breaker GIL hand-off) starves every "
+    "other Python thread until the queue empties; asyncio's turn is Python code"
+)
+def test_busy_native_loop_lets_other_threads_in(loop):
+    """Another thread asks to stop the loop while native callbacks keep it busy (500,000
+    turns at most): the request must get through before the chain ends."""
+    chain = NativeChain(loop, 500_000)
+    started = threading.Event()
+    turns_at_stop = []
+
+    def other():
+        if started.wait(GUARD_SECONDS):
+            loop.call_soon_threadsafe(lambda: (turns_at_stop.append(chain.turns()), loop.stop()))
+
+    thread = threading.Thread(target=other)
+    loop.call_soon(started.set)
+    loop.call_soon(chain.start)
+    thread.start()
+    try:
+        loop.run_forever()
+    finally:
+        started.set()
+        thread.join()
+        chain.end(loop)
+    assert len(turns_at_stop) == 1
+    assert turns_at_stop[0] < 500_000
+
+
+# == 9. Exceptions =============================================================================
+
+
+@pytest.mark.parametrize("nargs", [0, 1, 2])
+@pytest.mark.parametrize("method", SCHEDULERS)
+def test_exception_context_names_the_handle(loop, method, nargs):
+    seen = []
+
+    def handler(lp, context):
+        seen.append((context, repr(context["handle"]), context["handle"]._callback))
+
+    def failing(*args):
+        raise ValueError(args)
+
+    loop.set_exception_handler(handler)
+    args = tuple(range(nargs))
+    handle = SCHEDULERS[method](loop, failing, *args)
+    SCHEDULERS[method](loop, failing, "unheld")
+    run_due_timers(loop)
+    assert len(seen) == 2
+    (first, first_repr, first_cb), (second, second_repr, second_cb) = seen
+    assert {"message", "exception", "handle"} <= first.keys()
+    assert first["message"].startswith("Exception in callback")
+    assert first["handle"] is handle
+    assert isinstance(first["exception"], ValueError) and first["exception"].args == (args,)
+    assert first_cb is failing and second_cb is failing
+    assert "failing(" in first_repr and "failing(" in second_repr
+    assert second["exception"].args == (("unheld",),)
+    kept = second["handle"]
+    assert kept is not handle
+    later = [SCHEDULERS[method](loop, noop) for _ in range(1000)]
+    run_due_timers(loop)
+    assert all(h is not kept and h is not handle for h in later)
+    assert kept._callback in (None, failing)
+    assert "noop" not in repr(kept)
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_fatal_exception_keeps_queue_and_held_handles(loop, exc_type):
+    """After KeyboardInterrupt/SystemExit leaves run_forever, the handles still queued are the
+    ones the program holds: cancelling one still skips it, the rest run once, in order."""
+    out = []
+
+    def fatal():
+        raise exc_type()
+
+    loop.call_soon(out.append, 0)
+    loop.call_soon(fatal)
+    queued = [loop.call_soon(out.append, i) for i in range(1, 5)]
+    with pytest.raises(exc_type):
+        loop.run_forever()
+    assert out == [0]
+    queued[1].cancel()
+    loop.call_soon(out.append, 5)
+    run_briefly(loop)
+    assert out == [0, 1, 3, 4, 5]
+    assert [h.cancelled() for h in queued] == [False, True, False, False]
+    run_briefly(loop)
+    assert out == [0, 1, 3, 4, 5]
+
+
+def test_fatal_exception_from_timer_keeps_due_timers(loop):
+    out = []
+
+    def fatal():
+        raise KeyboardInterrupt
+
+    now = loop.time()
+    loop.call_at(now, out.append, "before")
+    loop.call_at(now + 0.0001, fatal)
+    after = loop.call_at(now + 0.0002, out.append, "after")
+    loop.call_at(now + 0.0003, loop.stop)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_forever()
+    assert out == ["before"]
+    loop.run_forever()  # the stop timer is still there
+    assert out == ["before", "after"]
+    assert not after.cancelled()
+
+
+# == 10. FIFO order of every scheduling shape =================================================
+
+
+def test_mixed_scheduling_shapes_run_in_order(loop):
+    out = []
+
+    def zero():
+        out.append("zero")
+
+    def three(a, b, c):
+        out.append((a, b, c))
+
+    ctx = contextvars.copy_context()
+    loop.call_soon(out.append, 0)
+    loop.call_soon_threadsafe(out.append, 1)
+    loop.call_soon(zero)
+    dropped = loop.call_soon(out.append, "cancelled")
+    loop.call_soon(out.append, 3, context=ctx)
+    loop.call_soon_threadsafe(three, 4, 5, 6)
+    loop.call_soon_threadsafe(out.append, "cancelled threadsafe").cancel()
+    loop.call_soon(out.append, (7, 8))
+    contextvars.Context().run(loop.call_soon, out.append, 9)
+    loop.call_soon_threadsafe(zero, context=ctx)
+    dropped.cancel()
+    run_briefly(loop)
+    assert out == [0, 1, "zero", 3, (4, 5, 6), (7, 8), 9, "zero"]
+
+
+def test_random_scheduling_mix_keeps_fifo(loop):
+    """600 callbacks in every shape, a fifth of them cancelled, scheduled half from outside
+    and half from a running callback: the rest run in scheduling order."""
+    rng = random.Random(20240611)
+    out, expected, to_cancel = [], [], []
+    ctx = contextvars.copy_context()
+
+    def record(*args):
+        out.append(args[0])
+
+    shapes = [
+        lambda i: loop.call_soon(record, i),
+        lambda i: loop.call_soon_threadsafe(record, i),
+        lambda i: loop.call_soon(record, i, context=ctx),
+        lambda i: loop.call_soon(functools.partial(record, i)),
+        lambda i: loop.call_soon(record, i, "two", "three"),
+        lambda i: contextvars.Context().run(loop.call_soon, record, i),
+        lambda i: loop.call_soon_threadsafe(record, i, None, context=ctx),
+    ]
+
+    def schedule(numbers):
+        for i in numbers:
+            handle = rng.choice(shapes)(i)
+            if rng.random() < 0.2:
+                to_cancel.append(handle)
+            else:
+                expected.append(i)
+        for handle in to_cancel:
+            handle.cancel()
+
+    schedule(range(300))
+    loop.call_soon(schedule, range(300, 600))
+    run_briefly(loop, 2)
+    assert out == expected
+    assert len(expected) > 400
