@@ -113,7 +113,10 @@ impl Lookups {
 
     /// Resolves the futures whose answers arrived; call on the loop thread.
     pub fn complete(&self, py: Python<'_>) -> PyResult<()> {
-        if !self.completions.pending.swap(false, Ordering::AcqRel) {
+        // A plain load first: the locked swap is only needed once a lookup finished.
+        if !self.completions.pending.load(Ordering::Acquire)
+            || !self.completions.pending.swap(false, Ordering::AcqRel)
+        {
             return Ok(());
         }
         let answers = std::mem::take(&mut *self.completions.answers.lock());

@@ -1,4 +1,5 @@
-//! Hand-written entry points for `call_soon` and `call_soon_threadsafe`, the hottest calls.
+//! Hand-written entry points for `call_soon`, `call_soon_threadsafe` and `get_debug`, the
+//! hottest calls.
 //!
 //! Every Future done-callback and every Task step enters the loop through `call_soon(cb, *args,
 //! context=ctx)`. pyo3's generic argument machinery (keyword matching, varargs collection, the
@@ -155,8 +156,25 @@ unsafe extern "C" fn call_soon_threadsafe(
     }
 }
 
+/// `get_debug()`: C asyncio's Future and Task constructors call it on their loop every time.
+unsafe extern "C" fn get_debug(slf: *mut ffi::PyObject, _unused: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this METH_NOARGS method with the GIL held and `slf` a LoopCore
+    // (the method descriptor checked it); the bool singletons are immortal or refcounted here.
+    unsafe {
+        let py = Python::assume_attached();
+        let this = Bound::from_borrowed_ptr(py, slf);
+        let result = if this.cast_unchecked::<LoopCore>().get().debug() {
+            ffi::Py_True()
+        } else {
+            ffi::Py_False()
+        };
+        ffi::Py_INCREF(result);
+        result
+    }
+}
+
 /// A `PyMethodDef` table that lives for the whole process, as CPython requires.
-struct MethodTable([ffi::PyMethodDef; 2]);
+struct MethodTable([ffi::PyMethodDef; 3]);
 // SAFETY: the table is immutable after construction and only read by CPython under the GIL.
 unsafe impl Sync for MethodTable {}
 
@@ -183,9 +201,15 @@ static METHODS: MethodTable = MethodTable([
             c"call_soon_threadsafe(callback, *args, context=None)\n--\n\nLike call_soon, from any thread."
                 .as_ptr(),
     },
+    ffi::PyMethodDef {
+        ml_name: c"get_debug".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunction: get_debug },
+        ml_flags: ffi::METH_NOARGS,
+        ml_doc: c"get_debug()\n--\n\nTrue if the loop is in debug mode.".as_ptr(),
+    },
 ]);
 
-/// Replaces `call_soon` and `call_soon_threadsafe` on `LoopCore` with the entries above.
+/// Replaces `call_soon`, `call_soon_threadsafe` and `get_debug` on `LoopCore` with the entries above.
 pub fn install(class: &Bound<'_, PyType>) -> PyResult<()> {
     let py = class.py();
     for def in &METHODS.0 {

@@ -192,7 +192,8 @@ impl LoopCore {
     }
 
     fn take_stopping(&self) -> bool {
-        self.stopping.swap(false, Ordering::Relaxed)
+        // A plain load first: the locked swap is only needed once stop() was called.
+        self.stopping.load(Ordering::Relaxed) && self.stopping.swap(false, Ordering::Relaxed)
     }
 
     /// The earliest live timer's deadline, after dropping cancelled ones from the top.
@@ -819,7 +820,12 @@ impl LoopCore {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Some(state) = self.state.try_lock() {
+        // While running, the loop is held by the thread running it, so nothing it queues can
+        // be part of a garbage cycle; walking a long ready queue at every full collection cost
+        // a 100k-task gather ~440 instructions per task. Unreported references only make their
+        // targets look held from outside, which they are.
+        let running = self.running.load(Ordering::Relaxed);
+        if let Some(state) = self.state.try_lock().filter(|_| !running) {
             for item in &state.ready {
                 item.traverse(&visit)?;
             }

@@ -10,7 +10,7 @@ use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyModule, PyTuple};
+use pyo3::types::{PyDict, PyModule, PyString, PyTuple};
 
 static FUTURES_MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 static TASKS_MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
@@ -25,35 +25,54 @@ fn module<'py, 'a>(
         .map(|m| m.bind(py))
 }
 
-/// `callable(*positional, loop=loop)` through vectorcall.
+/// `callable(*positional, loop=loop)` through vectorcall; at most one positional argument.
 fn call_with_loop<'py>(
     callable: &Bound<'py, PyAny>,
-    positional: &[&Bound<'py, PyAny>],
+    positional: Option<&Bound<'py, PyAny>>,
     event_loop: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = callable.py();
     let kwnames = LOOP_KWNAMES.get_or_init(py, || PyTuple::new(py, ["loop"]).expect("a 1-tuple").unbind());
-    let mut args: Vec<*mut ffi::PyObject> = Vec::with_capacity(positional.len() + 1);
-    args.extend(positional.iter().map(|a| a.as_ptr()));
-    args.push(event_loop.as_ptr());
+    let args = match positional {
+        Some(first) => [first.as_ptr(), event_loop.as_ptr()],
+        None => [event_loop.as_ptr(), std::ptr::null_mut()],
+    };
+    let count = usize::from(positional.is_some());
     // SAFETY: `args` holds borrowed pointers kept alive by the caller's Bounds for the call's
-    // duration; the last one is the keyword value named by `kwnames`. The GIL is held.
+    // duration; the one after the positionals is the keyword value named by `kwnames`.
     unsafe {
-        let result = ffi::PyObject_Vectorcall(
-            callable.as_ptr(),
-            args.as_ptr(),
-            positional.len(),
-            kwnames.as_ptr(),
-        );
+        let result = ffi::PyObject_Vectorcall(callable.as_ptr(), args.as_ptr(), count, kwnames.as_ptr());
         Bound::from_owned_ptr_or_err(py, result)
     }
 }
 
-/// `asyncio.Future(loop=event_loop)`.
+/// `module.name`, read from the module's dict when it is there (the common case: a plain
+/// module attribute, perhaps patched), through getattr otherwise.
+fn module_attribute<'py>(module: &Bound<'py, PyModule>, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
+    let py = module.py();
+    // SAFETY: GIL held; PyModule_GetDict returns a borrowed reference to the module's dict,
+    // and PyDict_GetItemWithError a borrowed value (NULL with or without an error set).
+    unsafe {
+        let dict = ffi::PyModule_GetDict(module.as_ptr());
+        if !dict.is_null() {
+            let value = ffi::PyDict_GetItemWithError(dict, name.as_ptr());
+            if !value.is_null() {
+                return Ok(Bound::from_borrowed_ptr(py, value));
+            }
+            if let Some(err) = PyErr::take(py) {
+                return Err(err);
+            }
+        }
+    }
+    module.getattr(name)
+}
+
+/// `asyncio.Future(loop=event_loop)`, the class looked up at each call as the stdlib does.
 pub fn new_future<'py>(event_loop: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = event_loop.py();
-    let future_class = module(py, &FUTURES_MODULE, "asyncio.futures")?.getattr(intern!(py, "Future"))?;
-    call_with_loop(&future_class, &[], event_loop)
+    let module = module(py, &FUTURES_MODULE, "asyncio.futures")?;
+    let future_class = module_attribute(module, intern!(py, "Future"))?;
+    call_with_loop(&future_class, None, event_loop)
 }
 
 /// A keyword the running version's `loop.create_task` does not take, refused as Python would.
@@ -84,9 +103,9 @@ pub fn new_task<'py>(
     }
     let name = name.filter(|n| !n.is_none());
     let Some(factory) = factory else {
-        let task_class = module(py, &TASKS_MODULE, "asyncio.tasks")?.getattr(intern!(py, "Task"))?;
+        let task_class = module_attribute(module(py, &TASKS_MODULE, "asyncio.tasks")?, intern!(py, "Task"))?;
         let task = if name.is_none() && context.is_none() && eager_start.is_none() {
-            call_with_loop(&task_class, &[coro], event_loop)?
+            call_with_loop(&task_class, Some(coro), event_loop)?
         } else {
             let kwargs = PyDict::new(py);
             kwargs.set_item(intern!(py, "loop"), event_loop)?;

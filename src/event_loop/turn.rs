@@ -5,8 +5,8 @@
 //! only every [`BUSY_TURNS_PER_POLL`] turns or [`BUSY_POLL_INTERVAL`], since each poll is an
 //! `epoll_wait`; (2) queue the callbacks of ready fds; (3) move due timers to the ready queue;
 //! (4) run exactly the handles that were ready at that point — what they schedule runs next
-//! turn. Pending signals are checked every turn, so Ctrl+C leaves promptly whether the loop is
-//! idle or busy. Only `LoopCore::_run_native` calls [`drive`].
+//! turn. Pending signals are checked after every park and every few busy turns, so Ctrl+C
+//! leaves promptly whether the loop is idle or busy. Only `LoopCore::_run_native` calls [`drive`].
 //!
 //! Python callbacks run *outside* `block_on`: only the park (1) is inside it. A process forked
 //! from a callback (multiprocessing's fork start method, a pre-forking server) therefore
@@ -32,6 +32,8 @@ use crate::handles::is_fatal;
 
 const BUSY_TURNS_PER_POLL: u32 = 61;
 const BUSY_POLL_INTERVAL: Duration = Duration::from_micros(200);
+/// Busy turns between two checks for pending signals (every idle turn checks).
+const SIGNAL_CHECK_TURNS: u32 = 4;
 
 /// Runs turns until `stop()` or an exception that must leave `run_forever`.
 pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
@@ -48,7 +50,12 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
     let mut last_poll = Instant::now();
 
     loop {
-        py.check_signals()?;
+        // A signal's Python handler also runs at the interpreter's next bytecode check, so in
+        // a busy loop running Python callbacks a check here every few turns is enough; after
+        // a park (below) there is always one.
+        if busy_turns % SIGNAL_CHECK_TURNS == 0 {
+            py.check_signals()?;
+        }
 
         if core.has_work() {
             busy_turns += 1;
