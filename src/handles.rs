@@ -111,11 +111,13 @@ impl Parts {
 /// soon as the loop is done with the handle, which is what makes not tracking them safe.
 pub struct Callback {
     parts: UnsafeCell<Option<Parts>>,
+    /// True while `invoke` runs: the parts must not be released under it.
+    invoking: std::cell::Cell<bool>,
 }
 
-// SAFETY: the cell is written only by `release`, which the loop calls on its own thread with
-// the GIL held and never while `invoke` of the same handle is on the stack; every read is also
-// made with the GIL held. The GIL therefore serialises all access (the module does not declare
+// SAFETY: the cell is written only by `release` (the loop's turn, or `cancel()`) and `refill`
+// (an unshared handle), always with the GIL held and never while `invoke` of the same handle
+// is on the stack (`invoking`); every read is also made with the GIL held. The GIL therefore serialises all access (the module does not declare
 // free-threaded support).
 unsafe impl Sync for Callback {}
 
@@ -135,6 +137,7 @@ impl Callback {
         };
         Ok(Callback {
             parts: UnsafeCell::new(Some(parts)),
+            invoking: std::cell::Cell::new(false),
         })
     }
 
@@ -145,7 +148,8 @@ impl Callback {
         unsafe { (*self.parts.get()).as_ref() }
     }
 
-    /// Takes the parts out; the caller drops them where re-entering the loop is safe.
+    /// Takes the parts out; the caller drops them where re-entering the loop is safe. Never
+    /// while `invoke` runs (the loop releases only what it is not running).
     pub fn release(&self) -> Option<Parts> {
         // SAFETY: see the `Sync` impl: loop thread, GIL held, not during `invoke`.
         unsafe { (*self.parts.get()).take() }
@@ -158,9 +162,21 @@ impl Callback {
             return Ok(());
         };
         let function = parts.function.as_ptr();
-        // SAFETY: the function and arguments are owned by `parts`, which the loop does not
-        // release while the call runs; the GIL is held.
-        parts.context.run(py, spare, || unsafe { parts.args.call(function) })
+        self.invoking.set(true);
+        // SAFETY: the function and arguments are owned by `parts`, which nothing releases
+        // while `invoking` is set; the GIL is held.
+        let outcome = parts.context.run(py, spare, || unsafe { parts.args.call(function) });
+        self.invoking.set(false);
+        outcome
+    }
+
+    /// `cancel()`'s release, as asyncio's: the callback and its arguments go at once, except
+    /// in debug mode (where repr still shows them) and while the callback itself is running.
+    pub fn release_on_cancel(&self) {
+        if self.invoking.get() || self.parts().is_none_or(|parts| parts.source_traceback.is_some()) {
+            return;
+        }
+        drop(self.release());
     }
 
     /// For the loop's own GC traversal: the objects a pending handle keeps alive.
@@ -209,10 +225,18 @@ impl Callback {
             None => None,
         };
         if let Some((function, args, traceback)) = own {
-            let source = py
+            let format = py
                 .import("asyncio.format_helpers")?
-                .getattr("_format_callback_source")?
-                .call1((function.bind(py), args.bind(py)))?;
+                .getattr("_format_callback_source")?;
+            let source = if py.version_info() >= (3, 13) {
+                // 3.13 shows the arguments only in debug mode (asyncio asks the loop; a handle
+                // made in debug mode is the one with a creation traceback).
+                let kwargs = pyo3::types::PyDict::new(py);
+                kwargs.set_item("debug", traceback.is_some())?;
+                format.call((function.bind(py), args.bind(py)), Some(&kwargs))?
+            } else {
+                format.call1((function.bind(py), args.bind(py)))?
+            };
             parts.push(source.extract::<String>()?);
             if let Some(tb) = &traceback {
                 let tb = tb.bind(py);
@@ -309,7 +333,10 @@ impl Handle {
 #[pymethods]
 impl Handle {
     fn cancel(&self) {
-        self.cancel_now();
+        if self.cancelled.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        self.callback.release_on_cancel();
     }
 
     fn cancelled(&self) -> bool {
@@ -391,17 +418,9 @@ impl TimerHandle {
             return;
         }
         self.cancelled_in_heap.fetch_add(1, Ordering::Relaxed);
-        // asyncio lets go of a cancelled handle's callback and arguments at once (outside debug
-        // mode, where repr still shows them): a timeout's bound method must not keep its
-        // object alive until the heap is next compacted. While scheduled, the handle sits in
-        // the heap, so it is not running; releasing here is on the GIL, as `release` requires.
-        if self
-            .callback
-            .parts()
-            .is_some_and(|parts| parts.source_traceback.is_none())
-        {
-            drop(self.callback.release());
-        }
+        // A timeout's bound method must not keep its object alive until the heap is next
+        // compacted.
+        self.callback.release_on_cancel();
     }
 
     fn cancelled(&self) -> bool {

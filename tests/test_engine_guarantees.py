@@ -580,16 +580,8 @@ def test_repr_shows_callback_as_asyncio_does(loop, args):
     timer.cancel()
 
 
-_FORMATTER_TAKES_DEBUG = "debug" in inspect.signature(
-    asyncio.format_helpers._format_callback_source
-).parameters
 
 
-@differs_on_tokioloop(
-    "3.13's asyncio shows a handle's arguments only in debug mode; tokioloop calls "
-    "_format_callback_source without debug=, so in debug mode it shows no arguments",
-    condition=_FORMATTER_TAKES_DEBUG,
-)
 def test_debug_repr_shows_args_as_asyncio_does(loop):
     loop.set_debug(True)
     args = ("text", (1, 2))
@@ -649,10 +641,6 @@ def test_context_keyword_name_need_not_be_interned(loop, method, make_name):
     assert ctx[VAR] == "dynamic"
 
 
-@differs_on_tokioloop(
-    "tokioloop's native call_soon/call_soon_threadsafe take the callback positionally only; "
-    "asyncio's (def call_soon(self, callback, *args, context=None)) accepts callback="
-)
 @pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe"])
 def test_callback_by_keyword(loop, method):
     out = []
@@ -919,11 +907,6 @@ def test_cancelled_timer_lets_go_of_its_cycle(loop, method):
     assert cancelled_cycle_collected(loop, method)
 
 
-@differs_on_tokioloop(
-    "asyncio's Handle.cancel() drops the callback and arguments at once; tokioloop's keeps "
-    "them until the loop takes the handle off its queue, so a cycle through a cancelled "
-    "call_soon handle lives until the next turn (or close)"
-)
 @pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe"])
 def test_cancelled_handle_lets_go_of_its_cycle(loop, method):
     assert cancelled_cycle_collected(loop, method)
@@ -1153,11 +1136,6 @@ def test_sigint_from_other_thread_leaves_busy_loop(loop, default_sigint):
     assert left
 
 
-@differs_on_tokioloop(
-    "tokioloop's turn never releases the GIL while callbacks are ready: a busy loop of "
-    "native callbacks (no Python bytecode, so no eval-breaker GIL hand-off) starves every "
-    "other Python thread until the queue empties; asyncio's turn is Python code"
-)
 def test_busy_native_loop_lets_other_threads_in(loop):
     """Another thread asks to stop the loop while native callbacks keep it busy (500,000
     turns at most): the request must get through before the chain ends."""

@@ -136,3 +136,9 @@ def conform_to_stdlib(cls, reference):
         if gated is not None:
             setattr(cls, name, gated)
     return cls
+
+# 3.13 shows a callback's arguments in handle reprs and callback error messages only in debug
+# mode, through a `debug=` keyword of asyncio's formatter.
+FORMAT_CALLBACK_TAKES_DEBUG = "debug" in inspect.signature(
+    __import__("asyncio.format_helpers").format_helpers._format_callback_source
+).parameters

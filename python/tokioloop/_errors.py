@@ -13,7 +13,7 @@ import traceback
 from asyncio.log import logger
 from typing import Any, Callable, Optional
 
-from ._compat import EXCEPTION_HANDLER_IN_CALLBACK_CONTEXT
+from ._compat import EXCEPTION_HANDLER_IN_CALLBACK_CONTEXT, FORMAT_CALLBACK_TAKES_DEBUG
 
 _TRACEBACK_KEYS = {
     "source_traceback": "Object created at (most recent call last):\n",
@@ -105,7 +105,10 @@ class ExceptionHandling:
         """Called by the native turn when a callback raised an ordinary exception."""
         from asyncio.format_helpers import _format_callback_source
 
-        source = _format_callback_source(handle._callback, handle._args)
+        if FORMAT_CALLBACK_TAKES_DEBUG:
+            source = _format_callback_source(handle._callback, handle._args, debug=self.get_debug())
+        else:
+            source = _format_callback_source(handle._callback, handle._args)
         context = {"message": f"Exception in callback {source}", "exception": exc, "handle": handle}
         if handle._source_traceback:
             context["source_traceback"] = handle._source_traceback

@@ -57,14 +57,9 @@ unsafe fn entry(
             // descr_check), so the MRO walk of a checked cast would be spent twice.
             let this = Bound::from_borrowed_ptr(py, slf);
             let this = this.cast_unchecked::<LoopCore>();
-            if nargs < 1 {
-                return Err(PyTypeError::new_err(format!(
-                    "{name}() missing 1 required positional argument: 'callback'"
-                )));
-            }
-            let callback = Bound::from_borrowed_ptr(py, *args);
+            let mut callback = (nargs >= 1).then(|| Bound::from_borrowed_ptr(py, *args));
             let extra = match nargs {
-                1 => Args::None,
+                0 | 1 => Args::None,
                 2 => Args::One(Bound::from_borrowed_ptr(py, *args.offset(1)).unbind()),
                 _ => {
                     let tuple = ffi::PyTuple_New(nargs - 1);
@@ -83,15 +78,34 @@ unsafe fn entry(
                 let count = ffi::PyTuple_GET_SIZE(kwnames);
                 for i in 0..count {
                     let key = ffi::PyTuple_GET_ITEM(kwnames, i);
-                    if key != expected.as_ptr() && !is_context_keyword(py, key)? {
-                        let key = Bound::from_borrowed_ptr(py, key);
-                        return Err(PyTypeError::new_err(format!(
-                            "{name}() got an unexpected keyword argument '{key}'"
-                        )));
+                    let value = Bound::from_borrowed_ptr(py, *args.offset(nargs + i));
+                    if key == expected.as_ptr() {
+                        context = Some(value);
+                        continue;
                     }
-                    context = Some(Bound::from_borrowed_ptr(py, *args.offset(nargs + i)));
+                    let key = Bound::from_borrowed_ptr(py, key).cast_into::<PyString>()?;
+                    match key.to_str()? {
+                        "context" => context = Some(value),
+                        // asyncio's signature is (callback, *args, context=None).
+                        "callback" if callback.is_none() => callback = Some(value),
+                        "callback" => {
+                            return Err(PyTypeError::new_err(format!(
+                                "{name}() got multiple values for argument 'callback'"
+                            )))
+                        }
+                        _ => {
+                            return Err(PyTypeError::new_err(format!(
+                                "{name}() got an unexpected keyword argument '{key}'"
+                            )))
+                        }
+                    }
                 }
             }
+            let Some(callback) = callback else {
+                return Err(PyTypeError::new_err(format!(
+                    "{name}() missing 1 required positional argument: 'callback'"
+                )));
+            };
             Ok(schedule(&this, callback, extra, context)?.into_ptr())
         }
     }));
@@ -106,16 +120,6 @@ unsafe fn entry(
             std::ptr::null_mut()
         }
     }
-}
-
-/// The slow check for a keyword name that is not the interned `"context"` object.
-///
-/// # Safety
-/// GIL held; `key` is a live borrowed reference (CPython guarantees keyword names are str).
-unsafe fn is_context_keyword(py: Python<'_>, key: *mut ffi::PyObject) -> PyResult<bool> {
-    // SAFETY: per the contract.
-    let key = unsafe { Bound::from_borrowed_ptr(py, key) };
-    Ok(key.cast_into::<PyString>()?.to_str()? == "context")
 }
 
 fn panic_error(payload: Box<dyn Any + Send>) -> PyErr {

@@ -64,6 +64,9 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
                 || (busy_turns % 8 == 0 && last_poll.elapsed() >= BUSY_POLL_INTERVAL)
             {
                 runtime.block_on(tokio::task::yield_now());
+                // Callbacks that run no Python bytecode never reach the interpreter's GIL
+                // hand-off, so a loop busy with them would starve every other thread.
+                py.detach(|| ());
                 busy_turns = 0;
                 last_poll = Instant::now();
             }
