@@ -13,8 +13,10 @@ use pyo3::prelude::*;
 
 use crate::handles::Handle;
 
-/// Enough for the steady state of a busy loop; a burst beyond it allocates as before.
-const CAPACITY: usize = 1024;
+/// A thread holding the GIL for one 5 ms switch interval queues a few thousand threadsafe
+/// callbacks; 4096 pooled handles (at most ~360 KiB, held only after such a burst) catch most
+/// of them. A burst beyond it allocates as before.
+const CAPACITY: usize = 4096;
 
 #[derive(Default)]
 pub struct HandlePool {
