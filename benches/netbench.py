@@ -37,7 +37,6 @@ import micro  # noqa: E402  (loop names, versions, make_loop live there)
 
 ECHO_LOAD = os.path.join(HERE, "echo_load")
 RELEASE = os.path.join(ECHO_LOAD, "target", "release")
-RESULTS = os.path.join(HERE, "results")
 PEERS = micro.PEERS  # ("uvloop", "rloop"): what tokioloop has to beat
 CANDIDATE = micro.CANDIDATE
 RUST = "rust"
@@ -378,11 +377,6 @@ def meta_header(title, args, extra):
     return meta, text
 
 
-def default_json_path(prefix, quick):
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return os.path.join(RESULTS, f"{prefix}{'-quick' if quick else ''}-{stamp}.json")
-
-
 def write_json(path, payload):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
@@ -396,6 +390,7 @@ def log(msg):
 
 
 csv_arg = micro.csv_arg  # echo.py and http.py use it as nb.csv_arg
+default_json_path = micro.default_json_path
 
 
 # ---- Command line and the run's set-up ----
