@@ -434,6 +434,12 @@ def default_json_path(prefix, quick):
     return os.path.join(RESULTS, f"{prefix}{'-quick' if quick else ''}-{stamp}.json")
 
 
+def shown_path(path):
+    """``path`` relative to the current folder when it is inside it, else absolute."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith(os.pardir) else rel
+
+
 def csv_arg(parser, value, allowed, what):
     """A comma-separated option: its distinct items, in order; ``parser.error`` on an item not
     in ``allowed`` or on none at all (shared by instructions.py and netbench.py)."""
@@ -535,7 +541,7 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump({"meta": meta, "samples": raw, "medians": medians}, f, indent=1)
-    print(f"raw samples and medians written to {os.path.relpath(path)}; "
+    print(f"raw samples and medians written to {shown_path(path)}; "
           "chart them with: python benches/chart.py")
     return 0
 

@@ -468,7 +468,7 @@ def rotation(names, r):
 
 def save(path, meta, samples, medians):
     write_json(path, {"meta": meta, "samples": samples, "medians": medians})
-    print(f"raw samples and medians written to {os.path.relpath(path)}")
+    print(f"raw samples and medians written to {micro.shown_path(path)}")
 
 
 # ---- Server side (the child process) ----
