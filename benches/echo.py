@@ -120,10 +120,11 @@ async def start(loop, style, transport, addr, step):
         step[0] = "socket set-up"
         lsock = listening_socket(transport, addr)
         step[0] = "loop.sock_accept"
-        loop._bench_task = loop.create_task(sock_serve(loop, lsock))
+        task = loop.create_task(sock_serve(loop, lsock))
+        nb.SERVING.append(task)
         await asyncio.sleep(0)  # let the accept task start (and fail early)
-        if loop._bench_task.done():
-            loop._bench_task.result()
+        if task.done():
+            task.result()
         name = lsock.getsockname()
     elif transport == "tcp":
         host, port = addr.rsplit(":", 1)
@@ -134,7 +135,7 @@ async def start(loop, style, transport, addr, step):
             step[0] = "asyncio.start_server"
             server = await asyncio.start_server(streams_echo, host, int(port), backlog=128)
         name = server.sockets[0].getsockname()
-        loop._bench_server = server
+        nb.SERVING.append(server)
     else:
         if style == "protocol":
             step[0] = "loop.create_unix_server"
@@ -143,7 +144,7 @@ async def start(loop, style, transport, addr, step):
             step[0] = "asyncio.start_unix_server"
             server = await asyncio.start_unix_server(streams_echo, addr, backlog=128)
         name = addr
-        loop._bench_server = server
+        nb.SERVING.append(server)
     return f"{name[0]}:{name[1]}" if transport == "tcp" else name
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Micro-benchmarks for asyncio event loops: asyncio, uvloop, rloop, tokioloop.
+"""Micro-benchmarks for asyncio event loops: asyncio, uvloop, rloop, rsloop, tokioloop.
 
 Each workload hammers one primitive of the loop (call_soon, timers, timer
 cancellation, task creation, sleep(0) switching, future hand-off, cross-thread
@@ -23,7 +23,7 @@ op and every other loop as a multiple of it, differences smaller than the
 measured spread marked "within noise".
 
 Usage:
-    python benches/micro.py [--quick] [--loops asyncio,uvloop,rloop,tokioloop]
+    python benches/micro.py [--quick] [--loops asyncio,uvloop,rloop,rsloop,tokioloop]
                             [--repeat N] [--json PATH] [--only NAME,...]
 """
 
@@ -44,7 +44,7 @@ import threading
 import time
 
 CHILD_TIMEOUT = 120.0  # seconds, per child process
-PEERS = ("uvloop", "rloop")  # the other native loops: "best peer" is the best of these
+PEERS = ("uvloop", "rloop", "rsloop")  # the other native loops: "best peer" is the best of these
 CANDIDATE = "tokioloop"
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -195,6 +195,7 @@ LOOPS = {  # name -> (module, distribution name for the version)
     "asyncio": ("asyncio", None),
     "uvloop": ("uvloop", "uvloop"),
     "rloop": ("rloop", "rloop"),
+    "rsloop": ("rsloop", "rsloop"),  # no wheel for every glibc: see benches/README.md
     "tokioloop": ("tokioloop", "tokioloop"),
 }
 

@@ -37,11 +37,13 @@ import micro  # noqa: E402  (loop names, versions, make_loop live there)
 
 ECHO_LOAD = os.path.join(HERE, "echo_load")
 RELEASE = os.path.join(ECHO_LOAD, "target", "release")
-PEERS = micro.PEERS  # ("uvloop", "rloop"): what tokioloop has to beat
+PEERS = micro.PEERS  # ("uvloop", "rloop", "rsloop"): "best peer" is the best of these
 CANDIDATE = micro.CANDIDATE
 RUST = "rust"
-PY_LOOPS = list(micro.LOOPS)  # asyncio, uvloop, rloop, tokioloop
+PY_LOOPS = list(micro.LOOPS)  # asyncio, uvloop, rloop, rsloop, tokioloop
 ALL_LOOPS = PY_LOOPS + [RUST]
+SERVING = []  # in a server child: its server, transport or accept task, kept alive here
+              # (not as an attribute of the loop: rsloop's loop takes none)
 SERVER_START_TIMEOUT = 20.0  # seconds until the server prints "ready"
 CLIENT_GRACE = 30.0  # seconds past warm-up + duration before the client is killed
 

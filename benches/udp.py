@@ -57,7 +57,7 @@ async def start(loop, addr, step):
     step[0] = "loop.create_datagram_endpoint"
     transport, _ = await loop.create_datagram_endpoint(EchoDatagram,
                                                        local_addr=(host, int(port)))
-    loop._bench_transport = transport
+    nb.SERVING.append(transport)
     name = transport.get_extra_info("sockname")
     return f"{name[0]}:{name[1]}"
 
