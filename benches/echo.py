@@ -306,6 +306,9 @@ def main(argv=None):
             if n not in present:
                 med[c][n] = {"error": "not installed"}
     print(render(args, med), flush=True)
+    print(nb.render_summary([(f"{st} {tr} {kib} KiB", med[(st, tr, kib)])
+                             for st, tr, kib in cells(args)], args.loops, args.repeat),
+          flush=True)
 
     meta.update(cores=cores, repeat=args.repeat, duration=args.duration,
                 warmup=args.warmup, conns=CONNS, sizes_kib=args.sizes,

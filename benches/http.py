@@ -276,6 +276,7 @@ def main(argv=None):
     for n in args.loops:
         med.setdefault(n, {"error": "not installed"})
     print(render(args, med), flush=True)
+    print(nb.render_summary([("HTTP keep-alive", med)], args.loops, args.repeat), flush=True)
     meta.update(cores=cores, repeat=args.repeat, duration=args.duration, warmup=args.warmup,
                 conns=args.conns, client=args.client, loop_versions=versions,
                 elapsed_s=round(time.monotonic() - t0, 1))

@@ -344,6 +344,34 @@ def fmt_cell(m, key, fmt, loop_name):
     return fmt(v) + ("*" if m.get("failed") else "")
 
 
+def render_summary(rows, loops, repeat):
+    """micro.py's summary over server CPU per request: ``rows`` is a list of (label,
+    {loop: medians}); the rust server is a ceiling, not a loop, and is left out."""
+    loops = [name for name in loops if name != RUST]
+    costs = []
+    for label, cells in rows:
+        row = {}
+        for name in loops:
+            m = cells.get(name) or {"error": "not installed"}
+            if m.get("error") == "not installed":
+                row[name] = "not installed"
+            elif "unsupported" in m:
+                row[name] = "n/a"
+            elif m.get("server_cpu_us_per_req") is None:
+                row[name] = "error"
+            else:
+                row[name] = (m["server_cpu_us_per_req"], m.get("cpu_spread"))
+        costs.append((label, row))
+    noise = ("\"within noise\": the gap is smaller than the CPU spread of one of the two "
+             "loops over the repeats." if repeat > 1 else
+             "One repeat has no spread, so nothing is marked \"within noise\": take gaps "
+             "under ~30% as noise on this machine.")
+    return micro.render_summary(
+        costs, loops, lambda us: f"{us:.2f} µs/req",
+        "Server CPU per request of the cheapest loop, and every other loop's as a multiple "
+        "of it (the rust ceiling is not ranked). " + noise)
+
+
 def md_escape(s):
     return str(s).replace("|", "\\|").replace("\n", " ")
 
