@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Echo-server benchmark for asyncio event loops: asyncio, uvloop, rloop, tokioloop,
-and a pure-Rust tokio server as the machine's ceiling.
+"""Echo-server benchmark for asyncio event loops: asyncio, uvloop, rloop, rsloop,
+tokioloop, and a pure-Rust tokio server as the machine's ceiling.
 
 Server styles (all echo every byte back):
   protocol  asyncio.Protocol, transport.write(data) in data_received
@@ -13,10 +13,13 @@ Each sample is a fresh server process pinned to core 0 and a client pinned to
 core 1. Reported per cell, as medians over the repeats: requests/s, p50/p99
 latency (client side) and the server's CPU time per request (all its threads,
 from /proc/<pid>/task/*/schedstat over the measured window), the steadiest
-figure on a shared machine. Ratios are against the best of uvloop and rloop.
+figure on a shared machine. Ratios are against the best of uvloop, rloop and
+rsloop; the report ends with a summary (the cheapest loop per cell, the others
+as multiples of it). Under rsloop, asyncio.start_server is rsloop's own (importing
+rsloop replaces it), so its TCP streams rows run rsloop's native streams.
 
 Usage:
-    python benches/echo.py [--quick] [--loops asyncio,uvloop,rloop,tokioloop,rust]
+    python benches/echo.py [--quick] [--loops asyncio,uvloop,rloop,rsloop,tokioloop,rust]
                            [--styles protocol,streams,sock] [--transports tcp,unix]
                            [--sizes 1,10,100] [--repeat N] [--duration S] [--json PATH]
 """

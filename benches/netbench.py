@@ -344,9 +344,10 @@ def fmt_cell(m, key, fmt, loop_name):
     return fmt(v) + ("*" if m.get("failed") else "")
 
 
-def render_summary(rows, loops, repeat):
-    """micro.py's summary over server CPU per request: ``rows`` is a list of (label,
-    {loop: medians}); the rust server is a ceiling, not a loop, and is left out."""
+def render_summary(rows, loops, repeat, unit="request"):
+    """micro.py's summary over server CPU per request (or per ``unit``): ``rows`` is a
+    list of (label, {loop: medians}); the rust server is a ceiling, not a loop, and is
+    left out."""
     loops = [name for name in loops if name != RUST]
     costs = []
     for label, cells in rows:
@@ -367,8 +368,8 @@ def render_summary(rows, loops, repeat):
              "One repeat has no spread, so nothing is marked \"within noise\": take gaps "
              "under ~30% as noise on this machine.")
     return micro.render_summary(
-        costs, loops, lambda us: f"{us:.2f} µs/req",
-        "Server CPU per request of the cheapest loop, and every other loop's as a multiple "
+        costs, loops, lambda us: f"{us:.2f} µs/{unit}",
+        f"Server CPU per {unit} of the cheapest loop, and every other loop's as a multiple "
         "of it (the rust ceiling is not ranked). " + noise)
 
 
