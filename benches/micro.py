@@ -341,7 +341,7 @@ def md_escape(text):
 
 
 # ---- The summary: the cheapest loop per workload, the others as multiples of it ----
-# Shared with instructions.py, echo.py and http.py. A workload's costs are
+# Shared with instructions.py and (through netbench.py) echo.py, http.py and udp.py. A workload's costs are
 # {loop: (cost, spread)} for the loops that were measured (spread = (max - min) /
 # median over the repeats, or None when there is nothing to measure it from) and
 # {loop: "why not"} for the others ("not installed", "error: ...").
@@ -380,9 +380,8 @@ def summary_sentence(workload, costs, fastest, ratios):
     text = f"{workload}: {fastest} is fastest"
     if close:
         listed = [f"{name} ({r:.2f}x)" for r, name in close]
-        text += (", but " + " and ".join([", ".join(listed[:-1]), listed[-1]] if len(listed) > 1
-                                         else listed)
-                 + (" is" if len(listed) == 1 else " are") + " within noise of it")
+        text += (", but " + ", ".join(listed[:-1]) + (" and " if len(listed) > 1 else "")
+                 + listed[-1] + (" is" if len(listed) == 1 else " are") + " within noise of it")
     elif others:
         text += f", {others[0][0]:.2f}x cheaper than the next, {others[0][1]}"
     else:
