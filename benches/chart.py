@@ -59,6 +59,7 @@ def load(path):
 
 def ordered(names):
     """``names`` in micro.LOOPS' order, unknown names last."""
+    names = set(names)
     known = [n for n in micro.LOOPS if n in names]
     return known + sorted(n for n in names if n not in micro.LOOPS)
 
