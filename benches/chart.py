@@ -28,8 +28,11 @@ import math
 import os
 import sys
 
-import matplotlib
-
+try:
+    import matplotlib
+except ImportError:
+    sys.exit("error: chart.py needs matplotlib: pip install \".[bench]\" (or pip install "
+             "matplotlib)")
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 

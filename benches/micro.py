@@ -529,11 +529,14 @@ def main(argv=None):
     print(render_summary(
         [(b, summary_costs(medians[b], args.loops)) for b in args.only], args.loops,
         lambda us: f"{us:.3f} µs/op",
-        f"Median CPU per op of the fastest loop, and every other loop's as a multiple of "
-        f"it (1.25x = 25% more CPU per op). \"within noise\": the gap is smaller than the "
-        f"CPU spread of one of the two loops over the {args.repeat} repeats, so this run "
-        f"can't tell them apart" + (" (the short --quick runs are noisy: decide on a full "
-                                    "run)." if args.quick else ".")), flush=True)
+        "Median CPU per op of the fastest loop, and every other loop's as a multiple of "
+        "it (1.25x = 25% more CPU per op). "
+        + (f"\"within noise\": the gap is smaller than the CPU spread of one of the two "
+           f"loops over the {args.repeat} repeats, so this run can't tell them apart"
+           if args.repeat > 1 else "One repeat has no spread, so nothing is marked "
+           "\"within noise\"; run more repeats to know what is")
+        + (" (the short --quick runs are noisy: decide on a full run)." if args.quick
+           else ".")), flush=True)
 
     meta.update(core=core, repeat=args.repeat, sizes=sizes, loop_versions=status,
                 python_version=platform.python_version(), quick=args.quick)
