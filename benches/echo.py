@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Echo-server benchmark for asyncio event loops: asyncio, uvloop, rloop, tokioloop,
-and a pure-Rust tokio server as the machine's ceiling.
+"""Echo-server benchmark for asyncio event loops: asyncio, uvloop, rloop, rsloop,
+tokioloop, and a pure-Rust tokio server as the machine's ceiling.
 
 Server styles (all echo every byte back):
   protocol  asyncio.Protocol, transport.write(data) in data_received
@@ -13,10 +13,13 @@ Each sample is a fresh server process pinned to core 0 and a client pinned to
 core 1. Reported per cell, as medians over the repeats: requests/s, p50/p99
 latency (client side) and the server's CPU time per request (all its threads,
 from /proc/<pid>/task/*/schedstat over the measured window), the steadiest
-figure on a shared machine. Ratios are against the best of uvloop and rloop.
+figure on a shared machine. Ratios are against the best of uvloop, rloop and
+rsloop; the report ends with a summary (the cheapest loop per cell, the others
+as multiples of it). Under rsloop, asyncio.start_server is rsloop's own (importing
+rsloop replaces it), so its TCP streams rows run rsloop's native streams.
 
 Usage:
-    python benches/echo.py [--quick] [--loops asyncio,uvloop,rloop,tokioloop,rust]
+    python benches/echo.py [--quick] [--loops asyncio,uvloop,rloop,rsloop,tokioloop,rust]
                            [--styles protocol,streams,sock] [--transports tcp,unix]
                            [--sizes 1,10,100] [--repeat N] [--duration S] [--json PATH]
 """
@@ -120,10 +123,11 @@ async def start(loop, style, transport, addr, step):
         step[0] = "socket set-up"
         lsock = listening_socket(transport, addr)
         step[0] = "loop.sock_accept"
-        loop._bench_task = loop.create_task(sock_serve(loop, lsock))
+        task = loop.create_task(sock_serve(loop, lsock))
+        nb.SERVING.append(task)
         await asyncio.sleep(0)  # let the accept task start (and fail early)
-        if loop._bench_task.done():
-            loop._bench_task.result()
+        if task.done():
+            task.result()
         name = lsock.getsockname()
     elif transport == "tcp":
         host, port = addr.rsplit(":", 1)
@@ -134,7 +138,7 @@ async def start(loop, style, transport, addr, step):
             step[0] = "asyncio.start_server"
             server = await asyncio.start_server(streams_echo, host, int(port), backlog=128)
         name = server.sockets[0].getsockname()
-        loop._bench_server = server
+        nb.SERVING.append(server)
     else:
         if style == "protocol":
             step[0] = "loop.create_unix_server"
@@ -143,7 +147,7 @@ async def start(loop, style, transport, addr, step):
             step[0] = "asyncio.start_unix_server"
             server = await asyncio.start_unix_server(streams_echo, addr, backlog=128)
         name = addr
-        loop._bench_server = server
+        nb.SERVING.append(server)
     return f"{name[0]}:{name[1]}" if transport == "tcp" else name
 
 
@@ -305,6 +309,9 @@ def main(argv=None):
             if n not in present:
                 med[c][n] = {"error": "not installed"}
     print(render(args, med), flush=True)
+    print(nb.render_summary([(f"{st} {tr} {kib} KiB", med[(st, tr, kib)])
+                             for st, tr, kib in cells(args)], args.loops, args.repeat),
+          flush=True)
 
     meta.update(cores=cores, repeat=args.repeat, duration=args.duration,
                 warmup=args.warmup, conns=CONNS, sizes_kib=args.sizes,

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """HTTP/1.1 keep-alive benchmark for asyncio event loops: asyncio, uvloop, rloop,
-tokioloop, and a pure-Rust tokio server as the machine's ceiling.
+rsloop, tokioloop, and a pure-Rust tokio server as the machine's ceiling.
 
 The server is an asyncio.Protocol that parses requests with httptools and
 answers each one with the same small fixed response (keep-alive), over TCP on
@@ -13,10 +13,11 @@ Like echo.py: a fresh server process per sample pinned to core 0, the client
 pinned to core 1; reported as medians over repeats: requests/s, p50/p99
 latency (from the client) and the server's CPU time per request (all its
 threads, /proc/<pid>/task/*/schedstat over the measured window). Ratios are
-against the best of uvloop and rloop.
+against the best of uvloop, rloop and rsloop; the report ends with a summary
+(the cheapest loop, the others as multiples of it).
 
 Usage:
-    python benches/http.py [--quick] [--loops asyncio,uvloop,rloop,tokioloop,rust]
+    python benches/http.py [--quick] [--loops asyncio,uvloop,rloop,rsloop,tokioloop,rust]
                            [--client wrk|echo_client] [--repeat N] [--duration S]
                            [--conns N] [--json PATH]
 """
@@ -276,6 +277,7 @@ def main(argv=None):
     for n in args.loops:
         med.setdefault(n, {"error": "not installed"})
     print(render(args, med), flush=True)
+    print(nb.render_summary([("HTTP keep-alive", med)], args.loops, args.repeat), flush=True)
     meta.update(cores=cores, repeat=args.repeat, duration=args.duration, warmup=args.warmup,
                 conns=args.conns, client=args.client, loop_versions=versions,
                 elapsed_s=round(time.monotonic() - t0, 1))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Micro-benchmarks for asyncio event loops: asyncio, uvloop, rloop, tokioloop.
+"""Micro-benchmarks for asyncio event loops: asyncio, uvloop, rloop, rsloop, tokioloop.
 
 Each workload hammers one primitive of the loop (call_soon, timers, timer
 cancellation, task creation, sleep(0) switching, future hand-off, cross-thread
@@ -18,8 +18,12 @@ only counts work the process itself did. CPU/op is therefore far more stable
 than ops/s, and it is also honest about helper threads: work a loop pushes to
 a background thread is still charged to it.
 
+The report ends with a summary: per workload, the loop with the least CPU per
+op and every other loop as a multiple of it, differences smaller than the
+measured spread marked "within noise".
+
 Usage:
-    python benches/micro.py [--quick] [--loops asyncio,uvloop,rloop,tokioloop]
+    python benches/micro.py [--quick] [--loops asyncio,uvloop,rloop,rsloop,tokioloop]
                             [--repeat N] [--json PATH] [--only NAME,...]
 """
 
@@ -40,8 +44,9 @@ import threading
 import time
 
 CHILD_TIMEOUT = 120.0  # seconds, per child process
-PEERS = ("uvloop", "rloop")  # what tokioloop has to beat
+PEERS = ("uvloop", "rloop", "rsloop")  # the other native loops: "best peer" is the best of these
 CANDIDATE = "tokioloop"
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 # ---- Workloads: f(loop, n) runs to completion, returns ops performed. ----
@@ -190,6 +195,7 @@ LOOPS = {  # name -> (module, distribution name for the version)
     "asyncio": ("asyncio", None),
     "uvloop": ("uvloop", "uvloop"),
     "rloop": ("rloop", "rloop"),
+    "rsloop": ("rsloop", "rsloop"),  # no wheel for every glibc: see benches/README.md
     "tokioloop": ("tokioloop", "tokioloop"),
 }
 
@@ -303,41 +309,8 @@ def summarize(samples):
     }
 
 
-def paired_ratios(by_loop):
-    """Per repeat: tokioloop CPU/op over the best peer's in the same repeat.
-
-    Samples of one repeat ran back to back, so these ratios cancel most of the
-    machine's drift between repeats.
-    """
-    per_op = lambda s: None if "error" in s else s["cpu"] / s["ops"]  # noqa: E731
-    ratios = []
-    for r, cand in enumerate(by_loop.get(CANDIDATE, [])):
-        peers = [per_op(by_loop[p][r]) for p in PEERS if p in by_loop]
-        peers = [x for x in peers if x is not None]
-        if per_op(cand) is not None and peers:
-            ratios.append(per_op(cand) / min(peers))
-    return ratios
-
-
-def verdict(cand, best):
-    """Does tokioloop meet "CPU/op <= best of uvloop & rloop"?"""
-    if cand is None:
-        return f"**{CANDIDATE}: not installed.**"
-    if "error" in cand:
-        return f"**{CANDIDATE}: FAIL (error).**"
-    if best is None:
-        return f"**{CANDIDATE}: n/a (neither uvloop nor rloop measured).**"
-    ours, (theirs, peer) = cand["cpu_us_per_op"], best
-    paired = cand.get("paired_ratios")
-    return (f"**{CANDIDATE}: {'PASS' if ours <= theirs else 'FAIL'}** — CPU/op "
-            f"{ours:.3f} µs vs best peer {peer} {theirs:.3f} µs (x{ours / theirs:.2f})"
-            + (f"; paired per-repeat ratio x{statistics.median(paired):.2f} "
-               f"(x{min(paired):.2f}..x{max(paired):.2f})" if paired else "")
-            + (f"; WARNING: {cand['failed']} sample(s) failed." if cand["failed"] else "."))
-
-
 def render(bench_name, n, loops, med):
-    """Markdown table for one benchmark, plus the tokioloop verdict line."""
+    """Markdown table for one benchmark."""
     uv = med.get("uvloop", {}).get("wall_us_per_op")
     peers = [(med[p]["cpu_us_per_op"], p) for p in PEERS
              if "cpu_us_per_op" in med.get(p, {})]
@@ -359,11 +332,112 @@ def render(bench_name, n, loops, med):
                      ratio(m["wall_us_per_op"], uv),
                      ratio(m["cpu_us_per_op"], best[0] if best else None),
                      f"{m['failed']} failed: {m['first_error']}" if m["failed"] else ""]
-        cells = [c.replace("|", "\\|").replace("\n", " ") for c in cells]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    if CANDIDATE in loops:
-        rows += ["", verdict(med.get(CANDIDATE), best)]
+        rows.append(f"| {name} | " + " | ".join(md_escape(c) for c in cells) + " |")
     return "\n".join(rows) + "\n"
+
+
+def md_escape(text):
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+# ---- The summary: the cheapest loop per workload, the others as multiples of it ----
+# Shared with instructions.py and (through netbench.py) echo.py, http.py and udp.py. A workload's costs are
+# {loop: (cost, spread)} for the loops that were measured (spread = (max - min) /
+# median over the repeats, or None when there is nothing to measure it from) and
+# {loop: "why not"} for the others ("not installed", "error: ...").
+
+def rank(costs):
+    """(name of the cheapest loop or None, {loop: (cost / cheapest's, within noise)}).
+    A gap is within noise when it is smaller than the larger of the two loops' spreads."""
+    measured = {name: c for name, c in costs.items() if not isinstance(c, str)}
+    if not measured:
+        return None, {}
+    fastest = min(measured, key=lambda name: measured[name][0])
+    best, best_spread = measured[fastest]
+    ratios = {}
+    for name, (cost, spread) in measured.items():
+        spreads = [x for x in (spread, best_spread) if x is not None]
+        ratio = cost / best if best > 0 else float("inf")
+        ratios[name] = (ratio, bool(spreads) and ratio - 1 < max(spreads))
+    return fastest, ratios
+
+
+def summary_cell(name, costs, fastest, ratios):
+    if name not in ratios:
+        return costs.get(name, "not installed")
+    if name == fastest:
+        return "fastest"
+    ratio, noise = ratios[name]
+    return f"{ratio:.2f}x" + (" within noise" if noise else "")
+
+
+def summary_sentence(workload, costs, fastest, ratios):
+    """One plain sentence: who is fastest, by how much, and where tokioloop stands."""
+    if fastest is None:
+        return f"{workload}: no loop was measured."
+    others = sorted((ratios[name][0], name) for name in ratios if name != fastest)
+    close = [(r, name) for r, name in others if ratios[name][1]]
+    text = f"{workload}: {fastest} is fastest"
+    if close:
+        listed = [f"{name} ({r:.2f}x)" for r, name in close]
+        text += (", but " + ", ".join(listed[:-1]) + (" and " if len(listed) > 1 else "")
+                 + listed[-1] + (" is" if len(listed) == 1 else " are") + " within noise of it")
+    elif others:
+        text += f", {others[0][0]:.2f}x cheaper than the next, {others[0][1]}"
+    else:
+        text += " (the only loop measured)"
+    named = [fastest] + [name for _, name in close or others[:1]]
+    if CANDIDATE in ratios and CANDIDATE not in named:
+        ratio, noise = ratios[CANDIDATE]
+        text += (f"; {CANDIDATE} needs {ratio:.2f}x as much"
+                 + (" (within noise)" if noise else ""))
+    elif CANDIDATE not in ratios and CANDIDATE in costs:
+        text += f"; {CANDIDATE}: {costs[CANDIDATE]}"
+    return text + "."
+
+
+def render_summary(rows, loops, fmt_cost, intro):
+    """The summary as Markdown: ``intro``, a table (the fastest loop and its cost by
+    ``fmt_cost``, every loop as a multiple of it), then one sentence per row.
+    ``rows`` is a list of (workload label, costs) in the order to show."""
+    lines = ["## Summary", "", intro, "",
+             "| workload | fastest | " + " | ".join(loops) + " |",
+             "|---|---|" + "---:|" * len(loops)]
+    sentences = []
+    for label, costs in rows:
+        fastest, ratios = rank(costs)
+        best = f"{fastest}, {fmt_cost(costs[fastest][0])}" if fastest else "-"
+        cells = [label, best] + [summary_cell(name, costs, fastest, ratios) for name in loops]
+        lines.append("| " + " | ".join(md_escape(c) for c in cells) + " |")
+        sentences.append("- " + summary_sentence(label, costs, fastest, ratios))
+    return "\n".join(lines + [""] + sentences) + "\n"
+
+
+def summary_costs(med, loops):
+    """A micro.py workload's medians as the costs ``render_summary`` takes."""
+    costs = {}
+    for name in loops:
+        m = med.get(name)
+        if m is None:
+            costs[name] = "not installed"
+        elif "error" in m:
+            costs[name] = "error"
+        else:
+            costs[name] = (m["cpu_us_per_op"], m["cpu_spread"] if m["samples"] > 1 else None)
+    return costs
+
+
+def default_json_path(prefix, quick):
+    """benches/results/PREFIX[-quick]-YYYYmmdd-HHMMSS.json (shared with netbench.py and
+    instructions.py): every run leaves its JSON where benches/chart.py looks."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join(RESULTS, f"{prefix}{'-quick' if quick else ''}-{stamp}.json")
+
+
+def shown_path(path):
+    """``path`` relative to the current folder when it is inside it, else absolute."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith(os.pardir) else rel
 
 
 def csv_arg(parser, value, allowed, what):
@@ -385,7 +459,9 @@ def parse_args(argv):
                         help="comma-separated loops (default: all)")
     parser.add_argument("--repeat", type=int,
                         help="samples per (loop, benchmark); default 5, quick 3")
-    parser.add_argument("--json", metavar="PATH", help="write raw samples + medians")
+    parser.add_argument("--json", metavar="PATH",
+                        help="where to write raw samples + medians "
+                             "(default benches/results/micro[-quick]-DATE-TIME.json)")
     parser.add_argument("--only", help="comma-separated benchmarks (default: all)")
     args = parser.parse_args(argv)
 
@@ -449,15 +525,27 @@ def main(argv=None):
     medians = {b: {name: summarize(samples[b][name]) for name in present}
                for b in args.only}
     for b in args.only:
-        if "cpu_us_per_op" in medians[b].get(CANDIDATE, {}):
-            medians[b][CANDIDATE]["paired_ratios"] = paired_ratios(samples[b])
         print(render(b, sizes[b], args.loops, medians[b]), flush=True)
+    print(render_summary(
+        [(b, summary_costs(medians[b], args.loops)) for b in args.only], args.loops,
+        lambda us: f"{us:.3f} µs/op",
+        "Median CPU per op of the fastest loop, and every other loop's as a multiple of "
+        "it (1.25x = 25% more CPU per op). "
+        + (f"\"within noise\": the gap is smaller than the CPU spread of one of the two "
+           f"loops over the {args.repeat} repeats, so this run can't tell them apart"
+           if args.repeat > 1 else "One repeat has no spread, so nothing is marked "
+           "\"within noise\"; run more repeats to know what is")
+        + (" (the short --quick runs are noisy: decide on a full run)." if args.quick
+           else ".")), flush=True)
 
-    if args.json:
-        meta.update(core=core, repeat=args.repeat, sizes=sizes, loop_versions=status)
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "samples": raw, "medians": medians}, f, indent=1)
-        print(f"raw samples and medians written to {args.json}")
+    meta.update(core=core, repeat=args.repeat, sizes=sizes, loop_versions=status,
+                python_version=platform.python_version(), quick=args.quick)
+    path = args.json or default_json_path("micro", args.quick)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "samples": raw, "medians": medians}, f, indent=1)
+    print(f"raw samples and medians written to {shown_path(path)}; "
+          "chart them with: python benches/chart.py")
     return 0
 
 

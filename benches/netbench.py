@@ -37,12 +37,13 @@ import micro  # noqa: E402  (loop names, versions, make_loop live there)
 
 ECHO_LOAD = os.path.join(HERE, "echo_load")
 RELEASE = os.path.join(ECHO_LOAD, "target", "release")
-RESULTS = os.path.join(HERE, "results")
-PEERS = micro.PEERS  # ("uvloop", "rloop"): what tokioloop has to beat
+PEERS = micro.PEERS  # ("uvloop", "rloop", "rsloop"): "best peer" is the best of these
 CANDIDATE = micro.CANDIDATE
 RUST = "rust"
-PY_LOOPS = list(micro.LOOPS)  # asyncio, uvloop, rloop, tokioloop
+PY_LOOPS = list(micro.LOOPS)  # asyncio, uvloop, rloop, rsloop, tokioloop
 ALL_LOOPS = PY_LOOPS + [RUST]
+SERVING = []  # in a server child: its server, transport or accept task, kept alive here
+              # (not as an attribute of the loop: rsloop's loop takes none)
 SERVER_START_TIMEOUT = 20.0  # seconds until the server prints "ready"
 CLIENT_GRACE = 30.0  # seconds past warm-up + duration before the client is killed
 
@@ -343,6 +344,35 @@ def fmt_cell(m, key, fmt, loop_name):
     return fmt(v) + ("*" if m.get("failed") else "")
 
 
+def render_summary(rows, loops, repeat, unit="request"):
+    """micro.py's summary over server CPU per request (or per ``unit``): ``rows`` is a
+    list of (label, {loop: medians}); the rust server is a ceiling, not a loop, and is
+    left out."""
+    loops = [name for name in loops if name != RUST]
+    costs = []
+    for label, cells in rows:
+        row = {}
+        for name in loops:
+            m = cells.get(name) or {"error": "not installed"}
+            if m.get("error") == "not installed":
+                row[name] = "not installed"
+            elif "unsupported" in m:
+                row[name] = "n/a"
+            elif m.get("server_cpu_us_per_req") is None:
+                row[name] = "error"
+            else:
+                row[name] = (m["server_cpu_us_per_req"], m.get("cpu_spread"))
+        costs.append((label, row))
+    noise = ("\"within noise\": the gap is smaller than the CPU spread of one of the two "
+             "loops over the repeats." if repeat > 1 else
+             "One repeat has no spread, so nothing is marked \"within noise\": take gaps "
+             "under ~30% as noise on this machine.")
+    return micro.render_summary(
+        costs, loops, lambda us: f"{us:.2f} µs/{unit}",
+        f"Server CPU per {unit} of the cheapest loop, and every other loop's as a multiple "
+        "of it (the rust ceiling is not ranked). " + noise)
+
+
 def md_escape(s):
     return str(s).replace("|", "\\|").replace("\n", " ")
 
@@ -378,11 +408,6 @@ def meta_header(title, args, extra):
     return meta, text
 
 
-def default_json_path(prefix, quick):
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return os.path.join(RESULTS, f"{prefix}{'-quick' if quick else ''}-{stamp}.json")
-
-
 def write_json(path, payload):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
@@ -396,6 +421,7 @@ def log(msg):
 
 
 csv_arg = micro.csv_arg  # echo.py and http.py use it as nb.csv_arg
+default_json_path = micro.default_json_path
 
 
 # ---- Command line and the run's set-up ----
@@ -473,7 +499,7 @@ def rotation(names, r):
 
 def save(path, meta, samples, medians):
     write_json(path, {"meta": meta, "samples": samples, "medians": medians})
-    print(f"raw samples and medians written to {os.path.relpath(path)}")
+    print(f"raw samples and medians written to {micro.shown_path(path)}")
 
 
 # ---- Server side (the child process) ----

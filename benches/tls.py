@@ -95,7 +95,7 @@ async def start(loop, kind, addr, cert, key, step):
         factory = echo.EchoProtocol if kind == "protocol" else load_http_bench().HttpProtocol
         step[0] = "loop.create_server(ssl=)"
         server = await loop.create_server(factory, host, int(port), ssl=ctx, backlog=1024)
-    loop._bench_server = server
+    nb.SERVING.append(server)
     name = server.sockets[0].getsockname()
     return f"{name[0]}:{name[1]}"
 

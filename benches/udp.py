@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""UDP echo benchmark for asyncio event loops: asyncio, uvloop, rloop, tokioloop,
-and a pure-Rust tokio UDP echo server as the machine's ceiling.
+"""UDP echo benchmark for asyncio event loops: asyncio, uvloop, rloop, rsloop,
+tokioloop, and a pure-Rust tokio UDP echo server as the machine's ceiling.
 
 The server is an asyncio.DatagramProtocol whose datagram_received does
 transport.sendto(data, addr), on one socket from loop.create_datagram_endpoint
@@ -18,7 +18,7 @@ rloop, with the paired per-repeat ratio. Issue 11's target: tokioloop's CPU per
 datagram at least 20% below the best peer (ratio <= 0.80).
 
 Usage:
-    python benches/udp.py [--quick] [--loops asyncio,uvloop,rloop,tokioloop,rust]
+    python benches/udp.py [--quick] [--loops asyncio,uvloop,rloop,rsloop,tokioloop,rust]
                           [--sizes 64,1400] [--windows 1,4] [--conns 10]
                           [--repeat N] [--duration S] [--warmup S] [--json PATH]
 """
@@ -57,7 +57,7 @@ async def start(loop, addr, step):
     step[0] = "loop.create_datagram_endpoint"
     transport, _ = await loop.create_datagram_endpoint(EchoDatagram,
                                                        local_addr=(host, int(port)))
-    loop._bench_transport = transport
+    nb.SERVING.append(transport)
     name = transport.get_extra_info("sockname")
     return f"{name[0]}:{name[1]}"
 
@@ -217,7 +217,7 @@ def verdicts(args, med, samples):
         lines.append(f"- {label}: **{'PASS' if judged <= TARGET else 'FAIL'}**: tokioloop "
                      f"{ours[key]:.2f} µs vs {best[1]} {best[0]:.2f} µs, x{ratio:.2f}{p_text}")
     return (f"Target (issue 11): tokioloop's CPU per datagram <= {TARGET:.2f} x the best of "
-            "uvloop and rloop (judged on the paired ratio when there are repeats):\n\n"
+            f"{', '.join(nb.PEERS)} (judged on the paired ratio when there are repeats):\n\n"
             + "\n".join(lines) + "\n")
 
 
@@ -309,6 +309,9 @@ def main(argv=None):
         for n in args.loops:
             med[c].setdefault(n, {"error": "not installed"})
     print(render(args, med, samples), flush=True)
+    print(nb.render_summary([(f"{size} B, {w} in flight", med[(size, w)])
+                             for size, w in cells(args)], args.loops, args.repeat,
+                            unit="datagram"), flush=True)
 
     meta.update(cores=cores, repeat=args.repeat, duration=args.duration, warmup=args.warmup,
                 conns=args.conns, sizes=args.sizes, windows=args.windows, target=TARGET,
