@@ -1,5 +1,5 @@
-//! Hand-written entry points for `call_soon`, `call_soon_threadsafe` and `get_debug`, the
-//! hottest calls.
+//! Hand-written entry points for the hottest calls: `call_soon`, `call_soon_threadsafe`,
+//! `get_debug` (C asyncio's Future and Task constructors call it) and `create_future`.
 //!
 //! Every Future done-callback and every Task step enters the loop through `call_soon(cb, *args,
 //! context=ctx)`. pyo3's generic argument machinery (keyword matching, varargs collection, the
@@ -16,8 +16,8 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
-use pyo3::intern;
-use pyo3::sync::PyOnceLock;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
 use pyo3::types::{PyString, PyTuple, PyType};
 
 use crate::handles::Args;
@@ -31,8 +31,25 @@ type Schedule = for<'py> fn(
     Option<Bound<'py, PyAny>>,
 ) -> PyResult<Py<crate::handles::Handle>>;
 
-/// `"context"` as C asyncio passes it: the interned string, recognised by pointer.
-static CONTEXT_KEYWORD: PyOnceLock<Py<PyString>> = PyOnceLock::new();
+/// The last `"context"` keyword name seen: C asyncio passes the same string object every time
+/// (its own static string, which on 3.11 is not the interned one), so a pointer compare
+/// recognises it. Holds a strong reference; written only with the GIL held.
+static CONTEXT_KEYWORD: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Remembers `key` (a str equal to "context") for the pointer compare.
+///
+/// # Safety
+/// GIL held; `key` is a live borrowed reference.
+unsafe fn remember_context_keyword(key: *mut ffi::PyObject) {
+    // SAFETY: per the contract; the swapped-out name was a strong reference of ours.
+    unsafe {
+        ffi::Py_INCREF(key);
+        let previous = CONTEXT_KEYWORD.swap(key, Ordering::Relaxed);
+        if !previous.is_null() {
+            ffi::Py_DECREF(previous);
+        }
+    }
+}
 
 /// Parses `(callback, *args, context=None)` and schedules through `schedule`.
 ///
@@ -49,7 +66,7 @@ unsafe fn entry(
 ) -> *mut ffi::PyObject {
     // SAFETY: CPython holds the GIL for the duration of a method call.
     let py = unsafe { Python::assume_attached() };
-    let outcome = catch_unwind(AssertUnwindSafe(|| -> PyResult<*mut ffi::PyObject> {
+    guarded(py, || -> PyResult<*mut ffi::PyObject> {
         // SAFETY: per this function's contract, every pointer read below is a live borrowed
         // reference; PyTuple_New/SET_ITEM build an owned tuple from new references.
         unsafe {
@@ -74,18 +91,21 @@ unsafe fn entry(
             };
             let mut context = None;
             if !kwnames.is_null() {
-                let expected = CONTEXT_KEYWORD.get_or_init(py, || intern!(py, "context").clone().unbind());
+                let expected = CONTEXT_KEYWORD.load(Ordering::Relaxed);
                 let count = ffi::PyTuple_GET_SIZE(kwnames);
                 for i in 0..count {
                     let key = ffi::PyTuple_GET_ITEM(kwnames, i);
                     let value = Bound::from_borrowed_ptr(py, *args.offset(nargs + i));
-                    if key == expected.as_ptr() {
+                    if key == expected {
                         context = Some(value);
                         continue;
                     }
-                    let key = Bound::from_borrowed_ptr(py, key).cast_into::<PyString>()?;
-                    match key.to_str()? {
-                        "context" => context = Some(value),
+                    let keyword = Bound::from_borrowed_ptr(py, key).cast_into::<PyString>()?;
+                    match keyword.to_str()? {
+                        "context" => {
+                            remember_context_keyword(key);
+                            context = Some(value)
+                        }
                         // asyncio's signature is (callback, *args, context=None).
                         "callback" if callback.is_none() => callback = Some(value),
                         "callback" => {
@@ -95,7 +115,8 @@ unsafe fn entry(
                         }
                         _ => {
                             return Err(PyTypeError::new_err(format!(
-                                "{name}() got an unexpected keyword argument '{key}'"
+                                "{name}() got an unexpected keyword argument '{}'",
+                                keyword.to_str()?
                             )))
                         }
                     }
@@ -108,9 +129,14 @@ unsafe fn entry(
             };
             Ok(schedule(&this, callback, extra, context)?.into_ptr())
         }
-    }));
-    match outcome {
-        Ok(Ok(handle)) => handle,
+    })
+}
+
+/// Runs a method body: its error, or a panic as a PanicException, becomes the raised
+/// exception (NULL return), as pyo3's own trampoline would make it.
+fn guarded(py: Python<'_>, body: impl FnOnce() -> PyResult<*mut ffi::PyObject>) -> *mut ffi::PyObject {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(object)) => object,
         Ok(Err(err)) => {
             err.restore(py);
             std::ptr::null_mut()
@@ -177,8 +203,19 @@ unsafe extern "C" fn get_debug(slf: *mut ffi::PyObject, _unused: *mut ffi::PyObj
     }
 }
 
+/// `create_future()`: every `await` of a fresh Future in a protocol or library starts here.
+unsafe extern "C" fn create_future(slf: *mut ffi::PyObject, _unused: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this METH_NOARGS method with the GIL held and `slf` a LoopCore
+    // (the method descriptor checked it).
+    unsafe {
+        let py = Python::assume_attached();
+        let this = Bound::from_borrowed_ptr(py, slf);
+        guarded(py, || Ok(super::tasks::new_future(&this)?.into_ptr()))
+    }
+}
+
 /// A `PyMethodDef` table that lives for the whole process, as CPython requires.
-struct MethodTable([ffi::PyMethodDef; 3]);
+struct MethodTable([ffi::PyMethodDef; 4]);
 // SAFETY: the table is immutable after construction and only read by CPython under the GIL.
 unsafe impl Sync for MethodTable {}
 
@@ -211,9 +248,16 @@ static METHODS: MethodTable = MethodTable([
         ml_flags: ffi::METH_NOARGS,
         ml_doc: c"get_debug()\n--\n\nTrue if the loop is in debug mode.".as_ptr(),
     },
+    ffi::PyMethodDef {
+        ml_name: c"create_future".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer { PyCFunction: create_future },
+        ml_flags: ffi::METH_NOARGS,
+        ml_doc: c"create_future()\n--\n\nA new asyncio.Future attached to this loop.".as_ptr(),
+    },
 ]);
 
-/// Replaces `call_soon`, `call_soon_threadsafe` and `get_debug` on `LoopCore` with the entries above.
+/// Replaces `call_soon`, `call_soon_threadsafe`, `get_debug` and `create_future` on `LoopCore`
+/// with the entries above.
 pub fn install(class: &Bound<'_, PyType>) -> PyResult<()> {
     let py = class.py();
     for def in &METHODS.0 {

@@ -201,6 +201,9 @@ impl LoopCore {
         let mut garbage = Vec::new();
         let deadline = {
             let mut state = self.state.lock();
+            if state.timers.is_empty() {
+                return None;
+            }
             state.timers.prune(&mut garbage);
             state.timers.next_deadline()
         };
@@ -232,9 +235,11 @@ impl LoopCore {
         {
             let mut state = self.state.lock();
             let State { ready, timers } = &mut *state;
-            timers.prune(&mut garbage);
-            if timers.next_deadline().is_some() {
-                timers.pop_due(clock::now(), ready, &mut garbage);
+            if !timers.is_empty() {
+                timers.prune(&mut garbage);
+                if timers.next_deadline().is_some() {
+                    timers.pop_due(clock::now(), ready, &mut garbage);
+                }
             }
             std::mem::swap(ready, batch);
         }

@@ -48,6 +48,9 @@ impl Ord for Entry {
 
 /// Releases the callbacks of timers that left the heap unrun; call with no lock held.
 pub fn discard(garbage: Vec<Py<TimerHandle>>) {
+    if garbage.is_empty() {
+        return;
+    }
     for handle in garbage {
         drop(handle.get().callback.release());
     }
@@ -80,6 +83,10 @@ impl Timers {
     }
 
     /// Timers scheduled and not cancelled.
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
     pub fn live(&self) -> usize {
         self.heap
             .len()
