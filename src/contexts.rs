@@ -54,9 +54,11 @@ impl SpareContext {
 /// GIL held; `object` alive.
 pub(crate) unsafe fn has_weakrefs(object: *mut ffi::PyObject) -> bool {
     // SAFETY: per the contract; a positive offset is where the type keeps its weakref list.
+    // A negative one (3.12's managed weakrefs) is not read here: answered "maybe", so the
+    // object is never reused.
     unsafe {
         let offset = (*ffi::Py_TYPE(object)).tp_weaklistoffset;
-        offset > 0 && !(*object.cast::<u8>().offset(offset).cast::<*mut ffi::PyObject>()).is_null()
+        offset < 0 || (offset > 0 && !(*object.cast::<u8>().offset(offset).cast::<*mut ffi::PyObject>()).is_null())
     }
 }
 

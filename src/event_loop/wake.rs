@@ -30,7 +30,9 @@ impl Wake {
     /// Only the first producer after a park pays for the wake-up (an eventfd write): the
     /// loop may take a while to get the GIL back, and producers keep coming meanwhile.
     pub fn notify(&self) {
-        if self.idle.swap(false, Ordering::SeqCst) {
+        // A plain load first: a busy loop's producers then share the line read-only instead of
+        // taking it exclusive with a locked swap on every call.
+        if self.idle.load(Ordering::SeqCst) && self.idle.swap(false, Ordering::SeqCst) {
             if let Some(waker) = self.waker.lock().as_ref() {
                 waker.wake_by_ref();
             }
