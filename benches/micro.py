@@ -383,7 +383,7 @@ def summary_sentence(workload, costs, fastest, ratios):
         text += (", but " + ", ".join(listed[:-1]) + (" and " if len(listed) > 1 else "")
                  + listed[-1] + (" is" if len(listed) == 1 else " are") + " within noise of it")
     elif others:
-        text += f", {others[0][0]:.2f}x cheaper than the next, {others[0][1]}"
+        text += f"; the next, {others[0][1]}, needs {others[0][0]:.2f}x as much"
     else:
         text += " (the only loop measured)"
     named = [fastest] + [name for _, name in close or others[:1]]
