@@ -205,43 +205,22 @@ def render(args, med):
             rows.append(line + " |")
         out.append("\n".join(rows) + "\n")
 
-    def figure(key, fmt):
-        return lambda m, name: nb.short(nb.fmt_cell(m, key, fmt, name))
-
-    def latency(m, name):
-        if m is not None and m.get("p50_us") is not None:
-            return f"{m['p50_us']:.0f} / {m['p99_us']:.0f}"
-        return figure("p50_us", str)(m, name)
-
-    def busy(m, name):
-        if m is None or m.get("server_busy") is None:
-            return "-"
-        cli = m.get("client_busy")
-        return f"{100 * m['server_busy']:.0f} / " + ("-" if cli is None else f"{100 * cli:.0f}")
-
     table("Server CPU µs per request (median) - the headline, lower is better",
           "Server CPU time (all its threads) over the measured window / requests completed.",
-          figure("server_cpu_us_per_req", lambda v: f"{v:.2f}"),
+          nb.figure_cell("server_cpu_us_per_req", lambda v: f"{v:.2f}"),
           ratio=("server_cpu_us_per_req", True))
-    spreads = []
-    for name in loops:
-        vals = [med[c][name]["cpu_spread"] for c in cells(args)
-                if med[c].get(name, {}).get("cpu_spread") is not None]
-        if vals:
-            spreads.append(f"{name} {100 * statistics.median(vals):.0f}%")
-    if spreads:
-        out.append("CPU/request spread, (max - min) / median over the repeats, median over "
-                   "the cells: " + ", ".join(spreads) + ". Differences smaller than "
-                   "that are noise.\n")
+    note = nb.spread_note([med[c] for c in cells(args)], loops, "request", "cells")
+    if note:
+        out.append(note)
     table("Throughput, requests/s (median) - higher is better",
           f"{CONNS} connections, one request in flight each; MB/s = req/s x size.",
-          figure("rps", lambda v: f"{v:,.0f}"), ratio=("rps", False))
+          nb.figure_cell("rps", lambda v: f"{v:,.0f}"), ratio=("rps", False))
     table("Latency p50 / p99, µs (median over repeats)",
-          "Client side: from writing a message to reading its last echoed byte.", latency)
+          "Client side: from writing a message to reading its last echoed byte.", nb.latency_cell)
     table("Server / client core busy % (median)",
           "CPU time / wall time of the window, per process. A server well under 100% "
           "is not the bottleneck (the client or the kernel is): compare CPU/request "
-          "there, not req/s.", busy)
+          "there, not req/s.", nb.busy_cell)
     return "\n".join(out)
 
 

@@ -373,6 +373,41 @@ def render_summary(rows, loops, repeat, unit="request"):
         "of it (the rust ceiling is not ranked). " + noise)
 
 
+def figure_cell(key, fmt):
+    """A cell function ``(medians, loop) -> text`` showing ``fmt(medians[key])``."""
+    return lambda m, name: short(fmt_cell(m, key, fmt, name))
+
+
+def latency_cell(m, name):
+    """"p50 / p99" in µs, or what fmt_cell says when there is none."""
+    if m is not None and m.get("p50_us") is not None:
+        return f"{m['p50_us']:.0f} / {m['p99_us']:.0f}"
+    return figure_cell("p50_us", str)(m, name)
+
+
+def busy_cell(m, name):
+    """Server / client core busy %, or what fmt_cell says when there is none."""
+    if m is None or m.get("server_busy") is None:
+        return figure_cell("server_busy", str)(m, name)
+    cli = m.get("client_busy")
+    return f"{100 * m['server_busy']:.0f} / " + ("-" if cli is None else f"{100 * cli:.0f}")
+
+
+def spread_note(rows, loops, unit, over):
+    """The line under a CPU table: each loop's CPU spread, the median over ``rows`` (dicts of
+    loop -> medians), or None if no loop has one."""
+    spreads = []
+    for name in loops:
+        vals = [row[name]["cpu_spread"] for row in rows
+                if row.get(name, {}).get("cpu_spread") is not None]
+        if vals:
+            spreads.append(f"{name} {100 * statistics.median(vals):.0f}%")
+    if not spreads:
+        return None
+    return (f"CPU/{unit} spread, (max - min) / median over the repeats, median over the "
+            f"{over}: " + ", ".join(spreads) + ". Differences smaller than that are noise.\n")
+
+
 def md_escape(s):
     return str(s).replace("|", "\\|").replace("\n", " ")
 

@@ -70,23 +70,6 @@ def row_label(key):
     return {"https": "HTTPS keep-alive", "memory": "idle TLS connections"}[key[0]]
 
 
-def figure(key, fmt):
-    return lambda m, name: nb.fmt_cell(m, key, fmt, name)
-
-
-def latency(m, name):
-    if m is not None and m.get("p50_us") is not None:
-        return f"{m['p50_us']:.0f} / {m['p99_us']:.0f}"
-    return figure("p50_us", str)(m, name)
-
-
-def busy(m, name):
-    if m is None or m.get("server_busy") is None:
-        return "-"
-    cli = m.get("client_busy")
-    return f"{100 * m['server_busy']:.0f} / " + ("-" if cli is None else f"{100 * cli:.0f}")
-
-
 def spread_line(med, keys, loops, key):
     parts = []
     for name in loops:
@@ -146,21 +129,21 @@ def render(args, med, samples, conns, hold):
         out.append(grid("TLS echo: server CPU µs per request (median) - the headline, lower is better",
                         "Server CPU time (all its threads) over the measured window / requests "
                         "completed." + ratio_note, echo_keys, "style, size", med, samples, loops,
-                        figure("server_cpu_us_per_req", lambda v: f"{v:.2f}"),
+                        nb.figure_cell("server_cpu_us_per_req", lambda v: f"{v:.2f}"),
                         "server_cpu_us_per_req", rep))
         out.append(spread_line(med, echo_keys, loops, "cpu_spread"))
         out.append(grid("TLS echo: requests/s (median) - higher is better",
                         f"{conns} connections, one request in flight each.", echo_keys,
                         "style, size", med, samples, loops,
-                        figure("rps", lambda v: f"{v:,.0f}"), "rps", rep))
+                        nb.figure_cell("rps", lambda v: f"{v:,.0f}"), "rps", rep))
         out.append(grid("TLS echo: latency p50 / p99, µs (median over repeats)",
                         "Client side, from writing a message to reading its last echoed byte.",
-                        echo_keys, "style, size", med, samples, loops, latency))
+                        echo_keys, "style, size", med, samples, loops, nb.latency_cell))
         out.append(grid("TLS echo: server / client core busy % (median)",
                         "CPU time / wall time of the window. A client near 100% would be the "
                         "bottleneck; a server well under 100% is waiting on the client, the "
                         "kernel or wake-ups: compare CPU/request, not req/s.",
-                        echo_keys, "style, size", med, samples, loops, busy))
+                        echo_keys, "style, size", med, samples, loops, nb.busy_cell))
     if ("https",) in med:
         out.append(per_loop_table(
             f"HTTPS keep-alive (wrk -t1 -c{conns}): httptools Protocol server, 78-byte response",
@@ -172,7 +155,7 @@ def render(args, med, samples, conns, hold):
                 ("req/s", "rps", "{:,.0f}", True),
                 ("p50 µs", "p50_us", "{:.0f}", False),
                 ("p99 µs", "p99_us", "{:.0f}", False),
-                ("busy %", None, busy, False)]))
+                ("busy %", None, nb.busy_cell, False)]))
     if ("memory",) in med:
         out.append(per_loop_table(
             f"Memory: {held} idle TLS connections",

@@ -151,45 +151,24 @@ def render(args, med, samples):
             rows.append(line + " |")
         out.append("\n".join(rows) + "\n")
 
-    def figure(key, fmt):
-        return lambda m, name: nb.fmt_cell(m, key, fmt, name)
-
-    def latency(m, name):
-        if m is not None and m.get("p50_us") is not None:
-            return f"{m['p50_us']:.0f} / {m['p99_us']:.0f}"
-        return figure("p50_us", str)(m, name)
-
-    def busy(m, name):
-        if m is None or m.get("server_busy") is None:
-            return figure("server_busy", str)(m, name)
-        cli = m.get("client_busy")
-        return f"{100 * m['server_busy']:.0f} / " + ("-" if cli is None else f"{100 * cli:.0f}")
-
     table("Server CPU µs per datagram (median) - the headline, lower is better",
           "Server CPU time (user + system, all its threads) over the measured window / "
           "datagrams echoed in it. [paired] = median over the repeats of tokioloop / best "
           "peer within one repeat.",
-          figure("server_cpu_us_per_req", lambda v: f"{v:.2f}"),
+          nb.figure_cell("server_cpu_us_per_req", lambda v: f"{v:.2f}"),
           ratio=("server_cpu_us_per_req", True))
-    spreads = []
-    for name in loops:
-        vals = [med[c][name]["cpu_spread"] for c in cells(args)
-                if med[c].get(name, {}).get("cpu_spread") is not None]
-        if vals:
-            spreads.append(f"{name} {100 * statistics.median(vals):.0f}%")
-    if spreads:
-        out.append("CPU/datagram spread, (max - min) / median over the repeats, median over "
-                   "the rows: " + ", ".join(spreads) + ". Differences smaller than that "
-                   "are noise.\n")
+    note = nb.spread_note([med[c] for c in cells(args)], loops, "datagram", "rows")
+    if note:
+        out.append(note)
     out.append(verdicts(args, med, samples))
     table("Throughput, datagrams/s (median) - higher is better",
           f"{args.conns} client sockets; MB/s = datagrams/s x size (in the JSON).",
-          figure("rps", lambda v: f"{v:,.0f}"), ratio=("rps", False))
+          nb.figure_cell("rps", lambda v: f"{v:,.0f}"), ratio=("rps", False))
     table("Round-trip latency p50 / p99, µs (median over repeats)",
-          "Client side, per datagram: from its send to its echo.", latency)
+          "Client side, per datagram: from its send to its echo.", nb.latency_cell)
     table("Server / client core busy % (median)",
           "CPU time / wall time of the window, per process. A server well under 100% "
-          "is not the bottleneck: compare CPU/datagram there, not datagrams/s.", busy)
+          "is not the bottleneck: compare CPU/datagram there, not datagrams/s.", nb.busy_cell)
     out.append(losses(args, samples))
     return "\n".join(out)
 

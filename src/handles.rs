@@ -228,7 +228,11 @@ impl Callback {
             let format = py
                 .import("asyncio.format_helpers")?
                 .getattr("_format_callback_source")?;
-            let source = if py.version_info() >= (3, 13) {
+            let takes_debug = py
+                .import("tokioloop._compat")?
+                .getattr("FORMAT_CALLBACK_TAKES_DEBUG")?
+                .is_truthy()?;
+            let source = if takes_debug {
                 // 3.13 shows the arguments only in debug mode (asyncio asks the loop; a handle
                 // made in debug mode is the one with a creation traceback).
                 let kwargs = pyo3::types::PyDict::new(py);

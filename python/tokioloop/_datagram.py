@@ -19,7 +19,9 @@ from asyncio.log import logger
 from ._net import _set_reuse_port
 from ._server import _stat_path, _unlink_path
 from ._tokioloop import DatagramEngine
-from ._transport import SelectorEnding, WriteFlowControl, add_socket_extra
+from ._transport import (
+    SelectorEnding, WriteFlowControl, add_socket_extra, engine_state, repr_parts,
+)
 
 
 #: What each queued datagram adds to the write buffer size beyond its bytes: 3.13 counts an
@@ -46,24 +48,14 @@ _HAS_REUSE_ADDRESS = sys.version_info < (3, 11)
 _READING_CONTROL = "pause_reading" in vars(selector_events._SelectorTransport)
 
 
-def _engine_state(name):
-    def get(self):
-        return getattr(self._engine, name)
-
-    def set(self, value):
-        setattr(self._engine, name, value)
-
-    return property(get, set)
-
-
 class DatagramTransport(SelectorEnding, WriteFlowControl, *_BASES):
     """A datagram socket as an asyncio transport; ``sendto`` is the native engine's."""
 
-    _conn_lost = _engine_state("_conn_lost")
-    _closing = _engine_state("_closing")
-    _protocol_paused = _engine_state("_protocol_paused")
-    _high_water = _engine_state("_high_water")
-    _low_water = _engine_state("_low_water")
+    _conn_lost = engine_state("_conn_lost", "_engine")
+    _closing = engine_state("_closing", "_engine")
+    _protocol_paused = engine_state("_protocol_paused", "_engine")
+    _high_water = engine_state("_high_water", "_engine")
+    _low_water = engine_state("_low_water", "_engine")
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
         super().__init__(extra)
@@ -91,12 +83,7 @@ class DatagramTransport(SelectorEnding, WriteFlowControl, *_BASES):
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
     def __repr__(self):
-        parts = [type(self).__name__]
-        if self._sock is None:
-            parts.append("closed")
-        elif self._closing:
-            parts.append("closing")
-        parts.append(f"fd={self._sock_fd}")
+        parts = repr_parts(self, self._sock, self._sock_fd)
         if self._sock is not None:
             reading = not self._paused and not self._closing
             parts.append("read=" + ("polling" if reading else "idle"))
@@ -277,13 +264,7 @@ class DatagramSupport:
             else:
                 logger.debug("Datagram endpoint remote_addr=%r created: (%r, %r)",
                              remote_addr, transport, protocol)
-        try:
-            await waiter
-        except BaseException:
-            transport.close()
-            raise
-        finally:
-            waiter = None
+        await self._net_transport_set_up(transport, waiter)
         return transport, protocol
 
     async def _datagram_address_pairs(self, local_addr, remote_addr, family, proto, flags):

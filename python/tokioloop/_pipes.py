@@ -19,7 +19,7 @@ import warnings
 from asyncio import futures, transports
 from asyncio.log import logger
 
-from ._transport import EngineTransport
+from ._transport import EngineTransport, repr_parts
 
 
 def _file_type(pipe):
@@ -46,12 +46,7 @@ class _PipeTransport(EngineTransport):
             self._loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
     def __repr__(self):
-        parts = [type(self).__name__]
-        if self._pipe is None:
-            parts.append("closed")
-        elif self._closing:
-            parts.append("closing")
-        parts.append(f"fd={self._fileno}")
+        parts = repr_parts(self, self._pipe, self._fileno)
         if self._pipe is not None:
             parts.append("open")
         return f"<{' '.join(parts)}>"

@@ -57,16 +57,29 @@ def add_socket_extra(extra, sock):
             extra["peername"] = None
 
 
-def _engine_state(name):
-    """A transport attribute that lives in the native engine (the hot path reads it there)."""
+def engine_state(name, engine="_core"):
+    """A transport attribute that lives in its native engine, the object at attribute
+    ``engine`` (the hot path reads it there)."""
 
     def get(self):
-        return getattr(self._core, name)
+        return getattr(getattr(self, engine), name)
 
     def set(self, value):
-        setattr(self._core, name, value)
+        setattr(getattr(self, engine), name, value)
 
     return property(get, set)
+
+
+def repr_parts(transport, handle, fd):
+    """The start of asyncio's transport repr: the class name, "closed" (``handle``, the socket
+    or pipe, is None) or "closing", and the fd. The caller adds its own details while open."""
+    parts = [type(transport).__name__]
+    if handle is None:
+        parts.append("closed")
+    elif transport._closing:
+        parts.append("closing")
+    parts.append(f"fd={fd}")
+    return parts
 
 
 class WriteFlowControl:
@@ -151,15 +164,15 @@ class EngineTransport(WriteFlowControl):
     ``_pipes.py``): the engine's state as attributes, set-up, flow-control calls into the
     protocol, extra info. Mixed into a class that also derives from an asyncio transport."""
 
-    _closing = _engine_state("_closing")
-    _conn_lost = _engine_state("_conn_lost")
-    _paused = _engine_state("_paused")
-    _eof = _engine_state("_eof")
-    _protocol_paused = _engine_state("_protocol_paused")
-    _high_water = _engine_state("_high_water")
-    _low_water = _engine_state("_low_water")
-    _sendfile_active = _engine_state("_sendfile_active")
-    _sock_fd = _engine_state("_sock_fd")
+    _closing = engine_state("_closing")
+    _conn_lost = engine_state("_conn_lost")
+    _paused = engine_state("_paused")
+    _eof = engine_state("_eof")
+    _protocol_paused = engine_state("_protocol_paused")
+    _high_water = engine_state("_high_water")
+    _low_water = engine_state("_low_water")
+    _sendfile_active = engine_state("_sendfile_active")
+    _sock_fd = engine_state("_sock_fd")
 
     def _start_engine(self, loop, fileobj, *, pipe=None):
         """Make the engine for ``fileobj`` and register its descriptor; with ``pipe`` (None,
@@ -236,12 +249,7 @@ class SocketTransport(SelectorEnding, EngineTransport, transports.Transport):
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
     def __repr__(self):
-        parts = [type(self).__name__]
-        if self._sock is None:
-            parts.append("closed")
-        elif self._closing:
-            parts.append("closing")
-        parts.append(f"fd={self._sock_fd}")
+        parts = repr_parts(self, self._sock, self._sock_fd)
         if self._sock is not None:
             parts.append("read=" + ("polling" if self.is_reading() else "idle"))
             size = self.get_write_buffer_size()
