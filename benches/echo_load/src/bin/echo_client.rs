@@ -27,10 +27,9 @@
 //! waits for one more line (or EOF), prints one JSON line and exits. Held
 //! connections stay idle.
 
-use echo_load::{die, header_end, Args, Endpoint};
+use echo_load::{die, json_str, line, pct, header_end, Args, Endpoint};
 use std::io::BufRead;
 use std::cell::{Cell, RefCell};
-use std::io::Write;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -201,34 +200,6 @@ async fn drive(conn: Conn, http: Option<String>, size: usize, sh: Rc<Shared>) {
             sh.errors.borrow_mut().push(e.to_string());
         }
     }
-}
-
-fn line(s: &str) {
-    let mut out = std::io::stdout();
-    let _ = writeln!(out, "{s}");
-    let _ = out.flush();
-}
-
-fn json_str(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
-fn pct(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[i.clamp(1, sorted.len()) - 1] as f64 / 1000.0
 }
 
 struct Config {

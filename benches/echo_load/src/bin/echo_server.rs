@@ -12,7 +12,7 @@
 //! can't outlive the harness). --tls-cert/--tls-key (TCP only; built with
 //! `--features tls`): TLS 1.3 on every connection, the ceiling of benches/tls.py.
 
-use echo_load::{die, header_end, Args, Endpoint, HTTP_RESPONSE};
+use echo_load::{die, exit_when_stdin_closes, header_end, Args, Endpoint, HTTP_RESPONSE};
 use std::io::Write;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
@@ -131,13 +131,7 @@ fn main() {
     let ep = args.endpoint().unwrap_or_else(|e| die(&e));
     let tls = tls_context(args.get("tls-cert"), args.get("tls-key"), &ep);
     if args.flag("watch-stdin") {
-        // A thread blocked in read(2) costs no CPU time while the server runs.
-        std::thread::spawn(|| {
-            let mut sink = [0u8; 4096];
-            let mut stdin = std::io::stdin();
-            while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
-            std::process::exit(0);
-        });
+        exit_when_stdin_closes();
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -24,9 +24,8 @@
 //! echo. The process exits right after the JSON. A socket error, a wrong echo
 //! or no echo at all in the window makes the JSON carry an "error" key.
 
-use echo_load::{die, Args};
+use echo_load::{die, json_str, line, pct, Args};
 use std::cell::{Cell, RefCell};
-use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -154,35 +153,6 @@ async fn open(cfg: &Config, id: usize) -> std::io::Result<Flow> {
     sock.connect(cfg.server).await?;
     let msg = (0..cfg.size).map(|i| ((i + id) % 251) as u8).collect();
     Ok(Flow { sock, msg, next_seq: 0, in_flight: Vec::with_capacity(cfg.window) })
-}
-
-fn line(s: &str) {
-    let mut out = std::io::stdout();
-    let _ = writeln!(out, "{s}");
-    let _ = out.flush();
-}
-
-fn json_str(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
-/// The p-th percentile of `sorted` (ns), in µs, nearest-rank.
-fn pct(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[i.clamp(1, sorted.len()) - 1] as f64 / 1000.0
 }
 
 async fn run(cfg: Config) -> String {

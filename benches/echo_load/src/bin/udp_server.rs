@@ -9,7 +9,7 @@
 //! then serves until killed. --watch-stdin: exit when stdin reaches EOF (the
 //! benchmark harness holds a pipe to it, so the server can't outlive it).
 
-use echo_load::{die, Args};
+use echo_load::{die, exit_when_stdin_closes, Args};
 use std::io::Write;
 use tokio::net::UdpSocket;
 
@@ -42,13 +42,7 @@ fn main() {
     args.check_known(&["udp", "watch-stdin"]).unwrap_or_else(|e| die(&e));
     let addr = args.get("udp").unwrap_or_else(|| die("--udp HOST:PORT is required")).to_string();
     if args.flag("watch-stdin") {
-        // A thread blocked in read(2) costs no CPU time while the server runs.
-        std::thread::spawn(|| {
-            let mut sink = [0u8; 4096];
-            let mut stdin = std::io::stdin();
-            while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
-            std::process::exit(0);
-        });
+        exit_when_stdin_closes();
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
