@@ -152,6 +152,35 @@ pub fn pct(sorted: &[u64], p: f64) -> f64 {
     sorted[i.clamp(1, sorted.len()) - 1] as f64 / 1000.0
 }
 
+/// The measured window: waits out `warmup`, marks `from` and prints "start", waits
+/// `duration`, marks `to` and prints "end" (the parent reads the server's CPU time at each
+/// marker). Returns the window's length in seconds.
+pub async fn measured_window(
+    warmup: Duration,
+    duration: Duration,
+    from: &std::cell::Cell<Option<std::time::Instant>>,
+    to: &std::cell::Cell<Option<std::time::Instant>>,
+) -> f64 {
+    tokio::time::sleep(warmup).await;
+    let start = std::time::Instant::now();
+    from.set(Some(start));
+    line("start");
+    tokio::time::sleep(duration).await;
+    let end = std::time::Instant::now();
+    to.set(Some(end));
+    line("end");
+    (end - start).as_secs_f64()
+}
+
+/// The latencies (ns) taken out of `samples` and sorted, with their mean in µs.
+pub fn sorted_latencies(samples: &std::cell::RefCell<Vec<u64>>) -> (Vec<u64>, f64) {
+    let mut lat = std::mem::take(&mut *samples.borrow_mut());
+    lat.sort_unstable();
+    let n = lat.len();
+    let mean = if n > 0 { lat.iter().sum::<u64>() as f64 / n as f64 / 1000.0 } else { 0.0 };
+    (lat, mean)
+}
+
 /// Exits the process when stdin reaches EOF (the parent went away): a thread blocked in
 /// read(2) costs no CPU time while the server runs.
 pub fn exit_when_stdin_closes() {

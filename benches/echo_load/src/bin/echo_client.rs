@@ -27,7 +27,7 @@
 //! waits for one more line (or EOF), prints one JSON line and exits. Held
 //! connections stay idle.
 
-use echo_load::{die, json_str, line, pct, header_end, Args, Endpoint};
+use echo_load::{die, json_str, line, measured_window, pct, sorted_latencies, header_end, Args, Endpoint};
 use std::io::BufRead;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -226,20 +226,9 @@ async fn run(cfg: Config) -> String {
     for c in conns {
         tokio::task::spawn_local(drive(c, cfg.http.clone(), cfg.size, sh.clone()));
     }
-    tokio::time::sleep(cfg.warmup).await;
-    let from = Instant::now();
-    sh.from.set(Some(from));
-    line("start");
-    tokio::time::sleep(cfg.duration).await;
-    let to = Instant::now();
-    sh.to.set(Some(to));
-    line("end");
-
-    let secs = (to - from).as_secs_f64();
-    let mut lat = std::mem::take(&mut *sh.lat_ns.borrow_mut());
-    lat.sort_unstable();
+    let secs = measured_window(cfg.warmup, cfg.duration, &sh.from, &sh.to).await;
+    let (lat, mean) = sorted_latencies(&sh.lat_ns);
     let n = lat.len();
-    let mean = if n > 0 { lat.iter().sum::<u64>() as f64 / n as f64 / 1000.0 } else { 0.0 };
     let payload = if cfg.http.is_some() { 0 } else { cfg.size };
     let mut j = format!(
         "{{\"mode\": \"{}\", \"endpoint\": {}, \"conns\": {}, \"size\": {}, \"seconds\": {:.6}, \

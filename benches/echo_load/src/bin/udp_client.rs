@@ -24,7 +24,7 @@
 //! echo. The process exits right after the JSON. A socket error, a wrong echo
 //! or no echo at all in the window makes the JSON carry an "error" key.
 
-use echo_load::{die, json_str, line, pct, Args};
+use echo_load::{die, json_str, line, measured_window, pct, sorted_latencies, Args};
 use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
@@ -173,20 +173,9 @@ async fn run(cfg: Config) -> String {
             }
         });
     }
-    tokio::time::sleep(cfg.warmup).await;
-    let from = Instant::now();
-    sh.from.set(Some(from));
-    line("start");
-    tokio::time::sleep(cfg.duration).await;
-    let to = Instant::now();
-    sh.to.set(Some(to));
-    line("end");
-
-    let secs = (to - from).as_secs_f64();
-    let mut lat = std::mem::take(&mut *sh.lat_ns.borrow_mut());
-    lat.sort_unstable();
+    let secs = measured_window(cfg.warmup, cfg.duration, &sh.from, &sh.to).await;
+    let (lat, mean) = sorted_latencies(&sh.lat_ns);
     let n = lat.len();
-    let mean = if n > 0 { lat.iter().sum::<u64>() as f64 / n as f64 / 1000.0 } else { 0.0 };
     let mut j = format!(
         "{{\"mode\": \"udp\", \"endpoint\": {}, \"conns\": {}, \"size\": {}, \"window\": {}, \
          \"seconds\": {:.6}, \"requests\": {n}, \"datagrams\": {n}, \"sent\": {}, \"lost\": {}, \
