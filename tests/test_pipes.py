@@ -14,6 +14,7 @@ import errno
 import os
 import pty
 import socket
+import time
 import tty
 
 import pytest
@@ -498,3 +499,28 @@ def test_pty_module_openpty_pair(loop):
 
     exc = run(loop, main())
     assert isinstance(exc, OSError) and exc.errno == errno.EIO
+
+
+def test_write_pipe_close_racing_reader_hangup_loses_connection_once(loop):
+    """close() (write_eof with nothing buffered) in the same turns as the reader going away:
+    a hang-up already noticed when the transport stops watching must not end it a second
+    time (connection_lost once, nothing for the exception handler)."""
+
+    async def one(spins):
+        r, w = os.pipe()
+        transport, proto = await loop.connect_write_pipe(lambda: PipeProto(loop), os.fdopen(w, "wb", 0))
+        os.close(r)
+        for _ in range(spins):
+            time.sleep(0.0003)  # past the busy loop's reactor poll interval
+            await asyncio.sleep(0)
+        transport.close()
+        assert await proto.done is None
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return proto.events
+
+    async def main():
+        return [await one(spins) for spins in range(12) for _ in range(4)]
+
+    for events in run(loop, main()):
+        assert events == ["made", "lost"]

@@ -32,6 +32,7 @@ class _PipeTransport(EngineTransport):
 
     def _set_up(self, loop, pipe, protocol, waiter, direction):
         self._pipe = None
+        self._lost = False
         os.set_blocking(pipe.fileno(), False)
         watchable = self._start_engine(loop, pipe, pipe=direction)
         self._pipe = pipe
@@ -76,6 +77,14 @@ class _PipeTransport(EngineTransport):
             })
         self._close(exc)
 
+    def _connection_lost_soon(self, exc):
+        """Ends the transport once. Every way to its end comes here: a readiness event the
+        engine had already queued when the transport stopped watching (a hang-up, say) can
+        still arrive after close() and must not end it again."""
+        if not self._lost:
+            self._lost = True
+            self._loop.call_soon(self._call_connection_lost, exc)
+
     def _call_connection_lost(self, exc):
         try:
             self._protocol.connection_lost(exc)
@@ -111,7 +120,7 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
     def _close(self, exc):
         self._closing = True
         self._core._stop_reading()
-        self._loop.call_soon(self._call_connection_lost, exc)
+        self._connection_lost_soon(exc)
 
     # -- called by the engine ---------------------------------------------------------------
 
@@ -122,7 +131,7 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
         self._core._stop_reading()
         # eof_received's answer does not matter: a pipe at EOF is done.
         self._loop.call_soon(self._protocol.eof_received)
-        self._loop.call_soon(self._call_connection_lost, None)
+        self._connection_lost_soon(None)
 
     def _fatal_error(self, exc, message="Fatal error on pipe transport"):
         # EIO is how a pty master learns that its slave side closed: the usual end.
@@ -154,7 +163,7 @@ class WritePipeTransport(_PipeTransport, transports.WriteTransport):
         self._closing = True
         if not self.get_write_buffer_size():
             self._stop_watching()
-            self._loop.call_soon(self._call_connection_lost, None)
+            self._connection_lost_soon(None)
 
     def close(self):
         if self._pipe is not None and not self._closing:
@@ -170,7 +179,7 @@ class WritePipeTransport(_PipeTransport, transports.WriteTransport):
     def _close(self, exc=None):
         self._closing = True
         self._stop_watching()
-        self._loop.call_soon(self._call_connection_lost, exc)
+        self._connection_lost_soon(exc)
 
     def _fatal_error(self, exc, message="Fatal error on pipe transport"):
         self._report_fatal(exc, message, isinstance(exc, OSError))
@@ -194,8 +203,9 @@ class WritePipeTransport(_PipeTransport, transports.WriteTransport):
         self._fatal_error(exc, "Fatal write error on pipe transport")
 
     def _on_drained(self):
-        if self._closing:
+        if self._closing and not self._lost:
             self._stop_watching()
+            self._lost = True
             self._call_connection_lost(None)
 
 
