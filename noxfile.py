@@ -30,7 +30,10 @@ from pathlib import Path
 import nox
 from nox.command import CommandFailed
 
-PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+PYTHONS = ["3.10", "3.11", "3.12", "3.13", "3.14", "3.15"]
+# pyenv here stops at 3.13; these come from Debian's registry (tools/debian_python.py) when
+# neither pyenv nor PATH has them.
+FROM_DEBIAN = ["3.14", "3.15"]
 ROOT = Path(__file__).resolve().parent
 TARGET = ROOT / "target" / "nox"
 DIST = ROOT / "dist"
@@ -83,14 +86,33 @@ def _find_python(version: str) -> Path | None:
     return None
 
 
+def _debian_pythons(versions: list[str]) -> dict[str, Path]:
+    """Install (or find, cached outside the tree) Debian's builds of ``versions``. A failure is
+    printed and leaves those versions missing, which fails their sessions."""
+    if not versions:
+        return {}
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("debian_python", ROOT / "tools" / "debian_python.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        found = module.install(versions, module.default_root())
+    except module.Failed as exc:
+        print(f"noxfile: CPython {', '.join(versions)} from Debian: {exc}", flush=True)
+        return {}
+    return {v: exe for v, exe in found.items() if _runs_as(exe, v)}
+
+
 def _link_interpreters() -> dict[str, Path]:
     """Find every version in PYTHONS and put a ``python3.X`` link to each first on PATH."""
     bindir = TARGET / "interpreters"
     bindir.mkdir(parents=True, exist_ok=True)
     found = {}
+    located = {version: _find_python(version) for version in PYTHONS}
+    located.update(_debian_pythons([v for v in FROM_DEBIAN if located[v] is None]))
     for version in PYTHONS:
         link = bindir / f"python{version}"
-        exe = _find_python(version)
+        exe = located[version]
         if exe is None:
             link.unlink(missing_ok=True)  # never leave a link to an interpreter that is gone
             continue
