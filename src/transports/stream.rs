@@ -575,8 +575,14 @@ impl StreamTransport {
                 // asyncio's pipe transports check the type with `assert`.
                 return Err(PyAssertionError::new_err(data.repr()?.unbind()));
             }
+            // The running version's wording: 3.14 names the three accepted types.
+            let accepted = if py.version_info() >= (3, 14) {
+                "a bytes, bytearray, or memoryview object"
+            } else {
+                "a bytes-like object"
+            };
             return Err(PyTypeError::new_err(format!(
-                "data argument must be a bytes-like object, not {}",
+                "data argument must be {accepted}, not {}",
                 data.get_type().name()?.repr()?
             )));
         }
