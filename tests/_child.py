@@ -132,8 +132,43 @@ def fork_worker(make):
         loop.close()
 
 
+def fork_worker_from_callback(make):
+    """fork_worker's shape with the fork in a plain callback instead of a task step: the
+    worker's SystemExit leaves through the parent's loop copy with no Task in between."""
+    kind = "tokioloop" if "tokioloop" in make.__module__ else "asyncio"
+
+    async def work():
+        await asyncio.sleep(0.01)
+        return 7
+
+    def fork_here(loop, done):
+        pid = os.fork()
+        if pid == 0:
+            if kind == "tokioloop":
+                import tokioloop
+
+                sys.exit(0 if tokioloop.run(work()) == 7 else 3)
+            sys.exit(0 if asyncio.run(work()) == 7 else 3)
+        done.set_result(pid)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        loop.call_soon(fork_here, loop, done)
+        pid = await done
+        status = await loop.run_in_executor(None, lambda: os.waitpid(pid, 0)[1])
+        return os.waitstatus_to_exitcode(status)
+
+    loop = make()
+    try:
+        say(f"worker exit {loop.run_until_complete(main())}")
+    finally:
+        loop.close()
+
+
 SCENARIOS = {
     "fork-worker": fork_worker,
+    "fork-worker-callback": fork_worker_from_callback,
     "sigint-idle": sigint_idle,
     "sigint-busy": sigint_busy,
     "sigint-executor": sigint_executor,
