@@ -100,48 +100,18 @@ def debug_flag(make):
         loop.close()
 
 
-def fork_worker(make):
-    """A pre-forking server's shape: a callback of a running loop forks; the worker runs a
-    loop of its own and leaves with sys.exit, unwinding through the parent's loop and
-    finalizing the interpreter normally. The parent reports the worker's exit code."""
+def _fork_worker_scenario(make, fork_in_task):
+    """A pre-forking server's shape: the running loop forks (inside a task step, or in a plain
+    callback); the worker runs a loop of its own and leaves with sys.exit, unwinding through
+    its copy of the parent's loop and finalizing the interpreter normally. The parent reports
+    the worker's exit code."""
     kind = "tokioloop" if "tokioloop" in make.__module__ else "asyncio"
 
     async def work():
         await asyncio.sleep(0.01)
         return 7
 
-    def run_in_worker():
-        if kind == "tokioloop":
-            import tokioloop
-
-            return tokioloop.run(work())
-        return asyncio.run(work())
-
-    async def main():
-        pid = os.fork()
-        if pid == 0:
-            sys.exit(0 if run_in_worker() == 7 else 3)
-        loop = asyncio.get_running_loop()
-        status = await loop.run_in_executor(None, lambda: os.waitpid(pid, 0)[1])
-        return os.waitstatus_to_exitcode(status)
-
-    loop = make()
-    try:
-        say(f"worker exit {loop.run_until_complete(main())}")
-    finally:
-        loop.close()
-
-
-def fork_worker_from_callback(make):
-    """fork_worker's shape with the fork in a plain callback instead of a task step: the
-    worker's SystemExit leaves through the parent's loop copy with no Task in between."""
-    kind = "tokioloop" if "tokioloop" in make.__module__ else "asyncio"
-
-    async def work():
-        await asyncio.sleep(0.01)
-        return 7
-
-    def fork_here(loop, done):
+    def fork_and_exit_in_worker():
         pid = os.fork()
         if pid == 0:
             if kind == "tokioloop":
@@ -149,13 +119,16 @@ def fork_worker_from_callback(make):
 
                 sys.exit(0 if tokioloop.run(work()) == 7 else 3)
             sys.exit(0 if asyncio.run(work()) == 7 else 3)
-        done.set_result(pid)
+        return pid
 
     async def main():
         loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        loop.call_soon(fork_here, loop, done)
-        pid = await done
+        if fork_in_task:
+            pid = fork_and_exit_in_worker()
+        else:
+            done = loop.create_future()
+            loop.call_soon(lambda: done.set_result(fork_and_exit_in_worker()))
+            pid = await done
         status = await loop.run_in_executor(None, lambda: os.waitpid(pid, 0)[1])
         return os.waitstatus_to_exitcode(status)
 
@@ -164,6 +137,16 @@ def fork_worker_from_callback(make):
         say(f"worker exit {loop.run_until_complete(main())}")
     finally:
         loop.close()
+
+
+def fork_worker(make):
+    _fork_worker_scenario(make, fork_in_task=True)
+
+
+def fork_worker_from_callback(make):
+    """The fork in a plain callback: the worker's SystemExit leaves through the parent's loop
+    copy with no Task step in between."""
+    _fork_worker_scenario(make, fork_in_task=False)
 
 
 SCENARIOS = {
