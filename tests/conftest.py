@@ -32,6 +32,7 @@ import faulthandler
 import gc
 import importlib
 import os
+import socket
 import sys
 
 import pytest
@@ -228,6 +229,17 @@ def sockets():
     yield track
     for s in made:
         s.close()
+
+
+@pytest.fixture
+def pair():
+    """A connected, non-blocking Unix socket pair, closed after the test."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
 
 
 @pytest.fixture

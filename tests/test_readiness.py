@@ -11,16 +11,6 @@ import weakref
 import pytest
 
 
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 class FilenoHolder:
     def __init__(self, sock):
         self._sock = sock

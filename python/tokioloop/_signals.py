@@ -15,12 +15,17 @@ import errno
 import signal
 import socket
 import threading
-from asyncio import coroutines
+from asyncio import coroutines, events
 from asyncio.log import logger
 
 
 def _ignore_signal(signum, frame):
-    """Python-level handler for signals the loop dispatches itself via the wakeup fd."""
+    """Python-level handler for signals the loop dispatches itself via the wakeup fd: it only
+    tells the running loop to look at its self-pipe on its next turn, busy or not."""
+    loop = events._get_running_loop()
+    note = getattr(loop, "_note_signal", None)
+    if note is not None:
+        note()
 
 
 class SignalSupport:
@@ -35,11 +40,13 @@ class SignalSupport:
         self._ssock.setblocking(False)
         self._csock.setblocking(False)
         self._add_reader(self._ssock.fileno(), self._read_from_self, ())
+        self._set_self_pipe_fd(self._ssock.fileno())
 
     def _close_self_pipe(self):
         if self._ssock is None:
             return
         self._remove_reader(self._ssock.fileno())
+        self._set_self_pipe_fd(-1)
         self._ssock.close()
         self._csock.close()
         self._ssock = self._csock = None

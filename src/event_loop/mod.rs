@@ -17,7 +17,7 @@ pub mod wake;
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -55,6 +55,20 @@ thread_local! {
 struct State {
     ready: VecDeque<Ready>,
     timers: Timers,
+    /// Native transports' reads and flushes to try again next turn. They join the ready queue
+    /// at the next I/O step, behind what the callbacks of this turn schedule, as a selector's
+    /// events join asyncio's: a `data_received` runs the callbacks it scheduled before the
+    /// same socket is read again.
+    io_retries: Vec<Ready>,
+}
+
+impl State {
+    /// Everything queued, for closing: the ready queue (I/O retries behind it) and the timers.
+    fn take_all(&mut self) -> (VecDeque<Ready>, Vec<Py<TimerHandle>>) {
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.extend(self.io_retries.drain(..));
+        (ready, self.timers.drain())
+    }
 }
 
 #[pyclass(subclass, frozen, module = "tokioloop._tokioloop")]
@@ -67,6 +81,12 @@ pub struct LoopCore {
     io: Mutex<Registry>,
     /// True while the fd registry may have callbacks to queue (see `Registry::pending_flag`).
     io_pending: Arc<AtomicBool>,
+    /// The self-pipe's read end (-1 before it exists): watched for signals only, so it alone
+    /// does not make a busy turn look at I/O (a signal sets `signal_noted` instead).
+    self_pipe_fd: AtomicI32,
+    /// Set by the Python-level handler of a signal the loop dispatches: the next turn looks at
+    /// I/O, where the self-pipe then tells which signal it was.
+    signal_noted: AtomicBool,
     wake: Arc<Wake>,
     stopping: AtomicBool,
     running: AtomicBool,
@@ -84,6 +104,9 @@ pub struct LoopCore {
     creator_pid: u32,
     /// Set in a forked child (see `_abandon_after_fork`): the reactor is the parent's.
     abandoned: AtomicBool,
+    /// The runtime's epoll fd, when found: a busy turn asks it whether to park at all (see
+    /// `io::reactor_probe`).
+    reactor_fd: Option<RawFd>,
     runtime: Option<Runtime>,
 }
 
@@ -188,7 +211,10 @@ impl LoopCore {
         self.stopping.load(Ordering::Relaxed)
             || self.io_pending.load(Ordering::Acquire)
             || self.dns.completions.pending.load(Ordering::Acquire)
-            || !self.state.lock().ready.is_empty()
+            || {
+                let state = self.state.lock();
+                !state.ready.is_empty() || !state.io_retries.is_empty()
+            }
     }
 
     fn take_stopping(&self) -> bool {
@@ -216,7 +242,29 @@ impl LoopCore {
         self.dns.complete(py)
     }
 
+    /// True if a busy turn must look at I/O: an fd other than the self-pipe is watched, or a
+    /// signal arrived since the last look.
+    fn io_to_look_at(&self) -> bool {
+        self.signal_noted.swap(false, Ordering::Relaxed)
+            || self.io.lock().watches_other_than(self.self_pipe_fd.load(Ordering::Relaxed))
+    }
+
+    /// The busy turn's look at I/O: a zero-timeout park, skipped when the kernel says the
+    /// reactor has nothing waiting.
+    fn look_at_io(&self, runtime: &Runtime) {
+        if self.reactor_fd.is_none_or(crate::io::reactor_probe::has_events) {
+            runtime.block_on(tokio::task::yield_now());
+        }
+    }
+
     fn dispatch_io(&self, py: Python<'_>) {
+        {
+            let mut state = self.state.lock();
+            if !state.io_retries.is_empty() {
+                let State { ready, io_retries, .. } = &mut *state;
+                ready.extend(io_retries.drain(..));
+            }
+        }
         if !self.io_pending.load(Ordering::Acquire) {
             return;
         }
@@ -234,7 +282,7 @@ impl LoopCore {
         let mut garbage = Vec::new();
         {
             let mut state = self.state.lock();
-            let State { ready, timers } = &mut *state;
+            let State { ready, timers, .. } = &mut *state;
             if !timers.is_empty() {
                 timers.prune(&mut garbage);
                 if timers.next_deadline().is_some() {
@@ -264,6 +312,12 @@ impl LoopCore {
 
     pub(crate) fn push_ready(&self, item: Ready) {
         self.state.lock().ready.push_back(item);
+    }
+
+    /// Queues a native transport's read or flush for the next turn's I/O step (see
+    /// `State::io_retries`).
+    pub(crate) fn retry_io(&self, item: Ready) {
+        self.state.lock().io_retries.push(item);
     }
 
     /// Gives a transport's socket to the registry; False if the fd is already watched.
@@ -455,15 +509,19 @@ impl LoopCore {
         let wake = Arc::new(Wake::default());
         let registry = Registry::new(wake.clone());
         let timers = Timers::new();
+        let runtime = runtime::build()?;
         Ok(LoopCore {
             timer_cancel_counter: timers.cancel_counter(),
             state: Mutex::new(State {
                 ready: VecDeque::new(),
                 timers,
+                io_retries: Vec::new(),
             }),
             pool: HandlePool::default(),
             spare_context: SpareContext::default(),
             io_pending: registry.pending_flag(),
+            self_pipe_fd: AtomicI32::new(-1),
+            signal_noted: AtomicBool::new(false),
             io: Mutex::new(registry),
             wake,
             stopping: AtomicBool::new(false),
@@ -475,7 +533,8 @@ impl LoopCore {
             dns: crate::dns::Lookups::default(),
             creator_pid: std::process::id(),
             abandoned: AtomicBool::new(false),
-            runtime: Some(runtime::build()?),
+            reactor_fd: crate::io::reactor_probe::find_reactor_fd(&runtime),
+            runtime: Some(runtime),
         })
     }
 
@@ -665,10 +724,7 @@ impl LoopCore {
             return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
         }
         self.closed.store(true, Ordering::SeqCst);
-        let (ready, timers) = {
-            let mut state = self.state.lock();
-            (std::mem::take(&mut state.ready), state.timers.drain())
-        };
+        let (ready, timers) = self.state.lock().take_all();
         let fd_handles = if self.in_other_process() {
             self.io.lock().abandon()
         } else {
@@ -738,6 +794,16 @@ impl LoopCore {
     /// on such a descriptor).
     fn _fd_transport(&self, py: Python<'_>, fd: RawFd) -> Option<Py<PyAny>> {
         self.fd_transport(py, fd)
+    }
+
+    /// The self-pipe's read end, which alone does not make busy turns look at I/O.
+    fn _set_self_pipe_fd(&self, fd: RawFd) {
+        self.self_pipe_fd.store(fd, Ordering::Relaxed);
+    }
+
+    /// A signal the loop dispatches arrived (called by its Python-level handler).
+    fn _note_signal(&self) {
+        self.signal_noted.store(true, Ordering::Relaxed);
     }
 
     #[pyo3(signature = (fd, handle=None))]
@@ -813,7 +879,7 @@ impl LoopCore {
     fn _native_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let (ready, timers) = {
             let state = self.state.lock();
-            (state.ready.len(), state.timers.live())
+            (state.ready.len() + state.io_retries.len(), state.timers.live())
         };
         let (readers, writers) = self.io.lock().counts();
         let counts = PyDict::new(py);
@@ -831,7 +897,7 @@ impl LoopCore {
         // targets look held from outside, which they are.
         let running = self.running.load(Ordering::Relaxed);
         if let Some(state) = self.state.try_lock().filter(|_| !running) {
-            for item in &state.ready {
+            for item in state.ready.iter().chain(&state.io_retries) {
                 item.traverse(&visit)?;
             }
             for handle in state.timers.references() {
@@ -851,10 +917,7 @@ impl LoopCore {
     }
 
     fn __clear__(&self) {
-        let (ready, timers) = {
-            let mut state = self.state.lock();
-            (std::mem::take(&mut state.ready), state.timers.drain())
-        };
+        let (ready, timers) = self.state.lock().take_all();
         let fd_handles = self.io.lock().drain();
         let factory = self.task_factory.lock().take();
         release_all(ready, timers, fd_handles);

@@ -1,11 +1,13 @@
 //! The turn: what `run_forever` does, natively, entering tokio's `block_on` only to wait.
 //!
 //! Each turn mirrors asyncio's `_run_once`: (1) park until the earliest timer, an fd edge or a
-//! wake-up if nothing is ready — or, if work is ready, poll the reactor without blocking, but
-//! only every [`BUSY_TURNS_PER_POLL`] turns or [`BUSY_POLL_INTERVAL`], since each poll is an
-//! `epoll_wait`; (2) queue the callbacks of ready fds; (3) move due timers to the ready queue;
-//! (4) run exactly the handles that were ready at that point — what they schedule runs next
-//! turn. Pending signals are checked after every park and every few busy turns, so Ctrl+C
+//! wake-up if nothing is ready — or, if work is ready, look at I/O without blocking, every turn,
+//! as asyncio and libuv do (a `poll(2)` of the reactor's epoll fd, and a zero-timeout park only
+//! when that says something is waiting; the self-pipe alone is looked at every
+//! [`BUSY_TURNS_PER_HANDOFF`] turns, or at once when a signal was noted); (2) queue the callbacks of ready fds
+//! and the native transports' retries behind the callbacks already ready; (3) move due timers
+//! to the ready queue; (4) run exactly the handles that were ready at that point — what they
+//! schedule runs next turn. Pending signals are checked after every park and every few busy turns, so Ctrl+C
 //! leaves promptly whether the loop is idle or busy. Only `LoopCore::_run_native` calls [`drive`].
 //!
 //! Python callbacks run *outside* `block_on`: only the park (1) is inside it. A process forked
@@ -30,8 +32,9 @@ use super::LoopCore;
 use crate::clock;
 use crate::handles::is_fatal;
 
-const BUSY_TURNS_PER_POLL: u32 = 61;
-const BUSY_POLL_INTERVAL: Duration = Duration::from_micros(200);
+/// A busy loop lets other Python threads take the GIL every this many turns or this often.
+const BUSY_TURNS_PER_HANDOFF: u32 = 61;
+const BUSY_HANDOFF_INTERVAL: Duration = Duration::from_micros(200);
 /// Busy turns between two checks for pending signals (every idle turn checks).
 const SIGNAL_CHECK_TURNS: u32 = 4;
 
@@ -47,7 +50,7 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
     core.wake.set_waker(Some(waker));
     let mut batch: VecDeque<Ready> = VecDeque::new();
     let mut busy_turns = 0u32;
-    let mut last_poll = Instant::now();
+    let mut last_handoff = Instant::now();
 
     loop {
         // A signal's Python handler also runs at the interpreter's next bytecode check, so in
@@ -58,22 +61,33 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
         }
 
         if core.has_work() {
+            // Work is ready: look at I/O without blocking, every turn, as asyncio's select(0)
+            // and libuv's zero-timeout poll do. A ready fd's callback then runs right behind
+            // the callbacks already queued, never many turns late.
+            // (The self-pipe alone is looked at on the hand-off's cadence below, or at once
+            // when a signal's Python-level handler noted one.)
+            let looked = core.io_to_look_at();
+            if looked {
+                core.look_at_io(runtime);
+            }
             busy_turns += 1;
             // Reading the clock costs as much as a light turn: look at it every 8th turn.
-            if busy_turns >= BUSY_TURNS_PER_POLL
-                || (busy_turns % 8 == 0 && last_poll.elapsed() >= BUSY_POLL_INTERVAL)
+            if busy_turns >= BUSY_TURNS_PER_HANDOFF
+                || (busy_turns % 8 == 0 && last_handoff.elapsed() >= BUSY_HANDOFF_INTERVAL)
             {
-                runtime.block_on(tokio::task::yield_now());
+                if !looked {
+                    runtime.block_on(tokio::task::yield_now());
+                }
                 // Callbacks that run no Python bytecode never reach the interpreter's GIL
                 // hand-off, so a loop busy with them would starve every other thread.
                 py.detach(|| ());
                 busy_turns = 0;
-                last_poll = Instant::now();
+                last_handoff = Instant::now();
             }
         } else {
             park(py, core, runtime, &mut sleep);
             busy_turns = 0;
-            last_poll = Instant::now();
+            last_handoff = Instant::now();
         }
 
         core.dispatch_io(py);

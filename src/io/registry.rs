@@ -531,6 +531,11 @@ impl Registry {
     }
 
     /// (readers, writers) currently registered, transports included.
+    /// True if any fd other than `fd` is registered.
+    pub fn watches_other_than(&self, fd: RawFd) -> bool {
+        self.fds.len() > usize::from(self.fds.contains_key(&fd))
+    }
+
     pub fn counts(&self) -> (usize, usize) {
         let readers = self.fds.values().filter(|r| r.read.target.is_some()).count();
         let writers = self.fds.values().filter(|r| r.write.target.is_some()).count();

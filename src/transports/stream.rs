@@ -139,7 +139,7 @@ impl StreamTransport {
     fn requeue(slf: &Bound<'_, Self>, direction: Direction) {
         let this = slf.get();
         this.core(slf.py())
-            .push_ready(Ready::Stream(slf.clone().unbind(), direction, false));
+            .retry_io(Ready::Stream(slf.clone().unbind(), direction, false));
     }
 
     /// The Python transport, as users see it (None once detached).
