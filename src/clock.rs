@@ -19,7 +19,13 @@ pub fn now() -> f64 {
 
 /// The `Instant` at which the clock will read `deadline` (never earlier than that moment).
 pub fn instant_at(deadline: f64) -> Instant {
-    let (instant, reading) = (Instant::now(), now());
+    instant_at_reading(deadline, now())
+}
+
+/// The `Instant` `deadline - reading` seconds from now: for a clock that reads `reading` now
+/// (a `loop.time` patched on the instance).
+pub fn instant_at_reading(deadline: f64, reading: f64) -> Instant {
+    let instant = Instant::now();
     let wait = deadline - reading;
     if wait.is_nan() || wait <= 0.0 {
         return instant;

@@ -24,8 +24,8 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
-use pyo3::{PyTraverseError, PyVisit};
+use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::{ffi, PyTraverseError, PyVisit};
 use tokio::runtime::Runtime;
 
 use crate::clock;
@@ -104,6 +104,11 @@ pub struct LoopCore {
     creator_pid: u32,
     /// Set in a forked child (see `_abandon_after_fork`): the reactor is the parent's.
     abandoned: AtomicBool,
+    /// A `time` set on the instance (`mock.patch.object(loop, "time")`, as test suites do):
+    /// while set, it is the clock that decides which timers are due and when `call_later`
+    /// fires, as on asyncio. The flag keeps the unpatched path to one relaxed load.
+    time_override: Mutex<Option<Py<PyAny>>>,
+    time_overridden: AtomicBool,
     /// The runtime's epoll fd, when found: a busy turn asks it whether to park at all (see
     /// `io::reactor_probe`).
     reactor_fd: Option<RawFd>,
@@ -242,6 +247,38 @@ impl LoopCore {
         self.dns.complete(py)
     }
 
+    /// The loop's clock: `clock::now()`, or the `time` patched on the instance.
+    #[inline]
+    fn now(&self, py: Python<'_>) -> PyResult<f64> {
+        if !self.time_overridden.load(Ordering::Relaxed) {
+            return Ok(clock::now());
+        }
+        self.patched_now(py)
+    }
+
+    #[cold]
+    fn patched_now(&self, py: Python<'_>) -> PyResult<f64> {
+        let patched = self.time_override.lock().as_ref().map(|f| f.clone_ref(py));
+        match patched {
+            Some(time) => time.bind(py).call0()?.extract(),
+            None => Ok(clock::now()),
+        }
+    }
+
+    fn set_time_override(&self, time: Option<Py<PyAny>>) {
+        self.time_overridden.store(time.is_some(), Ordering::Relaxed);
+        let previous = std::mem::replace(&mut *self.time_override.lock(), time);
+        drop(previous);
+    }
+
+    /// The turn's reading of the clock when `time` is patched (None: the native clock).
+    fn patched_reading(&self, py: Python<'_>) -> PyResult<Option<f64>> {
+        if !self.time_overridden.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        self.patched_now(py).map(Some)
+    }
+
     /// True if a busy turn must look at I/O: an fd other than the self-pipe is watched, or a
     /// signal arrived since the last look.
     fn io_to_look_at(&self) -> bool {
@@ -278,7 +315,9 @@ impl LoopCore {
     }
 
     /// Moves due timers to the ready queue, then hands the whole queue to `batch`.
-    fn take_ready(&self, _py: Python<'_>, batch: &mut VecDeque<Ready>) {
+    fn take_ready(&self, py: Python<'_>, batch: &mut VecDeque<Ready>) -> PyResult<()> {
+        // asyncio reads its clock once per iteration for this, so a patched one is called here.
+        let patched = self.patched_reading(py)?;
         let mut garbage = Vec::new();
         {
             let mut state = self.state.lock();
@@ -286,12 +325,13 @@ impl LoopCore {
             if !timers.is_empty() {
                 timers.prune(&mut garbage);
                 if timers.next_deadline().is_some() {
-                    timers.pop_due(clock::now(), ready, &mut garbage);
+                    timers.pop_due(patched.unwrap_or_else(clock::now), ready, &mut garbage);
                 }
             }
             std::mem::swap(ready, batch);
         }
         timers::discard(garbage);
+        Ok(())
     }
 
     /// Puts back, in front, what a turn left unrun when an exception cut it short.
@@ -533,6 +573,8 @@ impl LoopCore {
             dns: crate::dns::Lookups::default(),
             creator_pid: std::process::id(),
             abandoned: AtomicBool::new(false),
+            time_override: Mutex::new(None),
+            time_overridden: AtomicBool::new(false),
             reactor_fd: crate::io::reactor_probe::find_reactor_fd(&runtime),
             runtime: Some(runtime),
         })
@@ -571,7 +613,8 @@ impl LoopCore {
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         let delay = delay.ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
-        Self::schedule_timer(slf, clock::now() + delay, None, callback, Args::from_tuple(args), context)
+        let now = slf.get().now(slf.py())?;
+        Self::schedule_timer(slf, now + delay, None, callback, Args::from_tuple(args), context)
     }
 
     /// Schedules `callback(*args)` at `when` on the loop's clock; never runs earlier.
@@ -643,6 +686,30 @@ impl LoopCore {
     /// The loop's clock: `time.monotonic()`'s clock, in seconds.
     fn time(&self) -> f64 {
         clock::now()
+    }
+
+    /// Instance attributes as usual; a `time` set on the instance also becomes the clock the
+    /// native timers are judged by (see `time_override`).
+    fn __setattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyString>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        // SAFETY: live objects; the generic setter handles the subclass's instance dict.
+        if unsafe { ffi::PyObject_GenericSetAttr(slf.as_ptr(), name.as_ptr(), value.as_ptr()) } < 0 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        if name.to_str()? == "time" {
+            slf.get().set_time_override(Some(value.clone().unbind()));
+        }
+        Ok(())
+    }
+
+    fn __delattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyString>) -> PyResult<()> {
+        // SAFETY: as above; a NULL value deletes.
+        if unsafe { ffi::PyObject_GenericSetAttr(slf.as_ptr(), name.as_ptr(), std::ptr::null_mut()) } < 0 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        if name.to_str()? == "time" {
+            slf.get().set_time_override(None);
+        }
+        Ok(())
     }
 
     /// Ends `run_forever` after the current turn (or after one turn, if not running).

@@ -85,14 +85,14 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
                 last_handoff = Instant::now();
             }
         } else {
-            park(py, core, runtime, &mut sleep);
+            park(py, core, runtime, &mut sleep)?;
             busy_turns = 0;
             last_handoff = Instant::now();
         }
 
         core.dispatch_io(py);
         core.complete_lookups(py)?;
-        core.take_ready(py, &mut batch);
+        core.take_ready(py, &mut batch)?;
         while let Some(item) = batch.pop_front() {
             if item.is_cancelled() {
                 core.recycle(py, item);
@@ -122,11 +122,18 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
 }
 
 /// Waits in the reactor until the earliest timer, an fd edge or a wake-up.
-fn park(py: Python<'_>, core: &LoopCore, runtime: &Runtime, sleep: &mut Pin<Box<Sleep>>) {
+fn park(py: Python<'_>, core: &LoopCore, runtime: &Runtime, sleep: &mut Pin<Box<Sleep>>) -> PyResult<()> {
     let deadline = core.next_deadline(py);
+    let wake_at = match deadline {
+        Some(deadline) => Some(match core.patched_reading(py)? {
+            Some(reading) => clock::instant_at_reading(deadline, reading),
+            None => clock::instant_at(deadline),
+        }),
+        None => None,
+    };
     runtime.block_on(async {
-        if let Some(deadline) = deadline {
-            sleep.as_mut().reset(clock::instant_at(deadline).into());
+        if let Some(wake_at) = wake_at {
+            sleep.as_mut().reset(wake_at.into());
         }
         poll_fn(|cx| {
             if deadline.is_some() && sleep.as_mut().poll(cx).is_ready() {
@@ -142,6 +149,7 @@ fn park(py: Python<'_>, core: &LoopCore, runtime: &Runtime, sleep: &mut Pin<Box<
         .await
     });
     core.wake.set_idle(false);
+    Ok(())
 }
 
 /// Runs one handle: an ordinary exception goes to the loop's exception handler as asyncio
