@@ -3,6 +3,7 @@
     pip install nox && nox -s tests              # CPython 3.10-3.13, each in a fresh virtualenv
     nox -s tests-3.12 -- tests/test_scheduling.py -x   # one version; after -- are pytest's args
     nox -s wheels                                # x86_64 + aarch64 wheels, 3.10-3.15, checked
+    nox -s crosscheck                            # cargo check for macOS arm64 and Linux aarch64
 
 Interpreters: pyenv's ``versions/3.X.*/bin/python3.X`` first (pyenv's shims only work for the
 global version, so ``python3.10`` on PATH may be a shim that refuses to run), then a working
@@ -258,6 +259,7 @@ def summary(session: nox.Session) -> None:
 
 X86_64 = "x86_64-unknown-linux-gnu"
 AARCH64 = "aarch64-unknown-linux-gnu"
+MACOS = "aarch64-apple-darwin"
 # ELF e_machine of each wheel architecture, and the platform tags maturin gives it.
 ARCHES = {"x86_64": 62, "aarch64": 183}
 MANYLINUX = ("manylinux2014_{arch}", "manylinux_2_17_{arch}")
@@ -304,7 +306,8 @@ def _elf_facts(data: bytes) -> tuple[int, list[str]]:
     return machine, names
 
 
-def _wheel_file_problems(version: str, arch: str, wheels: list[Path]) -> tuple[Path | None, list[str]]:
+def _wheel_file_problems(version: str, arch: str,
+                         wheels: list[Path]) -> tuple[Path | None, list[str]]:
     """Find the one wheel for ``version`` and ``arch``; check its tags (file name and WHEEL
     file agree, manylinux2014 / manylinux_2_17 only) and its extension (named for this CPython
     and arch, an ELF for that machine, no debug info)."""
@@ -492,3 +495,15 @@ def wheels(session: nox.Session) -> None:
     if problems:
         session.error("wheels:\n  " + "\n  ".join(problems))
 
+
+@nox.session(python=False)
+def crosscheck(session: nox.Session) -> None:
+    """``cargo check`` for macOS on Apple silicon and for Linux aarch64: the code still
+    compiles there (nothing links or runs). Adds the Rust targets if missing. pyo3 needs a
+    target Python version when cross-compiling; the newest in PYTHONS stands for all."""
+    targets = [MACOS, AARCH64]
+    _rust_targets(session, *targets)
+    env = {"CARGO_TARGET_DIR": str(ROOT / "target" / "crosscheck"),
+           "PYO3_CROSS_PYTHON_VERSION": PYTHONS[-1]}
+    for target in targets:
+        session.run("cargo", "check", "--locked", "--target", target, env=env, external=True)
