@@ -89,6 +89,7 @@ def qemu(base: Path) -> Path:
     shutil.copy2(found, tmp)
     os.replace(tmp, exe)
     shutil.rmtree(scratch, ignore_errors=True)
+    shutil.rmtree(base / "sid-amd64-debs", ignore_errors=True)  # 70 MB of other emulators
     return exe
 
 
