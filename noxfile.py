@@ -2,7 +2,8 @@
 
     pip install nox && nox -s tests              # CPython 3.10-3.13, each in a fresh virtualenv
     nox -s tests-3.12 -- tests/test_scheduling.py -x   # one version; after -- are pytest's args
-    nox -s wheels                                # manylinux wheels for 3.10-3.13 + sdist, checked
+    nox -s wheels                                # x86_64 + aarch64 wheels, 3.10-3.15, checked
+    nox -s crosscheck                            # cargo check for macOS arm64 and Linux aarch64
 
 Interpreters: pyenv's ``versions/3.X.*/bin/python3.X`` first (pyenv's shims only work for the
 global version, so ``python3.10`` on PATH may be a shim that refuses to run), then a working
@@ -256,33 +257,116 @@ def summary(session: nox.Session) -> None:
 
 # --- wheels -------------------------------------------------------------------------------
 
-def _wheel_problems(session: nox.Session, version: str, wheels: list[Path],
-                    digests: dict[str, str]) -> list[str]:
-    """Check the one wheel for ``version``: manylinux-tagged, installs and runs examples/hello.py
-    in a fresh venv of that interpreter. Returns what is wrong (empty: all good)."""
+X86_64 = "x86_64-unknown-linux-gnu"
+AARCH64 = "aarch64-unknown-linux-gnu"
+MACOS = "aarch64-apple-darwin"
+# ELF e_machine of each wheel architecture, and the platform tags maturin gives it.
+ARCHES = {"x86_64": 62, "aarch64": 183}
+MANYLINUX = ("manylinux2014_{arch}", "manylinux_2_17_{arch}")
+
+# Run under qemu with ``-I`` (nothing from the environment): the extension loads from the
+# unpacked wheel (argv[1]) and carries this interpreter's ABI tag, then argv[2] runs as __main__.
+QEMU_CHECK = """
+import hashlib, os, runpy, sys, sysconfig
+site = os.path.realpath(sys.argv[1])
+sys.path.insert(0, site)
+import tokioloop._tokioloop as ext
+path = os.path.realpath(ext.__file__)
+assert path.startswith(site + os.sep), f"{path} is not inside {site}"
+assert path.endswith(sysconfig.get_config_var("EXT_SUFFIX")), f"{path} not built for {sys.version}"
+print("extension:", path, hashlib.sha256(open(path, "rb").read()).hexdigest(), flush=True)
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _rust_targets(session: nox.Session, *targets: str) -> None:
+    """``rustup target add`` the targets not installed yet (the standard library for each)."""
+    rustup = shutil.which("rustup")
+    if not rustup:
+        session.error(f"rustup is not on PATH: cannot add the Rust targets {', '.join(targets)}")
+    installed = subprocess.run([rustup, "target", "list", "--installed"], capture_output=True,
+                               text=True, check=True).stdout.split()
+    missing = [t for t in targets if t not in installed]
+    if missing:
+        session.run(rustup, "target", "add", *missing, external=True)
+
+
+def _elf_facts(data: bytes) -> tuple[int, list[str]]:
+    """e_machine and the section names of a 64-bit little-endian ELF file."""
+    import struct
+    if data[:6] != b"\x7fELF\x02\x01":
+        raise ValueError("not a 64-bit little-endian ELF file")
+    machine = struct.unpack_from("<H", data, 0x12)[0]
+    shoff = struct.unpack_from("<Q", data, 0x28)[0]
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    strtab = headers[shstrndx][4]
+    names = [data[strtab + h[0]:data.index(b"\0", strtab + h[0])].decode() for h in headers]
+    return machine, names
+
+
+def _wheel_file_problems(version: str, arch: str,
+                         wheels: list[Path]) -> tuple[Path | None, list[str]]:
+    """Find the one wheel for ``version`` and ``arch``; check its tags (file name and WHEEL
+    file agree, manylinux2014 / manylinux_2_17 only) and its extension (named for this CPython
+    and arch, an ELF for that machine, no debug info)."""
+    import zipfile
     from packaging.utils import parse_wheel_filename  # nox depends on packaging
 
     tag = "cp" + version.replace(".", "")
-    mine = [w for w in wheels if any(t.interpreter == tag for t in parse_wheel_filename(w.name)[3])]
+    mine = [w for w in wheels if any(t.interpreter == tag and t.platform.endswith(f"_{arch}")
+                                     for t in parse_wheel_filename(w.name)[3])]
     if len(mine) != 1:
-        return [f"{version}: expected one {tag} wheel in dist/, found {[w.name for w in mine]}"]
+        return None, [f"{version} {arch}: expected one {tag} wheel in dist/, found "
+                      f"{[w.name for w in mine]}"]
     wheel = mine[0]
-    platforms = sorted({t.platform for t in parse_wheel_filename(wheel.name)[3]})
-    if not all(p.startswith("manylinux") for p in platforms):
-        return [f"{version}: {wheel.name} is not manylinux-tagged ({platforms})"]
+    tags = parse_wheel_filename(wheel.name)[3]
+    expected = {f"{tag}-{tag}-{p.format(arch=arch)}" for p in MANYLINUX}
+    if {str(t) for t in tags} != expected:
+        return wheel, [f"{version}: {wheel.name} is tagged {sorted(map(str, tags))}, "
+                       f"expected {sorted(expected)}"]
+    suffix = f".cpython-{tag[2:]}-{arch}-linux-gnu.so"
+    with zipfile.ZipFile(wheel) as zf:
+        meta = next((n for n in zf.namelist() if n.endswith(".dist-info/WHEEL")), None)
+        listed = {line.split(":", 1)[1].strip() for line in zf.read(meta).decode().splitlines()
+                  if line.startswith("Tag:")} if meta else set()
+        if listed != expected:
+            return wheel, [f"{version}: {wheel.name}'s WHEEL file lists tags {sorted(listed)}"]
+        libs = [n for n in zf.namelist() if n.endswith(".so")]
+        if [n.rsplit("/", 1)[-1] for n in libs] != [f"_tokioloop{suffix}"]:
+            return wheel, [f"{version}: {wheel.name} holds {libs}, expected one _tokioloop{suffix}"]
+        try:
+            machine, sections = _elf_facts(zf.read(libs[0]))
+        except (ValueError, IndexError) as exc:
+            return wheel, [f"{version}: {libs[0]} in {wheel.name}: {exc}"]
+    if machine != ARCHES[arch]:
+        return wheel, [f"{version}: {libs[0]} in {wheel.name} is ELF machine {machine}, "
+                       f"not {arch}"]
+    debug = [s for s in sections if s.startswith(".debug")]
+    if debug:
+        return wheel, [f"{version}: {libs[0]} in {wheel.name} carries debug info ({debug})"]
+    return wheel, []
+
+
+def _x86_64_problems(session: nox.Session, version: str, wheel: Path,
+                     digests: dict[str, str]) -> list[str]:
+    """Install the x86_64 wheel for ``version`` into a fresh venv of that interpreter and run
+    examples/hello.py there. Returns what is wrong (empty: all good)."""
     if version not in FOUND:
         return [f"{version}: no CPython {version} interpreter to check {wheel.name} with"]
-
     venv = Path(session.create_tmp()).resolve() / f"check-{version}"
     shutil.rmtree(venv, ignore_errors=True)
     python = str(venv / "bin" / "python")
     env = {"PYTHONPATH": None}  # the wheel alone, nothing from the environment or the tree
     step = "creating its venv"
     try:
-        session.run(str(FOUND[version]), "-m", "venv", str(venv), external=True)
+        # Without pip: Debian's 3.14/3.15 have no bundled pip for ensurepip. This session's
+        # own pip installs into the venv instead (pip --python).
+        session.run(str(FOUND[version]), "-m", "venv", "--without-pip", str(venv), external=True)
         step = "installing it"
-        session.run(python, "-m", "pip", "install", "--no-deps", "--no-index", str(wheel),
-                    external=True, env=env)
+        session.run("python", "-m", "pip", "--python", python, "install", "--no-deps",
+                    "--no-index", str(wheel), env=env)
         with session.chdir(venv):  # away from the source tree, whose python/ must not leak in
             step = "importing its extension"
             out = session.run(python, "-c", CHECK_EXTENSION, external=True, env=env, silent=True)
@@ -291,7 +375,7 @@ def _wheel_problems(session: nox.Session, version: str, wheels: list[Path],
             for other, other_digest in digests.items():
                 if [other_digest] == digest:
                     return [f"{version}: {wheel.name} holds the {other} wheel's extension"]
-            digests[version] = digest[0] if digest else ""
+            digests[f"{version} x86_64"] = digest[0] if digest else ""
             step = "running examples/hello.py"
             session.run(python, str(ROOT / "examples" / "hello.py"), external=True, env=env)
     except CommandFailed as exc:
@@ -300,34 +384,126 @@ def _wheel_problems(session: nox.Session, version: str, wheels: list[Path],
     return []
 
 
+def _qemu_pythons(session: nox.Session) -> tuple:
+    """qemu-aarch64, Debian's arm64 CPythons (version -> root) and tools/qemu_python.py itself
+    (cached outside the tree). A failure fails the session, as a missing x86_64 interpreter
+    does."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("qemu_python", ROOT / "tools" / "qemu_python.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    start = time.monotonic()
+    try:
+        found = module.install(PYTHONS, module.default_base())
+    except module.dp.Failed as exc:
+        session.error(f"qemu and Debian's arm64 CPythons (tools/qemu_python.py): {exc}")
+    session.log(f"qemu and arm64 CPython {', '.join(found[1])} ready in "
+                f"{time.monotonic() - start:.0f} s")
+    return found[0], found[1], module
+
+
+def _aarch64_problems(session: nox.Session, version: str, wheel: Path, qemu: tuple,
+                      digests: dict[str, str]) -> list[str]:
+    """Unpack the aarch64 wheel and, if Debian has an arm64 CPython ``version``, import it and
+    run examples/hello.py under qemu-user. Returns what is wrong (empty: all good)."""
+    import zipfile
+    emulator, roots, module = qemu
+    if version not in roots:
+        session.log(f"{version}: {wheel.name}: tags and ELF checked; no arm64 CPython "
+                    f"{version} in Debian to run it with")
+        return []
+    site = Path(session.create_tmp()).resolve() / f"aarch64-{version}"
+    shutil.rmtree(site, ignore_errors=True)
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(site)
+    args = ["-I", "-c", QEMU_CHECK, str(site), str(ROOT / "examples" / "hello.py")]
+    session.log(f"qemu-aarch64 -L {roots[version]} python{version} -I -c QEMU_CHECK {site} "
+                f"examples/hello.py")
+    try:
+        proc = module.run_under_qemu(emulator, roots[version], version, args, cwd=site)
+    except subprocess.TimeoutExpired:
+        return [f"{version}: {wheel.name} under qemu did not finish in {module.TIMEOUT} s"]
+    out = (proc.stdout + proc.stderr).strip()
+    print(out, flush=True)
+    if proc.returncode != 0:
+        return [f"{version}: {wheel.name} under qemu exited {proc.returncode}: {out[-500:]}"]
+    first = proc.stdout.split("\n", 1)[0].split()
+    if first[:1] != ["extension:"] or not proc.stdout.rstrip().endswith("done"):
+        return [f"{version}: {wheel.name} under qemu printed no extension line or no 'done'"]
+    for other, other_digest in digests.items():
+        if other_digest == first[-1]:
+            return [f"{version}: {wheel.name} holds the {other} wheel's extension"]
+    digests[f"{version} aarch64"] = first[-1]
+    session.log(f"{version}: {wheel.name} imports and runs examples/hello.py under qemu")
+    return []
+
+
 @nox.session
 def wheels(session: nox.Session) -> None:
-    """Build manylinux wheels for CPython 3.10-3.13 and an sdist into dist/, then check each."""
+    """Build manylinux2014 x86_64 and aarch64 wheels for every CPython in PYTHONS and an sdist
+    into dist/, then check each: x86_64 ones run examples/hello.py in a venv of their Python,
+    aarch64 ones under qemu-user with Debian's arm64 CPython where Debian has that version."""
     missing = [v for v in PYTHONS if v not in FOUND]
     if missing:
         session.error(f"no interpreter for CPython {', '.join(missing)}: cannot build every wheel")
+    _rust_targets(session, AARCH64)
     session.install("maturin>=1.5,<2", "ziglang")
     DIST.mkdir(exist_ok=True)
     for old in list(DIST.glob("tokioloop-*.whl")) + list(DIST.glob("tokioloop-*.tar.gz")):
         old.unlink()  # a wheel left from an earlier run must not stand in for a missing one
+    qemu = _qemu_pythons(session)  # before the builds: a download failure fails fast
 
     # zig links against glibc 2.17's symbols, so the wheels install on manylinux2014 systems
-    # and later; maturin itself refuses to tag a wheel whose symbols need more.
-    interpreters = [arg for v in PYTHONS for arg in ("--interpreter", str(FOUND[v]))]
+    # and later; maturin itself refuses to tag a wheel whose symbols need more. The "wheel"
+    # profile (Cargo.toml) is release without debug info.
+    build = ["maturin", "build", "--profile", "wheel", "--zig", "--compatibility",
+             "manylinux2014", "--out", str(DIST)]
     env = {"CARGO_TARGET_DIR": str(ROOT / "target" / "wheels")}
+    timings = []
     start = time.monotonic()
-    session.run("maturin", "build", "--release", "--zig", "--compatibility", "manylinux2014",
-                "--out", str(DIST), *interpreters, env=env)
+    session.run(*build, *[arg for v in PYTHONS for arg in ("--interpreter", str(FOUND[v]))],
+                env=env)
+    timings.append(f"x86_64 {time.monotonic() - start:.0f} s")
+    # Cross: maturin takes each target interpreter's configuration from the sysconfigs built
+    # into it (found by name, python3.X), not from a host interpreter.
+    start = time.monotonic()
+    session.run(*build, "--target", AARCH64,
+                *[arg for v in PYTHONS for arg in ("--interpreter", f"python{v}")], env=env)
+    timings.append(f"aarch64 {time.monotonic() - start:.0f} s")
     session.run("maturin", "sdist", "--out", str(DIST), env=env)
-    session.log(f"built in {time.monotonic() - start:.0f} s")
+    session.log(f"built in {', '.join(timings)}")
 
     built = sorted(DIST.glob("tokioloop-*.whl"))
     sdists = sorted(DIST.glob("tokioloop-*.tar.gz"))
     problems = [] if len(sdists) == 1 else [f"expected one sdist in dist/, found {sdists}"]
+    expected = {f"{v} {arch}" for v in PYTHONS for arch in ARCHES}
+    if len(built) != len(expected):
+        problems.append(f"expected {len(expected)} wheels in dist/, found {len(built)}")
     digests: dict[str, str] = {}
-    for version in PYTHONS:
-        problems += _wheel_problems(session, version, built, digests)
+    for arch in ARCHES:
+        for version in PYTHONS:
+            wheel, found = _wheel_file_problems(version, arch, built)
+            problems += found
+            if wheel is None or found:
+                continue
+            if arch == "x86_64":
+                problems += _x86_64_problems(session, version, wheel, digests)
+            else:
+                problems += _aarch64_problems(session, version, wheel, qemu, digests)
     for path in built + sdists:
-        session.log(f"dist/{path.name}")
+        session.log(f"dist/{path.name} ({path.stat().st_size / 1e6:.2f} MB)")
     if problems:
         session.error("wheels:\n  " + "\n  ".join(problems))
+
+
+@nox.session(python=False)
+def crosscheck(session: nox.Session) -> None:
+    """``cargo check`` for macOS on Apple silicon and for Linux aarch64: the code still
+    compiles there (nothing links or runs). Adds the Rust targets if missing. pyo3 needs a
+    target Python version when cross-compiling; the newest in PYTHONS stands for all."""
+    targets = [MACOS, AARCH64]
+    _rust_targets(session, *targets)
+    env = {"CARGO_TARGET_DIR": str(ROOT / "target" / "crosscheck"),
+           "PYO3_CROSS_PYTHON_VERSION": PYTHONS[-1]}
+    for target in targets:
+        session.run("cargo", "check", "--locked", "--target", target, env=env, external=True)

@@ -89,14 +89,15 @@ def run(cmd: list[str], step: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 class PrivateApt:
-    """apt-get and apt-cache with every state directory inside ``base``."""
+    """apt-get and apt-cache with every state directory inside ``base``, for one suite and one
+    architecture (tools/qemu_python.py uses arm64 and bookworm; one ``base`` per pair)."""
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, suite: str = SUITE, arch: str = "amd64"):
         self.base = base
         for sub in ("sources", "lists/partial", "archives/partial", "prefs"):
             (base / sub).mkdir(parents=True, exist_ok=True)
-        (base / "sources" / "sid.sources").write_text(
-            f"Types: deb\nURIs: {archive_uri()}\nSuites: {SUITE}\nComponents: main\n"
+        (base / "sources" / f"{suite}.sources").write_text(
+            f"Types: deb\nURIs: {archive_uri()}\nSuites: {suite}\nComponents: main\n"
             f"Signed-By: {KEYRING}\n")
         (base / "status").touch()
         self.options = [
@@ -108,14 +109,15 @@ class PrivateApt:
             "-o", f"Dir::State::status={base / 'status'}",
             "-o", f"Dir::Cache={base / 'cache'}",
             "-o", f"Dir::Cache::Archives={base / 'archives'}",
-            "-o", "APT::Architecture=amd64",
+            "-o", f"APT::Architecture={arch}",
             "-o", "Debug::NoLocking=1",
             "-o", "APT::Sandbox::User=root" if os.geteuid() == 0 else "APT::Sandbox::User=",
         ]
         (base / "cache").mkdir(exist_ok=True)
 
     def update(self) -> None:
-        run(["apt-get", *self.options, "-q", "update"], "apt-get update (suite sid)", timeout=900)
+        run(["apt-get", *self.options, "-q", "update"], f"apt-get update ({self.base.name})",
+            timeout=900)
 
     def closure(self, names: list[str]) -> list[str]:
         proc = run(["apt-cache", *self.options, "depends", "--recurse", "--no-recommends",
