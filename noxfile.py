@@ -1,6 +1,6 @@
 """nox sessions: the test matrix over every supported CPython, and the release wheels.
 
-    pip install nox && nox -s tests              # CPython 3.10-3.13, each in a fresh virtualenv
+    pip install nox && nox -s tests crosscheck   # CI: CPython 3.10-3.15, each in a fresh venv
     nox -s tests-3.12 -- tests/test_scheduling.py -x   # one version; after -- are pytest's args
     nox -s wheels                                # x86_64 + aarch64 wheels, 3.10-3.15, checked
     nox -s crosscheck                            # cargo check for macOS arm64 and Linux aarch64
