@@ -57,6 +57,16 @@ DEFAULT_EXECUTOR_MUST_BE_THREAD_POOL = VERSION >= (3, 11)
 WAIT_CLOSED_WAITS_FOR_CLIENTS = sys.version_info >= (3, 12, 1)
 
 
+#: sendfile leaves the file at ``offset`` + bytes sent even when nothing was sent, and its
+#: fallback seeks to ``offset`` even when it is 0 (CPython gh-150107). Detected by asyncio's
+#: native position helper, which lost its ``total_sent`` argument with this behaviour (both
+#: are in 3.14.10 and 3.15.2, neither in 3.13.0).
+SENDFILE_ALWAYS_SETS_POSITION = "total_sent" not in inspect.signature(
+    __import__("asyncio.unix_events").unix_events._UnixSelectorEventLoop
+    ._sock_sendfile_update_filepos
+).parameters
+
+
 class _Absent:
     """A class attribute that is not there: the running version's asyncio has no such method."""
 

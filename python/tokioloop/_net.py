@@ -23,7 +23,7 @@ from asyncio.log import logger
 
 from . import _compat
 from ._server import Server, _stat_path, _unlink_path
-from ._sock import _reject_ssl_socket
+from ._sock import _reject_ssl_socket, _seek_to_start
 from ._tls import context_from_ssl_argument
 
 _HAS_IPv6 = hasattr(socket, "AF_INET6")
@@ -765,8 +765,7 @@ class NetSupport:
                 transport.resume_reading()
 
     async def _sendfile_fallback(self, transport, file, offset, count):
-        if offset:
-            file.seek(offset)
+        _seek_to_start(file, offset)
         blocksize = min(count, _SENDFILE_FALLBACK_CHUNK) if count else _SENDFILE_FALLBACK_CHUNK
         buf = bytearray(blocksize)
         total = 0
