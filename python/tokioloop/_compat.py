@@ -14,6 +14,7 @@ method does not take is refused with the TypeError Python itself raises for it.
 from __future__ import annotations
 
 import asyncio
+import dis
 import functools
 import inspect
 import sys
@@ -57,6 +58,15 @@ DEFAULT_EXECUTOR_MUST_BE_THREAD_POOL = VERSION >= (3, 11)
 WAIT_CLOSED_WAITS_FOR_CLIENTS = sys.version_info >= (3, 12, 1)
 
 
+def _names_in_body(func, name):
+    """How often ``func``'s compiled body refers to ``name`` (an attribute, global or constant).
+
+    For bug fixes that change only a method's body, and that CPython backports to patch
+    releases: reading the running asyncio's own code answers for every patch release, where a
+    version number would have to guess which one got the fix."""
+    return sum(1 for instr in dis.get_instructions(func) if instr.argval == name)
+
+
 #: sendfile leaves the file at ``offset`` + bytes sent even when nothing was sent, and its
 #: fallback seeks to ``offset`` even when it is 0 (CPython gh-150107). Detected by asyncio's
 #: native position helper, which lost its ``total_sent`` argument with this behaviour (both
@@ -65,6 +75,11 @@ SENDFILE_ALWAYS_SETS_POSITION = "total_sent" not in inspect.signature(
     __import__("asyncio.unix_events").unix_events._UnixSelectorEventLoop
     ._sock_sendfile_update_filepos
 ).parameters
+
+#: ``Server.serve_forever()``, when cancelled, closes the client connections (``close_clients``)
+#: before it waits for them (CPython gh-123720); before it, a client that never hangs up keeps
+#: the cancelled call waiting.
+SERVE_FOREVER_CLOSES_CLIENTS = _names_in_body(asyncio.Server.serve_forever, "close_clients") > 0
 
 
 class _Absent:
