@@ -690,6 +690,23 @@ def test_connect_accepted_socket_checks(loop):
     loop.run_until_complete(main())
 
 
+def test_given_socket_without_a_transport(loop, sockets):
+    # The protocol factory fails, so no transport takes the caller's socket: from CPython
+    # gh-153133 on it is closed; before, it stays open (the caller's to close).
+    async def main():
+        srv = listener(sockets)
+        sock = sockets(socket.create_connection(srv.getsockname()))
+
+        def factory():
+            raise ZeroDivisionError
+
+        with pytest.raises(ZeroDivisionError):
+            await loop.create_connection(factory, sock=sock)
+        assert (sock.fileno() == -1) is _compat.TRANSPORT_FAILURE_CLOSES_SOCK
+
+    loop.run_until_complete(main())
+
+
 # -- loop.sendfile ---------------------------------------------------------------------------
 
 async def connected_pair(loop, sockets):

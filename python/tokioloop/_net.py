@@ -342,13 +342,14 @@ class NetSupport:
         """Build the transport (with ``tls``, a TLS one) on a connected socket; wait until it
         is set up (for TLS: handshaken).
 
-        A socket this loop created is closed if no transport could take it over."""
+        A socket this loop created is closed if no transport could take it over; so is a
+        caller's socket, from CPython gh-153133 on."""
         try:
             sock.setblocking(False)
             protocol = protocol_factory()
             transport, set_up = self._net_new_transport(sock, protocol, tls)
         except BaseException:
-            if own_sock:
+            if own_sock or _compat.TRANSPORT_FAILURE_CLOSES_SOCK:
                 sock.close()
             raise
         await set_up
