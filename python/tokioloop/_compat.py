@@ -81,6 +81,13 @@ SENDFILE_ALWAYS_SETS_POSITION = "total_sent" not in inspect.signature(
 #: the cancelled call waiting.
 SERVE_FOREVER_CLOSES_CLIENTS = _names_in_body(asyncio.Server.serve_forever, "close_clients") > 0
 
+#: ``start_tls(server_side=True)`` on a StreamReaderProtocol hands the ciphertext its
+#: StreamReader already buffered (a ClientHello that came early) to the TLS layer
+#: (CPython gh-142352).
+START_TLS_TAKES_READER_BUFFER = (
+    _names_in_body(asyncio.BaseEventLoop.start_tls, "_stream_reader") > 0
+)
+
 #: ``create_connection(sock=...)`` (and every path through ``_create_connection_transport``)
 #: closes a caller's socket when no transport could be made for it (CPython gh-153133): the
 #: fix adds a second ``close`` to the body, besides the one closing a transport that failed.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import warnings
-from asyncio import constants, exceptions, protocols, sslproto, transports
+from asyncio import constants, exceptions, protocols, sslproto, streams, transports
 from asyncio.log import logger
 
 from . import _compat
@@ -615,6 +615,8 @@ class TlsSupport:
         )
         # Reading stops first, so no ciphertext reaches the layer before connection_made.
         transport.pause_reading()
+        if server_side and _compat.START_TLS_TAKES_READER_BUFFER:
+            _take_reader_buffer(protocol, tls)
         transport.set_protocol(tls)
         connect = self.call_soon(tls.connection_made, transport)
         resume = self.call_soon(transport.resume_reading)
@@ -628,6 +630,17 @@ class TlsSupport:
         finally:
             waiter = None  # no traceback -> frame -> exception cycle
         return tls._app_transport
+
+
+def _take_reader_buffer(protocol, tls):
+    """Move what a stream server's StreamReader buffered before start_tls (the peer's first
+    handshake records, when they came early) into the TLS layer's incoming ciphertext."""
+    if not isinstance(protocol, streams.StreamReaderProtocol):
+        return
+    reader = getattr(protocol, "_stream_reader", None)
+    if reader is not None and reader._buffer:
+        tls._incoming.write(reader._buffer)
+        reader._buffer.clear()
 
 
 class _DetachedLayer:
