@@ -95,6 +95,14 @@ TRANSPORT_FAILURE_CLOSES_SOCK = (
     _names_in_body(asyncio.BaseEventLoop._create_connection_transport, "close") >= 2
 )
 
+#: A TLS transport counts as closing once the transport under it is, and ssl_shutdown_timeout
+#: bounds the whole close: it keeps running (or starts, when the peer began the shutdown)
+#: after close_notify until the connection is lost, so a peer that stops reading cannot hold
+#: the close open. Detected by the TLS protocol's helper that came with it.
+TLS_SHUTDOWN_TIMEOUT_UNTIL_LOST = hasattr(
+    __import__("asyncio.sslproto").sslproto.SSLProtocol, "_is_transport_closing"
+)
+
 
 class _Absent:
     """A class attribute that is not there: the running version's asyncio has no such method."""
