@@ -327,7 +327,7 @@ def test_serve_forever_cancelled_with_a_silent_client(loop, sockets):
             assert not task.done()
             client.close()
         with pytest.raises(asyncio.CancelledError):
-            await task
+            await asyncio.wait_for(task, 10)  # the bound only turns a hang into a failure
         assert not server.is_serving()
         if _compat.SERVE_FOREVER_CLOSES_CLIENTS:
             assert await read_eof(loop, client)

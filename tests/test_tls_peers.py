@@ -215,7 +215,7 @@ def test_start_tls_server_takes_what_the_stream_reader_buffered(loop, peers, cer
         assert await reader.readline() == b"STARTTLS\n"
         transport = writer.transport
         tls = await loop.start_tls(transport, transport.get_protocol(), server_context(certs),
-                                   server_side=True)
+                                   server_side=True, ssl_handshake_timeout=TIMEOUT)
         assert await reader.readline() == b"ping\n"
         tls.write(b"pong\n")
         assert await peer.wait() == b"pong\n"
