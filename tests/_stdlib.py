@@ -7,6 +7,7 @@ stdlib-oracle half of every test agrees with the skip.
 """
 
 import asyncio
+import dis
 import inspect
 import sys
 
@@ -50,6 +51,12 @@ requires_runner = pytest.mark.skipif(not hasattr(asyncio, "Runner"), reason="thi
 # that meets one skips, naming it; the tokioloop half still asserts the intended behaviour.
 # Each entry is (affected on the running interpreter?, what the bug is).
 _RUNNING = sys.version_info[:3]
+# CPython gh-153133: a socket is closed when no transport could be made on it (a second
+# close() in the body of the loop's _create_connection_transport).
+_CLOSES_SOCK_WITHOUT_TRANSPORT = [
+    instr.argval
+    for instr in dis.get_instructions(asyncio.BaseEventLoop._create_connection_transport)
+].count("close") >= 2
 STDLIB_BUGS = {
     "pause_in_connection_made": (
         _RUNNING < (3, 11),
@@ -85,10 +92,9 @@ STDLIB_BUGS = {
         "on, in the frame the SendfileNotAvailableError passes through",
     ),
     "connect_protocol_error_leaks_socket": (
-        # fixed where the transport's creation closes the socket on failure (gh-153133)
-        "sock.close()" not in inspect.getsource(
-            asyncio.base_events.BaseEventLoop._create_connection_transport),
-        "create_connection whose protocol factory raises leaves the connected socket to the GC",
+        not _CLOSES_SOCK_WITHOUT_TRANSPORT,
+        "create_connection whose protocol factory raises leaves the connected socket to the GC "
+        "(fixed by CPython gh-153133)",
     ),
     "staggered_race_leaks_cancelled_socket": (
         True,
@@ -100,9 +106,10 @@ STDLIB_BUGS = {
         "(how many warnings depends on timing)",
     ),
     "tls_bad_timeout_leaks_socket": (
-        True,
+        not _CLOSES_SOCK_WITHOUT_TRANSPORT,
         "create_connection with a TLS timeout <= 0 raises from the TLS layer's constructor "
-        "after connecting and leaves the connected socket to the GC (ResourceWarning)",
+        "after connecting and leaves the connected socket to the GC (ResourceWarning; fixed "
+        "by CPython gh-153133)",
     ),
     "tls_buffered_bytearray": (
         _RUNNING >= (3, 11),

@@ -18,6 +18,7 @@ import sys
 
 import pytest
 from _stdlib import loop_has, requires
+from tokioloop import _compat
 
 from _netutil import HAS_IPV6, PAYLOAD, check_unix_arguments, listener, needs_ipv6, read_all
 from conftest import tokioloop_only
@@ -689,6 +690,23 @@ def test_connect_accepted_socket_checks(loop):
     loop.run_until_complete(main())
 
 
+def test_given_socket_without_a_transport(loop, sockets):
+    # The protocol factory fails, so no transport takes the caller's socket: from CPython
+    # gh-153133 on it is closed; before, it stays open (the caller's to close).
+    async def main():
+        srv = listener(sockets)
+        sock = sockets(socket.create_connection(srv.getsockname()))
+
+        def factory():
+            raise ZeroDivisionError
+
+        with pytest.raises(ZeroDivisionError):
+            await loop.create_connection(factory, sock=sock)
+        assert (sock.fileno() == -1) is _compat.TRANSPORT_FAILURE_CLOSES_SOCK
+
+    loop.run_until_complete(main())
+
+
 # -- loop.sendfile ---------------------------------------------------------------------------
 
 async def connected_pair(loop, sockets):
@@ -807,6 +825,30 @@ def test_sendfile_fallback_count(loop, sockets):
         assert await loop.sendfile(transport, file, 0, 50_000) == 50_000
         assert await reader == PAYLOAD[:50_000]
         assert file.tell() == 50_000
+        await close_transport(transport, proto)
+
+    loop.run_until_complete(main())
+
+
+def test_sendfile_file_position_from_the_offset(loop, sockets, payload_file):
+    # Where the file is left, and where the fallback starts reading, when the file position
+    # is not the offset. From CPython gh-150107 on, the position is set to offset + sent even
+    # when nothing was sent, and the fallback reads from offset 0 too; before it, both kept
+    # the position the caller left.
+    fixed = _compat.SENDFILE_ALWAYS_SETS_POSITION
+
+    async def main():
+        transport, proto, conn = await connected_pair(loop, sockets)
+        payload_file.seek(123)
+        assert await loop.sendfile(transport, payload_file, len(PAYLOAD)) == 0
+        assert payload_file.tell() == (len(PAYLOAD) if fixed else 123)
+        file = io.BytesIO(PAYLOAD[:1000])  # no fileno(): the fallback
+        file.seek(400)
+        expected = PAYLOAD[:1000] if fixed else PAYLOAD[400:1000]
+        reader = asyncio.ensure_future(read_all(loop, conn, len(expected)))
+        assert await loop.sendfile(transport, file) == len(expected)
+        assert await reader == expected
+        assert file.tell() == len(expected)  # offset + sent, either way
         await close_transport(transport, proto)
 
     loop.run_until_complete(main())

@@ -310,6 +310,35 @@ def test_serve_forever_cancelled(loop, sockets):
     loop.run_until_complete(main())
 
 
+def test_serve_forever_cancelled_with_a_silent_client(loop, sockets):
+    # A client that neither sends nor hangs up. From CPython gh-123720 on, cancelling
+    # serve_forever closes the connections (close_clients) before it waits for them; from
+    # 3.12.1 to then, it waits until the client goes; before 3.12.1, it ends at once and the
+    # connection stays open.
+    async def main():
+        server, made = await echo_server(loop.create_server, "127.0.0.1", 0)
+        task = asyncio.ensure_future(server.serve_forever())
+        client = await tcp_client(loop, sockets, address_of(server))
+        await roundtrip(loop, client)
+        task.cancel()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        if _compat.WAIT_CLOSED_WAITS_FOR_CLIENTS and not _compat.SERVE_FOREVER_CLOSES_CLIENTS:
+            assert not task.done()
+            client.close()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)  # the bound only turns a hang into a failure
+        assert not server.is_serving()
+        if _compat.SERVE_FOREVER_CLOSES_CLIENTS:
+            assert await read_eof(loop, client)
+        elif not _compat.WAIT_CLOSED_WAITS_FOR_CLIENTS:
+            assert await roundtrip(loop, client, b"open") == b"open"
+            client.close()
+        await made[0].lost
+
+    loop.run_until_complete(main())
+
+
 def test_close_keeps_connections(loop, sockets):
     async def main():
         server, made = await echo_server(loop.create_server, "127.0.0.1", 0)

@@ -8,6 +8,7 @@ import ssl
 
 import pytest
 from _stdlib import loop_has, requires
+from tokioloop import _compat
 
 from _netutil import PAYLOAD, listener, needs_ipv6, read_all
 
@@ -417,25 +418,42 @@ def test_sendfile_offset_count(loop, pair, payload_file):
     assert payload_file.tell() == 301000
 
 
+class _NoFileno:
+    """A binary file without fileno(): only the read + sock_sendall path can send it."""
+
+    mode = "rb"
+
+    def __init__(self, f):
+        self._f = f
+
+    def readinto(self, buf):
+        return self._f.readinto(buf)
+
+    def seek(self, pos):
+        return self._f.seek(pos)
+
+
 def test_sendfile_fallback_offset_count(loop, pair, payload_file):
-    # A file object without fileno(): only the read + sock_sendall path can send it.
-    class Plain:
-        mode = "rb"
-
-        def __init__(self, f):
-            self._f = f
-
-        def readinto(self, buf):
-            return self._f.readinto(buf)
-
-        def seek(self, pos):
-            return self._f.seek(pos)
-
-    plain = Plain(payload_file)
-    sent, got = _sendfile_roundtrip(loop, pair, plain, offset=10, count=200000)
+    sent, got = _sendfile_roundtrip(loop, pair, _NoFileno(payload_file), offset=10, count=200000)
     assert sent == 200000
     assert got == PAYLOAD[10:200010]
     assert payload_file.tell() == 200010
+
+
+def test_sendfile_file_position_from_the_offset(loop, pair, payload_file):
+    # From CPython gh-150107 on, sock_sendfile sets the file position to offset + sent even
+    # when nothing was sent, and its fallback reads from offset 0 too; before it, both kept
+    # the position the caller left.
+    fixed = _compat.SENDFILE_ALWAYS_SETS_POSITION
+    payload_file.seek(123)
+    sent = loop.run_until_complete(loop.sock_sendfile(pair[0], payload_file, len(PAYLOAD)))
+    assert sent == 0
+    assert payload_file.tell() == (len(PAYLOAD) if fixed else 123)
+    payload_file.seek(400)
+    sent, got = _sendfile_roundtrip(loop, pair, _NoFileno(payload_file), count=1000)
+    assert sent == 1000
+    assert got == (PAYLOAD[:1000] if fixed else PAYLOAD[400:1400])
+    assert payload_file.tell() == 1000  # offset + sent, either way
 
 
 def test_sendfile_no_fallback_raises(loop, pair):

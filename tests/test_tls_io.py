@@ -16,6 +16,7 @@ import threading
 import pytest
 from _netutil import PAYLOAD
 from _stdlib import requires, skip_stdlib_bug
+from tokioloop import _compat
 from _tls import (  # noqa: F401  (certs and peers are fixtures)
     ANSWERS_CLOSE_NOTIFY, NEW_SSLPROTO, TIMEOUT, Recorder, certs, client_context, close_notify, echo_handler,
     peers, recv_exactly, serve, server_context, until,
@@ -365,6 +366,46 @@ def test_shutdown_timeout(loop, peers, certs):
         assert type(exc) is TimeoutError
         assert str(exc) == "SSL shutdown timed out"
         assert pr.events == ["cm", ("cl", exc)]
+        peers.stop.set()
+        assert await server.wait() == ["held"]
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.skipif(
+    not _compat.TLS_SHUTDOWN_TIMEOUT_UNTIL_LOST,
+    reason="this asyncio's close after a peer's EOF waits for ever on a peer that stopped reading",
+)
+@pytest.mark.parametrize("close_first", [True, False], ids=["close-then-eof", "eof-only"])
+def test_shutdown_timeout_after_eof_from_a_peer_not_reading(loop, peers, certs, close_first):
+    # The peer sends a bare FIN and reads nothing more, while records are still queued for it:
+    # the close the EOF starts (or a close() before it) cannot flush them, and
+    # ssl_shutdown_timeout ends it.
+    filled = threading.Event()
+
+    def handler(conn):
+        assert filled.wait(TIMEOUT)
+        conn.shutdown(socket.SHUT_WR)
+        assert peers.stop.wait(TIMEOUT)
+        return "held"
+
+    async def main():
+        tr, pr, server = await start(loop, peers, certs, handler, ssl_shutdown_timeout=0.3,
+                                     rcvbuf=4096)
+        chunk = bytes(256 * 1024)
+        for _ in range(256):
+            if "pause" in pr.events:
+                break
+            tr.write(chunk)
+            await asyncio.sleep(0)
+        assert "pause" in pr.events
+        if close_first:
+            tr.close()
+        filled.set()
+        exc = await pr.closed()
+        assert type(exc) is TimeoutError
+        assert str(exc) == "SSL shutdown timed out"
+        assert tr.is_closing()
         peers.stop.set()
         assert await server.wait() == ["held"]
 

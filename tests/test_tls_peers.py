@@ -10,6 +10,7 @@ import ssl
 
 import pytest
 from _netutil import PAYLOAD
+from tokioloop import _compat
 from _tls import (  # noqa: F401  (certs and peers are fixtures)
     ANSWERS_CLOSE_NOTIFY, NEW_SSLPROTO, PASSWORD, TIMEOUT, Recorder, certs, client_context,
     close_notify, communicate, decoded_cert, echo_handler, peers, recv_exactly,
@@ -180,6 +181,46 @@ def test_start_tls_errors(loop, peers, certs, sockets):
         assert tr.is_closing()
         with pytest.raises(OSError):
             await server.wait()
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.skipif(
+    not _compat.START_TLS_TAKES_READER_BUFFER,
+    reason="this asyncio leaves handshake records a StreamReader buffered before start_tls in "
+           "the reader (the handshake then waits for ever)",
+)
+def test_start_tls_server_takes_what_the_stream_reader_buffered(loop, peers, certs):
+    # The client's ClientHello arrives together with the plain-text line before it, so the
+    # StreamReader has it buffered when the server side calls start_tls (CPython gh-142352).
+    lsock = peers.listener()
+    raw = peers.sock(socket.create_connection(lsock.getsockname(), timeout=TIMEOUT))
+    conn = peers.sock(lsock.accept()[0])
+
+    def client():
+        raw.sendall(b"STARTTLS\n")
+        with client_context(certs).wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"ping\n")
+            return recv_exactly(tls, 5)
+
+    peer = peers.thread(client)
+    # Wait until the ClientHello is in the kernel's buffer behind the line: the transport's
+    # first read then takes both.
+    while len(conn.recv(4096, socket.MSG_PEEK)) <= len(b"STARTTLS\n"):
+        pass
+    conn.setblocking(False)
+
+    async def main():
+        reader, writer = await asyncio.open_connection(sock=conn)
+        assert await reader.readline() == b"STARTTLS\n"
+        transport = writer.transport
+        tls = await loop.start_tls(transport, transport.get_protocol(), server_context(certs),
+                                   server_side=True, ssl_handshake_timeout=TIMEOUT)
+        assert await reader.readline() == b"ping\n"
+        tls.write(b"pong\n")
+        assert await peer.wait() == b"pong\n"
+        tls.close()
+        await writer.wait_closed()
 
     loop.run_until_complete(main())
 

@@ -21,7 +21,8 @@ What it does, in order:
    whose factory returns the loop under test (``tokioloop.new_event_loop()`` or, for the
    baseline, ``asyncio.SelectorEventLoop()``), with the same test ids in both runs; ``adapt``
    rules swap a mocked stdlib loop for the loop under test in a few more suites.
-4. Runs the module's tests with unittest's loader and a recording ``TestResult``, writing one
+4. On tokioloop, records the tests a ``hangs`` rule names as not run, without starting them.
+5. Runs the module's tests with unittest's loader and a recording ``TestResult``, writing one
    JSON line per test to OUT as it goes: ``{"event": "start", "id"}`` then ``{"event": "result",
    "id", "outcome", "reason", "seconds", "loops": {"tokioloop": n, "stdlib": n, "testloop": n}}``
    (``testloop``: how many of the stdlib loops were ``test_utils.TestLoop``). Outcomes: passed,
@@ -30,7 +31,7 @@ What it does, in order:
    fixture errors get records of their own marked ``"fixture": true``. A per-test watchdog
    (faulthandler) ends the process if one test outlives ``--test-timeout``; the parent then sees
    a "start" without its "result", records a timeout and restarts the module without that test.
-5. Ends with ``{"event": "done"}`` and ``os._exit`` (tests may leave non-daemon threads behind).
+6. Ends with ``{"event": "done"}`` and ``os._exit`` (tests may leave non-daemon threads behind).
 """
 
 from __future__ import annotations
@@ -159,10 +160,34 @@ def adapt_runners_new_loop(make_loop, cls, original):
     return new_loop
 
 
+def adapt_loop_factory(make_loop, cls, original):
+    """IsolatedAsyncioTestCase's ``loop_factory`` (an explicit ``asyncio.EventLoop`` from 3.14):
+    the loop under test."""
+
+    def loop_factory(self):
+        return make_loop()
+
+    return loop_factory
+
+
+def adapt_eager_loop_factory(make_loop, cls, original):
+    """``loop_factory`` of a suite that runs eagerly: the loop under test with asyncio's eager
+    task factory, as the suite's own factory sets on ``asyncio.EventLoop``."""
+
+    def loop_factory(self):
+        loop = make_loop()
+        loop.set_task_factory(asyncio.eager_task_factory)
+        return loop
+
+    return loop_factory
+
+
 ADAPTERS = {
     "real_loop_unless_gen": adapt_real_loop_unless_gen,
     "loop_under_test_setup": adapt_loop_under_test_setup,
     "runners_new_loop": adapt_runners_new_loop,
+    "loop_factory": adapt_loop_factory,
+    "eager_loop_factory": adapt_eager_loop_factory,
 }
 
 
@@ -367,6 +392,21 @@ class RecordingResult(unittest.TestResult):
             self._set(test, kind, f"subtest {subtest._subDescription()}: {summarize_exception(err)}")
 
 
+def record_known_hangs(planned, excluded, rules, emit):
+    """Record the tests a ``hangs`` rule names as not run, without starting them; return them."""
+    skipped = set()
+    for test_id in planned:
+        rule = rules.hang_rule(test_id)
+        if rule is None or test_id in excluded:
+            continue
+        emit({"event": "result", "id": test_id, "outcome": "not-run",
+              "reason": shorten(f"not started on tokioloop, it hangs there "
+                                f"(rules.txt:{rule.line}): {rule.reason}"),
+              "seconds": 0.0, "loops": None})
+        skipped.add(test_id)
+    return skipped
+
+
 def watch_test_calls():
     """Wrap ``unittest.TestCase.__call__`` so a ``RecordingResult`` sees each test's whole call.
 
@@ -461,13 +501,17 @@ def main(argv=None):
         emit({"event": "import-error", "reason": traceback.format_exc()[-2000:]})
         out.close()
         os._exit(3)
-    notes = apply_class_rules(module, load_rules(), make_loop)
+    rules = load_rules()
+    notes = apply_class_rules(module, rules, make_loop)
     under_test = sys.modules["tokioloop"].__file__ if args.loop == "tokioloop" else asyncio.__file__
     emit({"event": "begin", "loop": args.loop, "module": args.module, "notes": notes,
           "under_test": under_test})
 
     suite = unittest.TestLoader().loadTestsFromModule(module)
-    emit({"event": "plan", "ids": [short_id(test) for test in iter_tests(suite)]})
+    planned = [short_id(test) for test in iter_tests(suite)]
+    emit({"event": "plan", "ids": planned})
+    if args.loop == "tokioloop":
+        excluded |= record_known_hangs(planned, excluded, rules, emit)
     if excluded:
         suite = filter_suite(suite, excluded)
     watch_test_calls()

@@ -20,9 +20,14 @@ dropped). Kinds:
 * ``adapt module.Class METHOD ADAPTER | reason``: METHOD of the class (a base or mixin, so its
   subclasses and test ids are unchanged) is replaced by the child's adapter ADAPTER, which gives
   the tests the loop under test where they had a mocked stdlib loop (``conformance_child.py``).
+* ``hangs PATTERN | reason``: the test is known to wait for ever on tokioloop, so the tokioloop
+  run does not start it (it would cost the per-test watchdog's whole timeout, and a restart of
+  its module, on every run): it is recorded as ``not-run`` with the reason. The baseline run
+  still runs it. Its other rules classify it as usual: an implementation test stays unscored,
+  a behavioural one fails and must be listed in the expected failures.
 
-The first matching rule of each family (implementation, area) wins; drop, retarget and adapt
-rules all apply.
+The first matching rule of each family (implementation, area, hangs) wins; drop, retarget and
+adapt rules all apply.
 
 A rule may start with a Python-version qualifier in brackets, ``[>=3.12]``, ``[<3.11]``,
 ``[==3.10]`` or several joined by commas (``[>=3.11,<3.13]``): the rule exists only on the
@@ -48,7 +53,7 @@ from dataclasses import dataclass, field
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RULES_FILE = os.path.join(REPO, "tests", "cpython", "rules.txt")
-SUPPORTED_VERSIONS = ((3, 10), (3, 11), (3, 12), (3, 13))
+SUPPORTED_VERSIONS = ((3, 10), (3, 11), (3, 12), (3, 13), (3, 14), (3, 15))
 
 
 def expected_file(version=None):
@@ -126,25 +131,34 @@ class Rule:
         return fnmatch.fnmatchcase(test_id, self.pattern)
 
 
+def _first_match(rules, test_id):
+    """The first of ``rules`` whose pattern matches ``test_id``, or None."""
+    for rule in rules:
+        if rule.matches(test_id):
+            return rule
+    return None
+
+
 @dataclass
 class Rules:
     implementation: list
     areas: list
     classes: list  # drop, retarget and adapt rules
+    hangs: list = field(default_factory=list)
 
     def implementation_reason(self, test_id):
         """The reason ``test_id`` is an implementation test, or None."""
-        for rule in self.implementation:
-            if rule.matches(test_id):
-                return rule.reason
-        return None
+        rule = _first_match(self.implementation, test_id)
+        return rule.reason if rule else None
+
+    def hang_rule(self, test_id):
+        """The ``hangs`` rule naming ``test_id`` (not to be started on tokioloop), or None."""
+        return _first_match(self.hangs, test_id)
 
     def area_of(self, test_id):
         """``(area, reason)`` of the first matching area rule, or ``("core", "")``."""
-        for rule in self.areas:
-            if rule.matches(test_id):
-                return rule.area, rule.reason
-        return "core", ""
+        rule = _first_match(self.areas, test_id)
+        return (rule.area, rule.reason) if rule else ("core", "")
 
     def class_rules_for(self, module):
         """The drop/retarget/adapt rules whose class lives in ``module``."""
@@ -160,7 +174,7 @@ class Rules:
 
 def load_rules(path=RULES_FILE, version=None) -> Rules:
     """The rules of ``path`` that hold for ``version`` (default: this interpreter)."""
-    implementation, areas, classes = [], [], []
+    implementation, areas, classes, hangs = [], [], [], []
     with open(path, encoding="utf-8") as fh:
         for number, raw in enumerate(fh, 1):
             text = raw.strip()
@@ -194,13 +208,15 @@ def load_rules(path=RULES_FILE, version=None) -> Rules:
                 areas.append(rule)
             elif kind == "drop":
                 classes.append(rule)
+            elif kind == "hangs":
+                hangs.append(rule)
             elif kind in ("retarget", "adapt"):
                 if len(args) != 2:
                     raise ValueError(f"{path}:{number}: {kind} needs two arguments")
                 classes.append(rule)
             else:
                 raise ValueError(f"{path}:{number}: unknown rule kind {kind!r}")
-    return Rules(implementation, areas, classes)
+    return Rules(implementation, areas, classes, hangs)
 
 
 @dataclass

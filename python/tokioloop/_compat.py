@@ -14,6 +14,7 @@ method does not take is refused with the TypeError Python itself raises for it.
 from __future__ import annotations
 
 import asyncio
+import dis
 import functools
 import inspect
 import sys
@@ -55,6 +56,52 @@ DEFAULT_EXECUTOR_MUST_BE_THREAD_POOL = VERSION >= (3, 11)
 #: ``Server.wait_closed()`` on a closed server waits for its connections to go (3.12.1+, CPython
 #: gh-79033); before it, it returns at once once the server is closed. A body change: by version.
 WAIT_CLOSED_WAITS_FOR_CLIENTS = sys.version_info >= (3, 12, 1)
+
+
+def _names_in_body(func, name):
+    """How often ``func``'s compiled body refers to ``name`` (an attribute, global or constant).
+
+    For bug fixes that change only a method's body, and that CPython backports to patch
+    releases: reading the running asyncio's own code answers for every patch release, where a
+    version number would have to guess which one got the fix."""
+    return sum(1 for instr in dis.get_instructions(func) if instr.argval == name)
+
+
+#: sendfile leaves the file at ``offset`` + bytes sent even when nothing was sent, and its
+#: fallback seeks to ``offset`` even when it is 0 (CPython gh-150107). Detected by asyncio's
+#: native position helper, which lost its ``total_sent`` argument with this behaviour (both
+#: are in 3.14.10 and 3.15.2, neither in 3.13.0).
+SENDFILE_ALWAYS_SETS_POSITION = "total_sent" not in inspect.signature(
+    __import__("asyncio.unix_events").unix_events._UnixSelectorEventLoop
+    ._sock_sendfile_update_filepos
+).parameters
+
+#: ``Server.serve_forever()``, when cancelled, closes the client connections (``close_clients``)
+#: before it waits for them (CPython gh-123720); before it, a client that never hangs up keeps
+#: the cancelled call waiting.
+SERVE_FOREVER_CLOSES_CLIENTS = _names_in_body(asyncio.Server.serve_forever, "close_clients") > 0
+
+#: ``start_tls(server_side=True)`` on a StreamReaderProtocol hands the ciphertext its
+#: StreamReader already buffered (a ClientHello that came early) to the TLS layer
+#: (CPython gh-142352).
+START_TLS_TAKES_READER_BUFFER = (
+    _names_in_body(asyncio.BaseEventLoop.start_tls, "_stream_reader") > 0
+)
+
+#: ``create_connection(sock=...)`` (and every path through ``_create_connection_transport``)
+#: closes a caller's socket when no transport could be made for it (CPython gh-153133): the
+#: fix adds a second ``close`` to the body, besides the one closing a transport that failed.
+TRANSPORT_FAILURE_CLOSES_SOCK = (
+    _names_in_body(asyncio.BaseEventLoop._create_connection_transport, "close") >= 2
+)
+
+#: A TLS transport counts as closing once the transport under it is, and ssl_shutdown_timeout
+#: bounds the whole close: it keeps running (or starts, when the peer began the shutdown)
+#: after close_notify until the connection is lost, so a peer that stops reading cannot hold
+#: the close open. Detected by the TLS protocol's helper that came with it.
+TLS_SHUTDOWN_TIMEOUT_UNTIL_LOST = hasattr(
+    __import__("asyncio.sslproto").sslproto.SSLProtocol, "_is_transport_closing"
+)
 
 
 class _Absent:

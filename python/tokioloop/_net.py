@@ -23,7 +23,7 @@ from asyncio.log import logger
 
 from . import _compat
 from ._server import Server, _stat_path, _unlink_path
-from ._sock import _reject_ssl_socket
+from ._sock import _reject_ssl_socket, _seek_to_start
 from ._tls import context_from_ssl_argument
 
 _HAS_IPv6 = hasattr(socket, "AF_INET6")
@@ -342,13 +342,14 @@ class NetSupport:
         """Build the transport (with ``tls``, a TLS one) on a connected socket; wait until it
         is set up (for TLS: handshaken).
 
-        A socket this loop created is closed if no transport could take it over."""
+        A socket this loop created is closed if no transport could take it over; so is a
+        caller's socket, from CPython gh-153133 on."""
         try:
             sock.setblocking(False)
             protocol = protocol_factory()
             transport, set_up = self._net_new_transport(sock, protocol, tls)
         except BaseException:
-            if own_sock:
+            if own_sock or _compat.TRANSPORT_FAILURE_CLOSES_SOCK:
                 sock.close()
             raise
         await set_up
@@ -765,8 +766,7 @@ class NetSupport:
                 transport.resume_reading()
 
     async def _sendfile_fallback(self, transport, file, offset, count):
-        if offset:
-            file.seek(offset)
+        _seek_to_start(file, offset)
         blocksize = min(count, _SENDFILE_FALLBACK_CHUNK) if count else _SENDFILE_FALLBACK_CHUNK
         buf = bytearray(blocksize)
         total = 0

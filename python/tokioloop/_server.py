@@ -162,7 +162,8 @@ class Server(asyncio.AbstractServer):
         await asyncio.sleep(0)
 
     async def serve_forever(self):
-        """Accept connections until cancelled; cancelling closes the server and waits for it."""
+        """Accept connections until cancelled; cancelling closes the server (and, from CPython
+        gh-123720 on, its client connections) and waits for it."""
         if self._serving_forever_fut is not None:
             raise RuntimeError(f"server {self!r} is already being awaited on serve_forever()")
         if self._sockets is None:
@@ -174,6 +175,8 @@ class Server(asyncio.AbstractServer):
         except asyncio.CancelledError:
             try:
                 self.close()
+                if _compat.SERVE_FOREVER_CLOSES_CLIENTS:
+                    self.close_clients()
                 await self.wait_closed()
             finally:
                 raise

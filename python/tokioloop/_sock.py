@@ -15,6 +15,7 @@ import os
 import socket
 from asyncio import constants, exceptions
 
+from . import _compat
 from ._tokioloop import (
     _SENDFILE_AVAILABLE,
     _sendfile,
@@ -286,8 +287,7 @@ class SockSupport:
         self._add_writer(fd, self._sendfile_step, (fut, state))
 
     async def _sock_sendfile_fallback(self, sock, file, offset, count):
-        if offset:
-            file.seek(offset)
+        _seek_to_start(file, offset)
         chunk = constants.SENDFILE_FALLBACK_READBUFFER_SIZE
         blocksize = min(count, chunk) if count else chunk
         buf = bytearray(blocksize)
@@ -308,6 +308,16 @@ class SockSupport:
         finally:
             if total > 0 and hasattr(file, "seek"):
                 file.seek(offset + total)
+
+
+def _seek_to_start(file, offset):
+    """Where a sendfile fallback starts reading: at ``offset``, also 0 (gh-150107); before
+    that fix asyncio moved the file only for a non-zero offset."""
+    if _compat.SENDFILE_ALWAYS_SETS_POSITION:
+        if hasattr(file, "seek"):
+            file.seek(offset)
+    elif offset:
+        file.seek(offset)
 
 
 def _sendfile_error(exc, state):
@@ -342,8 +352,9 @@ class _SendfileState:
         self.cancel_hooked = False
 
     def restore_position(self):
-        # Leave the file position just past what was sent, as asyncio does.
-        if self.total > 0:
+        # Leave the file position just past what was sent, as asyncio does (before
+        # gh-150107: only once something was sent).
+        if self.total > 0 or _compat.SENDFILE_ALWAYS_SETS_POSITION:
             os.lseek(self.fileno, self.offset, os.SEEK_SET)
 
 

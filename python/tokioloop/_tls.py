@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import warnings
-from asyncio import constants, exceptions, protocols, sslproto, transports
+from asyncio import constants, exceptions, protocols, sslproto, streams, transports
 from asyncio.log import logger
 
 from . import _compat
@@ -349,13 +349,25 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
             self._on_shutdown_complete(None)
 
     def _on_shutdown_complete(self, shutdown_exc):
-        if self._shutdown_timeout_handle is not None:
-            self._shutdown_timeout_handle.cancel()
-            self._shutdown_timeout_handle = None
+        if shutdown_exc or not _compat.TLS_SHUTDOWN_TIMEOUT_UNTIL_LOST:
+            if self._shutdown_timeout_handle is not None:
+                self._shutdown_timeout_handle.cancel()
+                self._shutdown_timeout_handle = None
         if shutdown_exc:
             self._fatal_error(shutdown_exc)
-        else:
-            self._loop.call_soon(self._transport.close)
+            return
+        if self._shutdown_timeout_handle is None and _compat.TLS_SHUTDOWN_TIMEOUT_UNTIL_LOST:
+            # Closing the socket transport waits until its buffer is written, which a peer
+            # that stopped reading delays for ever: the timeout runs until connection_lost,
+            # started here when the peer began the shutdown.
+            self._shutdown_timeout_handle = self._loop.call_later(
+                self._ssl_shutdown_timeout, self._check_shutdown_timeout
+            )
+        self._loop.call_soon(self._transport.close)
+
+    def _is_transport_closing(self):
+        transport = self._transport
+        return transport is not None and transport.is_closing()
 
     def _abort(self, exc):
         self._set_state(_State.UNWRAPPED)
@@ -483,7 +495,12 @@ class SSLTransport(transports.Transport):
         return self._ssl_protocol._app_protocol
 
     def is_closing(self):
-        return self._closed
+        if self._closed:
+            return True
+        # From the fix that bounds the close by ssl_shutdown_timeout: also once the
+        # connection underneath is closing.
+        return (_compat.TLS_SHUTDOWN_TIMEOUT_UNTIL_LOST
+                and self._ssl_protocol._is_transport_closing())
 
     def close(self):
         """Flush what is queued, send close_notify, then close; connection_lost follows.
@@ -615,6 +632,8 @@ class TlsSupport:
         )
         # Reading stops first, so no ciphertext reaches the layer before connection_made.
         transport.pause_reading()
+        if server_side and _compat.START_TLS_TAKES_READER_BUFFER:
+            _take_reader_buffer(protocol, tls)
         transport.set_protocol(tls)
         connect = self.call_soon(tls.connection_made, transport)
         resume = self.call_soon(transport.resume_reading)
@@ -628,6 +647,17 @@ class TlsSupport:
         finally:
             waiter = None  # no traceback -> frame -> exception cycle
         return tls._app_transport
+
+
+def _take_reader_buffer(protocol, tls):
+    """Move what a stream server's StreamReader buffered before start_tls (the peer's first
+    handshake records, when they came early) into the TLS layer's incoming ciphertext."""
+    if not isinstance(protocol, streams.StreamReaderProtocol):
+        return
+    reader = getattr(protocol, "_stream_reader", None)
+    if reader is not None and reader._buffer:
+        tls._incoming.write(reader._buffer)
+        reader._buffer.clear()
 
 
 class _DetachedLayer:
