@@ -278,7 +278,7 @@ impl LoopCore {
         let runtime = self.runtime()?;
         let _context = runtime.enter();
         let attached = self.io.lock().attach_stream(fd, transport);
-        Ok(attached?)
+        attached.map_err(crate::errors::from_io)
     }
 
     /// Turns a transport's interest in one direction on or off.
@@ -400,7 +400,18 @@ impl LoopCore {
         let outcome = this
             .io
             .lock()
-            .set(py, fd, direction, handle.clone_ref(py), fileobj)?;
+            .set(py, fd, direction, handle.clone_ref(py), fileobj);
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                drop(handle.get().callback.release());
+                if error.raw_os_error() == Some(libc::EBADF) {
+                    // As a selector's failed modify does: the closed fd's registration goes.
+                    this._forget_fd_callbacks(fd);
+                }
+                return Err(crate::errors::from_io(error));
+            }
+        };
         match outcome {
             Ok(Some(old)) => old.get().cancel_now(),
             Ok(None) => {}
@@ -426,17 +437,37 @@ impl LoopCore {
         direction: Direction,
         expected: Option<&Py<Handle>>,
     ) -> bool {
+        self.remove_fd_callback_as(fd, direction, expected, false)
+            .unwrap_or(false)
+    }
+
+    /// `as_selector`: see `Registry::remove`; the error is the OSError a selector raises,
+    /// and the registration is dropped as the selector drops it.
+    fn remove_fd_callback_as(
+        &self,
+        fd: RawFd,
+        direction: Direction,
+        expected: Option<&Py<Handle>>,
+        as_selector: bool,
+    ) -> PyResult<bool> {
         if self.closed.load(Ordering::Relaxed) {
-            return false;
+            return Ok(false);
         }
-        let (old, fileobj) = self.io.lock().remove(fd, direction, expected);
+        let removed = self.io.lock().remove(fd, direction, expected, as_selector);
+        let (old, fileobj) = match removed {
+            Ok(removed) => removed,
+            Err(error) => {
+                self._forget_fd_callbacks(fd);
+                return Err(crate::errors::from_io(error));
+            }
+        };
         drop(fileobj);
         match old {
             Some(handle) => {
                 handle.get().cancel_now();
-                true
+                Ok(true)
             }
-            None => false,
+            None => Ok(false),
         }
     }
 
@@ -740,14 +771,17 @@ impl LoopCore {
         self.fd_transport(py, fd)
     }
 
-    #[pyo3(signature = (fd, handle=None))]
-    fn _remove_reader(&self, py: Python<'_>, fd: RawFd, handle: Option<Py<Handle>>) -> bool {
-        self.remove_fd_callback(py, fd, Direction::Read, handle.as_ref())
+    /// Stops watching `fd` for reading (only if `handle` is the callback, when given).
+    /// `as_selector`: the public remove_reader's rules for a descriptor closed since.
+    #[pyo3(signature = (fd, handle=None, as_selector=false))]
+    fn _remove_reader(&self, fd: RawFd, handle: Option<Py<Handle>>, as_selector: bool) -> PyResult<bool> {
+        self.remove_fd_callback_as(fd, Direction::Read, handle.as_ref(), as_selector)
     }
 
-    #[pyo3(signature = (fd, handle=None))]
-    fn _remove_writer(&self, py: Python<'_>, fd: RawFd, handle: Option<Py<Handle>>) -> bool {
-        self.remove_fd_callback(py, fd, Direction::Write, handle.as_ref())
+    /// As `_remove_reader`, for writing.
+    #[pyo3(signature = (fd, handle=None, as_selector=false))]
+    fn _remove_writer(&self, fd: RawFd, handle: Option<Py<Handle>>, as_selector: bool) -> PyResult<bool> {
+        self.remove_fd_callback_as(fd, Direction::Write, handle.as_ref(), as_selector)
     }
 
     /// Starts `socket.getaddrinfo(host, port, family, type, proto, flags)` on the runtime's
