@@ -765,23 +765,28 @@ impl LoopCore {
         }
     }
 
+    /// The public remove_reader (`reading`) or remove_writer: as `_remove_reader`, and where
+    /// the other direction stays watched on a descriptor closed since, the selector's
+    /// OSError(EBADF), the registration dropped.
+    fn _remove_watch_as_selector(&self, fd: RawFd, reading: bool) -> PyResult<bool> {
+        let direction = if reading { Direction::Read } else { Direction::Write };
+        self.remove_fd_callback_as(fd, direction, None, true)
+    }
+
     /// The open native transport using `fd`, if any (asyncio refuses add_reader and sock_*
     /// on such a descriptor).
     fn _fd_transport(&self, py: Python<'_>, fd: RawFd) -> Option<Py<PyAny>> {
         self.fd_transport(py, fd)
     }
 
-    /// Stops watching `fd` for reading (only if `handle` is the callback, when given).
-    /// `as_selector`: the public remove_reader's rules for a descriptor closed since.
-    #[pyo3(signature = (fd, handle=None, as_selector=false))]
-    fn _remove_reader(&self, fd: RawFd, handle: Option<Py<Handle>>, as_selector: bool) -> PyResult<bool> {
-        self.remove_fd_callback_as(fd, Direction::Read, handle.as_ref(), as_selector)
+    #[pyo3(signature = (fd, handle=None))]
+    fn _remove_reader(&self, py: Python<'_>, fd: RawFd, handle: Option<Py<Handle>>) -> bool {
+        self.remove_fd_callback(py, fd, Direction::Read, handle.as_ref())
     }
 
-    /// As `_remove_reader`, for writing.
-    #[pyo3(signature = (fd, handle=None, as_selector=false))]
-    fn _remove_writer(&self, fd: RawFd, handle: Option<Py<Handle>>, as_selector: bool) -> PyResult<bool> {
-        self.remove_fd_callback_as(fd, Direction::Write, handle.as_ref(), as_selector)
+    #[pyo3(signature = (fd, handle=None))]
+    fn _remove_writer(&self, py: Python<'_>, fd: RawFd, handle: Option<Py<Handle>>) -> bool {
+        self.remove_fd_callback(py, fd, Direction::Write, handle.as_ref())
     }
 
     /// Starts `socket.getaddrinfo(host, port, family, type, proto, flags)` on the runtime's
