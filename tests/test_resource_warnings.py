@@ -17,6 +17,7 @@ Where the stdlib itself leaks a socket, the test documents it (and checks tokiol
 import asyncio
 import gc
 import hashlib
+import importlib
 import os
 import socket
 import ssl
@@ -398,16 +399,34 @@ def test_sendfile_peer_resets(loop):
 
 # -- the connection ends early: TLS refused or abandoned, a reader gone mid-sendfile -----------
 # Both ends are on the loop under test, as in an aiohttp test (its server and its client on
-# one loop). Each case waits until every descriptor the case opened is closed again, then
-# checks that none was left to the garbage collector.
+# one loop). Each case ends in two ways (the ``ending`` fixture): once every descriptor it
+# opened is closed again, or with the one turn aiohttp's teardown gives; then no socket may be
+# left to the garbage collector.
 
 
 def _open_fds():
     return len(os.listdir("/proc/self/fd"))
 
 
-async def _until_fds_back_to(count):
-    await until(lambda: _open_fds() <= count, what="the connection's sockets to be closed")
+@pytest.fixture(params=["settled", "next_turn"])
+def ending(request, loop_kind):
+    """How a case ends. ``settled``: it waits until every descriptor it opened is closed, so
+    only a socket never closed can warn. ``next_turn``: it does not; the loop gets the one more
+    turn aiohttp's test teardown gives it and is closed, so a socket closed later than asyncio
+    closes it warns too (pass the result to ``_finish``)."""
+    if request.param == "next_turn" and loop_kind == "tokioloop":
+        loop_class = importlib.import_module("tokioloop").Loop
+        if not hasattr(loop_class, "_set_self_pipe_fd"):
+            # Before main's 065bbc7 a busy turn looked at I/O only every 61 turns or 200 us,
+            # so the peer's FIN or alert was seen (and the socket closed) turns late.
+            request.applymarker(pytest.mark.xfail(
+                reason="busy turns do not look at I/O every iteration in this build"))
+    return request.param
+
+
+async def _finish(ending, fds_before):
+    if ending == "settled":
+        await until(lambda: _open_fds() <= fds_before, what="the sockets to be closed")
 
 
 class _ClosingProtocol(asyncio.Protocol):
@@ -421,7 +440,7 @@ class _ClosingProtocol(asyncio.Protocol):
         self.transport.close()
 
 
-def _tls_case(loop, certs, client):
+def _tls_case(loop, certs, client, ending):
     """A TLS server on ``loop``; ``client(port)`` connects to it and ends its connection its
     own way; then the server is closed and every socket must go."""
 
@@ -435,14 +454,14 @@ def _tls_case(loop, certs, client):
         finally:
             server.close()
             await server.wait_closed()
-        await _until_fds_back_to(before)
+        await _finish(ending, before)
 
     return main
 
 
 @linux_only
-@pytest.mark.parametrize("ending", ["close", "abort", "close_then_abort"])
-def test_tls_connection_refused_by_caller_after_handshake(loop, certs, ending):
+@pytest.mark.parametrize("closing", ["close", "abort", "close_then_abort"])
+def test_tls_connection_refused_by_caller_after_handshake(loop, certs, closing, ending):
     # aiohttp's fingerprint check: the handshake succeeded, the caller dislikes the peer's
     # certificate and closes (and later aborts) the transport it was given.
     async def client(port):
@@ -451,16 +470,16 @@ def test_tls_connection_refused_by_caller_after_handshake(loop, certs, ending):
         )
         certificate = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
         assert hashlib.sha256(certificate).digest() != bytes(32)  # "mismatch"
-        if ending != "abort":
+        if closing != "abort":
             transport.close()
-        if ending != "close":
+        if closing != "close":
             transport.abort()
 
-    assert unclosed_after(loop, _tls_case(loop, certs, client)) == []
+    assert unclosed_after(loop, _tls_case(loop, certs, client, ending)) == []
 
 
 @linux_only
-def test_tls_handshake_fails_verification(loop, certs):
+def test_tls_handshake_fails_verification(loop, certs, ending):
     # The client trusts nothing the server's certificate chains to.
     async def client(port):
         untrusting = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -469,11 +488,11 @@ def test_tls_handshake_fails_verification(loop, certs):
                 asyncio.Protocol, "127.0.0.1", port, ssl=untrusting, server_hostname="localhost"
             )
 
-    assert unclosed_after(loop, _tls_case(loop, certs, client)) == []
+    assert unclosed_after(loop, _tls_case(loop, certs, client, ending)) == []
 
 
 @linux_only
-def test_tls_server_hostname_override_fails_verification(loop, certs):
+def test_tls_server_hostname_override_fails_verification(loop, certs, ending):
     async def client(port):
         with pytest.raises(ssl.SSLCertVerificationError):
             await loop.create_connection(
@@ -481,12 +500,12 @@ def test_tls_server_hostname_override_fails_verification(loop, certs):
                 server_hostname="not-the-server.example",
             )
 
-    assert unclosed_after(loop, _tls_case(loop, certs, client)) == []
+    assert unclosed_after(loop, _tls_case(loop, certs, client, ending)) == []
 
 
 @linux_only
 @pytest.mark.parametrize("leaving", ["close", "abort"])
-def test_sendfile_reader_leaves_midway(loop, leaving):
+def test_sendfile_reader_leaves_midway(loop, leaving, ending):
     # A server on the loop sends a large file; its client, on the same loop, reads a little
     # and goes. The server's sendfile fails, and it closes its side.
     async def main():
@@ -517,6 +536,6 @@ def test_sendfile_reader_leaves_midway(loop, leaving):
         finally:
             server.close()
             await server.wait_closed()
-        await _until_fds_back_to(before)
+        await _finish(ending, before)
 
     assert unclosed_after(loop, main) == []
