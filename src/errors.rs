@@ -10,6 +10,15 @@ pub fn os_error(errno: i32) -> PyErr {
     PyOSError::new_err((errno, strerror(errno)))
 }
 
+/// An `io::Error` from the OS as `OSError` with its errno (pyo3's own conversion keeps only
+/// the message); one without an errno falls back to pyo3's mapping by kind.
+pub fn from_io(error: std::io::Error) -> PyErr {
+    match error.raw_os_error() {
+        Some(errno) => os_error(errno),
+        None => PyErr::from(error),
+    }
+}
+
 /// The system's text for `errno`, as Python's `os.strerror` gives it.
 pub fn strerror(errno: i32) -> String {
     let message = std::io::Error::from_raw_os_error(errno).to_string();

@@ -10,6 +10,7 @@ is seen. Each test runs on both loops: the stdlib shows the scenario itself is c
 import asyncio
 import os
 import socket
+import sys
 import tempfile
 
 import pytest
@@ -196,3 +197,56 @@ def test_shutdown_default_executor(loop_factory):
             run_under_blockbuster(loop, main(loop))
         finally:
             loop.close()
+
+
+# -- subprocesses ----------------------------------------------------------------------------
+# Popen waits for the child's exec with a blocking os.read of an error pipe. blockbuster lets
+# that read through when a calling frame is asyncio/base_events.py's subprocess_exec or
+# subprocess_shell: the loop must start children beneath those frames, and no other blocking
+# call may be let through with them.
+
+
+async def _run_child(loop, start):
+    proc = await start()
+    out, _ = await proc.communicate()
+    return proc.returncode, out
+
+
+@pytest.mark.parametrize("how", ["exec", "shell"])
+def test_subprocess_start(loop, how):
+    async def start():
+        if how == "exec":
+            return await asyncio.create_subprocess_exec(
+                sys.executable, "-c", "print('hi')", stdout=asyncio.subprocess.PIPE)
+        return await asyncio.create_subprocess_shell(
+            "echo hi", stdout=asyncio.subprocess.PIPE)
+
+    assert run_under_blockbuster(loop, _run_child(loop, start)) == (0, b"hi\n")
+
+
+def test_subprocess_exec_failure(loop):
+    # The exec error comes back through the same pipe read.
+    async def main():
+        with pytest.raises(FileNotFoundError):
+            await asyncio.create_subprocess_exec("/nonexistent/tokioloop-test-program")
+
+    run_under_blockbuster(loop, main())
+
+
+def test_blocking_read_beside_subprocess_still_flagged(loop):
+    # The allowance covers the child's start only: the same call made by the coroutine that
+    # started it is refused.
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)  # a write that cannot block is not flagged
+
+    async def main():
+        await _run_child(loop, lambda: asyncio.create_subprocess_exec(sys.executable, "-c", ""))
+        os.write(write_end, b"x")
+        with pytest.raises(blockbuster.BlockingError):
+            os.read(read_end, 1)
+
+    try:
+        run_under_blockbuster(loop, main())
+    finally:
+        os.close(read_end)
+        os.close(write_end)

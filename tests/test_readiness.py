@@ -515,3 +515,91 @@ def test_closed_object_not_kept_after_removal(loop):
     gc.collect()
     assert ref() is None
     b.close()
+
+
+# -- a descriptor number closed since it was registered ---------------------------------------
+# Given the int itself, a selector has no object to consult: what fails is epoll, when the
+# directions watched change (EPOLL_CTL_MOD on the closed number: EBADF, and the selector drops
+# the registration) or a new registration is made (EPOLL_CTL_ADD). Keeping a direction as it
+# was makes no system call, so it succeeds.
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="epoll's errors")
+
+
+def closed_fd_number():
+    a, b = socket.socketpair()
+    b.close()
+    return a, a.fileno()
+
+
+def assert_ebadf(call, *args):
+    with pytest.raises(OSError) as info:
+        call(*args)
+    assert info.value.errno == errno.EBADF
+
+
+def assert_unwatched(loop, fd):
+    assert loop.remove_reader(fd) is False
+    assert loop.remove_writer(fd) is False
+
+
+@linux_only
+@pytest.mark.parametrize("method", ["add_reader", "add_writer"])
+def test_closed_fd_number_never_registered(loop, method):
+    a, fd = closed_fd_number()
+    a.close()
+    assert_ebadf(getattr(loop, method), fd, lambda: None)
+    assert_unwatched(loop, fd)
+
+
+@linux_only
+def test_closed_fd_number_registered_then_removed(loop):
+    a, fd = closed_fd_number()
+    loop.add_reader(fd, lambda: None)
+    assert loop.remove_reader(fd) is True
+    a.close()
+    assert_ebadf(loop.add_writer, fd, lambda: None)
+
+
+@linux_only
+@pytest.mark.parametrize("method", ["add_reader", "add_writer"])
+def test_closed_fd_number_same_direction_replaced(loop, method):
+    a, fd = closed_fd_number()
+    getattr(loop, method)(fd, lambda: None)
+    a.close()
+    assert getattr(loop, method)(fd, lambda: None) is None
+    remove = loop.remove_reader if method == "add_reader" else loop.remove_writer
+    assert remove(fd) is True
+
+
+@linux_only
+@pytest.mark.parametrize("first, second", [("add_reader", "add_writer"),
+                                           ("add_writer", "add_reader")])
+def test_closed_fd_number_new_direction_refused_and_registration_dropped(loop, first, second):
+    a, fd = closed_fd_number()
+    getattr(loop, first)(fd, lambda: None)
+    a.close()
+    assert_ebadf(getattr(loop, second), fd, lambda: None)
+    assert_unwatched(loop, fd)
+
+
+@linux_only
+@pytest.mark.parametrize("removed, kept", [("remove_reader", "remove_writer"),
+                                           ("remove_writer", "remove_reader")])
+def test_closed_fd_number_one_of_both_directions_removed(loop, removed, kept):
+    a, fd = closed_fd_number()
+    loop.add_reader(fd, lambda: None)
+    loop.add_writer(fd, lambda: None)
+    a.close()
+    assert_ebadf(getattr(loop, removed), fd)
+    assert getattr(loop, kept)(fd) is False
+
+
+@linux_only
+def test_closed_fd_number_last_direction_removed(loop):
+    # Unregistering is allowed to fail quietly (the kernel already forgot the closed fd).
+    a, fd = closed_fd_number()
+    loop.add_reader(fd, lambda: None)
+    a.close()
+    assert loop.remove_reader(fd) is True
+    assert loop.remove_writer(fd) is False

@@ -57,6 +57,12 @@ DEFAULT_EXECUTOR_MUST_BE_THREAD_POOL = VERSION >= (3, 11)
 #: gh-79033); before it, it returns at once once the server is closed. A body change: by version.
 WAIT_CLOSED_WAITS_FOR_CLIENTS = sys.version_info >= (3, 12, 1)
 
+#: The read pipe transport's ``is_reading()`` (3.11+); on 3.10 it is ``ReadTransport``'s, which
+#: raises NotImplementedError. Asked of the unix transport class (absent off POSIX).
+READ_PIPE_HAS_IS_READING = "is_reading" in vars(
+    getattr(getattr(asyncio, "unix_events", None), "_UnixReadPipeTransport", object)
+)
+
 
 def _names_in_body(func, name):
     """How often ``func``'s compiled body refers to ``name`` (an attribute, global or constant).

@@ -251,7 +251,7 @@ class Loop(
         fileno = _fileobj_to_fd(fd)
         if fileno < 0:
             return self._remove_closed(fd, fileno, _READ)
-        return self._remove_reader(self._ensure_fd_no_transport(fileno))
+        return self._remove_watch_as_selector(self._ensure_fd_no_transport(fileno), True)
 
     def add_writer(self, fd, callback, *args):
         """Call ``callback(*args)`` every turn while ``fd`` is writable."""
@@ -271,7 +271,7 @@ class Loop(
         fileno = _fileobj_to_fd(fd)
         if fileno < 0:
             return self._remove_closed(fd, fileno, _WRITE)
-        return self._remove_writer(self._ensure_fd_no_transport(fileno))
+        return self._remove_watch_as_selector(self._ensure_fd_no_transport(fileno), False)
 
     # A file object closed since it was registered (fileno() == -1) is still found by the
     # registration made with it, as selectors find their key by the object. What the stdlib's

@@ -19,6 +19,7 @@ import warnings
 from asyncio import futures, transports
 from asyncio.log import logger
 
+from . import _compat
 from ._transport import EngineTransport, repr_parts
 
 
@@ -105,7 +106,8 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
         if not (is_fifo or is_socket or is_char):
             raise ValueError("Pipe transport is for pipes/sockets only.")
         self._set_up(loop, pipe, protocol, waiter, "read")
-        self.is_reading = self._core.is_reading
+        if _compat.READ_PIPE_HAS_IS_READING:
+            self.is_reading = self._core.is_reading
         # Reading starts only once connection_made() has run.
         loop.call_soon(self._core._start_reading)
         self._resolve_waiter(waiter)
@@ -138,8 +140,12 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
         self._report_fatal(exc, message, isinstance(exc, OSError) and exc.errno == errno.EIO)
 
 
-class WritePipeTransport(_PipeTransport, transports.WriteTransport):
-    """The write end of a pipe (or FIFO, socket, pty, character device) as a transport."""
+class WritePipeTransport(_PipeTransport, transports.Transport):
+    """The write end of a pipe (or FIFO, socket, pty, character device) as a transport.
+
+    A full ``asyncio.Transport``, as asyncio's write pipe transport is (through its flow
+    control mixin): the reading methods are the base class's, which raise NotImplementedError,
+    and ``isinstance(t, asyncio.ReadTransport)`` holds as it does there."""
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         super().__init__(extra)

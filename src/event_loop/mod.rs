@@ -372,7 +372,7 @@ impl LoopCore {
         let runtime = self.runtime()?;
         let _context = runtime.enter();
         let attached = self.io.lock().attach_stream(fd, transport);
-        Ok(attached?)
+        attached.map_err(crate::errors::from_io)
     }
 
     /// Turns a transport's interest in one direction on or off.
@@ -494,7 +494,18 @@ impl LoopCore {
         let outcome = this
             .io
             .lock()
-            .set(py, fd, direction, handle.clone_ref(py), fileobj)?;
+            .set(py, fd, direction, handle.clone_ref(py), fileobj);
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                drop(handle.get().callback.release());
+                if error.raw_os_error() == Some(libc::EBADF) {
+                    // As a selector's failed modify does: the closed fd's registration goes.
+                    this._forget_fd_callbacks(fd);
+                }
+                return Err(crate::errors::from_io(error));
+            }
+        };
         match outcome {
             Ok(Some(old)) => old.get().cancel_now(),
             Ok(None) => {}
@@ -520,17 +531,37 @@ impl LoopCore {
         direction: Direction,
         expected: Option<&Py<Handle>>,
     ) -> bool {
+        self.remove_fd_callback_as(fd, direction, expected, false)
+            .unwrap_or(false)
+    }
+
+    /// `as_selector`: see `Registry::remove`; the error is the OSError a selector raises,
+    /// and the registration is dropped as the selector drops it.
+    fn remove_fd_callback_as(
+        &self,
+        fd: RawFd,
+        direction: Direction,
+        expected: Option<&Py<Handle>>,
+        as_selector: bool,
+    ) -> PyResult<bool> {
         if self.closed.load(Ordering::Relaxed) {
-            return false;
+            return Ok(false);
         }
-        let (old, fileobj) = self.io.lock().remove(fd, direction, expected);
+        let removed = self.io.lock().remove(fd, direction, expected, as_selector);
+        let (old, fileobj) = match removed {
+            Ok(removed) => removed,
+            Err(error) => {
+                self._forget_fd_callbacks(fd);
+                return Err(crate::errors::from_io(error));
+            }
+        };
         drop(fileobj);
         match old {
             Some(handle) => {
                 handle.get().cancel_now();
-                true
+                Ok(true)
             }
-            None => false,
+            None => Ok(false),
         }
     }
 
@@ -855,6 +886,14 @@ impl LoopCore {
             }
             drop(target);
         }
+    }
+
+    /// The public remove_reader (`reading`) or remove_writer: as `_remove_reader`, and where
+    /// the other direction stays watched on a descriptor closed since, the selector's
+    /// OSError(EBADF), the registration dropped.
+    fn _remove_watch_as_selector(&self, fd: RawFd, reading: bool) -> PyResult<bool> {
+        let direction = if reading { Direction::Read } else { Direction::Write };
+        self.remove_fd_callback_as(fd, direction, None, true)
     }
 
     /// The open native transport using `fd`, if any (asyncio refuses add_reader and sock_*

@@ -267,7 +267,17 @@ impl Registry {
         handle: Py<Handle>,
         fileobj: Option<&Bound<'_, PyAny>>,
     ) -> std::io::Result<Result<Option<Py<Handle>>, Py<StreamTransport>>> {
+        let existed = self.fds.contains_key(&fd);
         let registration = self.ensure(fd)?;
+        if existed
+            && registration.has_callbacks()
+            && !matches!(registration.side(direction).target, Some(Target::Callback(_)))
+            && descriptor_closed(fd)
+        {
+            // A selector asks epoll to watch one more direction here (EPOLL_CTL_MOD), which
+            // fails on a descriptor closed since; tokio watches both from the start.
+            return Err(std::io::Error::from_raw_os_error(libc::EBADF));
+        }
         let owner = registration.owner.as_ref().map(|owner| owner.clone_ref(py));
         if let (Some(Target::Stream(_)), Some(owner)) = (registration.side(direction).target.as_ref(), owner)
         {
@@ -340,23 +350,37 @@ impl Registry {
     /// registration once neither direction is left. Returns the callback's handle and, when
     /// the last callback went, the registration's file object: both for the caller to drop
     /// outside the lock.
+    ///
+    /// `as_selector`: fail as a selector would when the other direction stays watched and the
+    /// descriptor was closed since (EPOLL_CTL_MOD: EBADF); the caller then forgets the
+    /// registration. For the public remove_reader/remove_writer; the loop's own clean-ups
+    /// never fail.
     pub fn remove(
         &mut self,
         fd: RawFd,
         direction: Direction,
         expected: Option<&Py<Handle>>,
-    ) -> (Option<Py<Handle>>, Option<Py<PyAny>>) {
+        as_selector: bool,
+    ) -> std::io::Result<(Option<Py<Handle>>, Option<Py<PyAny>>)> {
         let Some(registration) = self.fds.get_mut(&fd) else {
-            return (None, None);
+            return Ok((None, None));
         };
+        let other = match direction {
+            Direction::Read => &registration.write,
+            Direction::Write => &registration.read,
+        };
+        let other_watched = matches!(other.target, Some(Target::Callback(_)));
         let side = registration.side(direction);
         let Some(Target::Callback(current)) = side.target.as_ref() else {
-            return (None, None);
+            return Ok((None, None));
         };
         if let Some(expected) = expected {
             if !expected.is(current) {
-                return (None, None);
+                return Ok((None, None));
             }
+        }
+        if as_selector && other_watched && descriptor_closed(fd) {
+            return Err(std::io::Error::from_raw_os_error(libc::EBADF));
         }
         side.hot = false;
         let old = match side.target.take() {
@@ -373,7 +397,7 @@ impl Registry {
             // kernel has forgotten it and the failed EPOLL_CTL_DEL is ignored by tokio.
             self.fds.remove(&fd);
         }
-        (old, fileobj)
+        Ok((old, fileobj))
     }
 
     /// The registration made with `fileobj` (compared by identity): its fd and whether a
@@ -692,6 +716,15 @@ impl Registry {
         }
         ready
     }
+}
+
+/// Whether `fd` no longer names an open file. A selector's EPOLL_CTL_MOD tells it when the
+/// watched directions change; tokio registered both at once and makes no such call, so ask
+/// the kernel directly (one `fcntl`, only on such a change).
+fn descriptor_closed(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags; no memory of ours is involved.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    flags == -1 && crate::errors::last_errno() == libc::EBADF
 }
 
 /// Zero-timeout `poll(2)`: does the descriptor report an error (POLLERR)?
