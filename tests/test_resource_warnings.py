@@ -17,7 +17,6 @@ Where the stdlib itself leaks a socket, the test documents it (and checks tokiol
 import asyncio
 import gc
 import hashlib
-import importlib
 import os
 import socket
 import ssl
@@ -409,18 +408,11 @@ def _open_fds():
 
 
 @pytest.fixture(params=["settled", "next_turn"])
-def ending(request, loop_kind):
+def ending(request):
     """How a case ends. ``settled``: it waits until every descriptor it opened is closed, so
     only a socket never closed can warn. ``next_turn``: it does not; the loop gets the one more
     turn aiohttp's test teardown gives it and is closed, so a socket closed later than asyncio
     closes it warns too (pass the result to ``_finish``)."""
-    if request.param == "next_turn" and loop_kind == "tokioloop":
-        loop_class = importlib.import_module("tokioloop").Loop
-        if not hasattr(loop_class, "_set_self_pipe_fd"):
-            # Before main's 065bbc7 a busy turn looked at I/O only every 61 turns or 200 us,
-            # so the peer's FIN or alert was seen (and the socket closed) turns late.
-            request.applymarker(pytest.mark.xfail(
-                reason="busy turns do not look at I/O every iteration in this build"))
     return request.param
 
 
