@@ -536,14 +536,13 @@ impl LoopCore {
         tasks::new_future(slf.as_any())
     }
 
-    /// Wraps `coro` in an `asyncio.Task` (or the task factory's product) on this loop.
-    #[pyo3(signature = (coro, *, name=None, context=None, eager_start=None))]
+    /// Wraps `coro` in an `asyncio.Task` (or the task factory's product) on this loop; the
+    /// keywords the running version takes are in `tasks::new_task`.
+    #[pyo3(signature = (coro, **kwargs))]
     fn create_task<'py>(
         slf: &Bound<'py, Self>,
         coro: &Bound<'py, PyAny>,
-        name: Option<Bound<'py, PyAny>>,
-        context: Option<Bound<'py, PyAny>>,
-        eager_start: Option<Bound<'py, PyAny>>,
+        kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let this = slf.get();
         this.check_open()?;
@@ -552,18 +551,10 @@ impl LoopCore {
             .lock()
             .as_ref()
             .map(|f| f.bind(slf.py()).clone());
-        tasks::new_task(
-            slf.as_any(),
-            factory,
-            coro,
-            name,
-            context,
-            eager_start,
-            this.debug(),
-        )
+        tasks::new_task(slf.as_any(), factory, coro, kwargs, this.debug())
     }
 
-    /// Use `factory(loop, coro[, context=])` for `create_task`; None restores the default.
+    /// Use `factory(loop, coro, **kwargs)` for `create_task`; None restores the default.
     fn set_task_factory(&self, factory: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let factory = factory.filter(|f| !f.is_none());
         if let Some(f) = &factory {
