@@ -39,6 +39,16 @@ use timers::Timers;
 use pool::HandlePool;
 use wake::Wake;
 
+/// `asyncio.events._ThreadSafeHandle` where the running asyncio has it (3.14+), else None.
+fn threadsafe_handle_class(py: Python<'_>) -> PyResult<Option<&Bound<'_, PyAny>>> {
+    static CLASS: pyo3::sync::PyOnceLock<Option<Py<PyAny>>> = pyo3::sync::PyOnceLock::new();
+    let class = CLASS.get_or_try_init(py, || -> PyResult<_> {
+        let events = py.import("asyncio.events")?;
+        Ok(events.getattr_opt("_ThreadSafeHandle")?.map(Bound::unbind))
+    })?;
+    Ok(class.as_ref().map(|c| c.bind(py)))
+}
+
 /// Swaps in the hand-written `call_soon`/`call_soon_threadsafe` (see `fastcall`).
 pub fn install_fast_paths(class: &Bound<'_, pyo3::types::PyType>) -> PyResult<()> {
     fastcall::install(class)
@@ -336,13 +346,48 @@ impl LoopCore {
         Self::schedule_ready(slf, callback, args, context, false)
     }
 
+    /// `schedule_soon` for the fast entry, which returns any object.
+    #[inline]
+    fn schedule_soon_any(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Args,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        Ok(Self::schedule_ready(slf, callback, args, context, false)?.into_any())
+    }
+
+    /// `call_soon_threadsafe`. Before 3.14 a native handle; from 3.14 asyncio's
+    /// `events._ThreadSafeHandle` itself (gh-128340: its lock makes `cancel()` and
+    /// `cancelled()` from another thread wait while the callback runs, and callers check
+    /// `isinstance` against it).
     fn schedule_threadsafe(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
         args: Args,
         context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        Self::schedule_ready(slf, callback, args, context, true)
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let Some(class) = threadsafe_handle_class(py)? else {
+            return Ok(Self::schedule_ready(slf, callback, args, context, true)?.into_any());
+        };
+        let this = slf.get();
+        this.check_open()?;
+        if this.debug() {
+            Self::debug_checks(slf, &callback, "call_soon_threadsafe", false)?;
+        }
+        let handle = class.call1((callback, args.to_tuple(py)?, slf, context))?;
+        if this.debug() {
+            // Handle.__init__ records the stack from its caller, `_ThreadSafeHandle.__init__`;
+            // no frame of ours is on it, so that one is all to drop.
+            let traceback = handle.getattr(intern!(py, "_source_traceback"))?;
+            if traceback.is_truthy()? {
+                traceback.del_item(-1)?;
+            }
+        }
+        this.push_ready(Ready::Locked(handle.clone().unbind()));
+        this.wake.notify();
+        Ok(handle.unbind())
     }
 
     /// Queues a new handle for the next turn; from another thread, also wakes a parked loop.
@@ -498,7 +543,7 @@ impl LoopCore {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
+    ) -> PyResult<Py<PyAny>> {
         Self::schedule_threadsafe(slf, callback, Args::from_tuple(args), context)
     }
 
@@ -643,8 +688,8 @@ impl LoopCore {
 
     /// Runs one handle as the turn would (debug mode's timed path calls this).
     fn _run_handle(slf: &Bound<'_, Self>, handle: &Bound<'_, PyAny>) -> PyResult<()> {
-        let item = Ready::from_object(handle)?;
-        if item.is_cancelled() {
+        let item = Ready::from_object(handle);
+        if item.is_cancelled(slf.py()) {
             return Ok(());
         }
         turn::run_handle(slf, &item)
