@@ -26,6 +26,41 @@ HAS_RUNNER = hasattr(asyncio, "Runner")
 #: asyncio's event-loop policies: deprecated from 3.14 (each use warns), removed in 3.16.
 POLICIES_DEPRECATED = VERSION >= (3, 14)
 HAS_POLICIES = VERSION < (3, 16)
+POLICIES_REMOVED_IN = (3, 16)
+
+
+def default_policy_class():
+    """The platform's default policy class, reached without the warning 3.14 gives for its
+    public name (``asyncio.DefaultEventLoopPolicy`` is a deprecated module attribute there)."""
+    if not POLICIES_DEPRECATED:
+        return asyncio.DefaultEventLoopPolicy
+    if sys.platform == "win32":
+        return __import__("asyncio.windows_events").windows_events._DefaultEventLoopPolicy
+    return __import__("asyncio.unix_events").unix_events._DefaultEventLoopPolicy
+
+
+def set_policy_quietly(policy):
+    """``asyncio.set_event_loop_policy(policy)`` without 3.14's deprecation warning (the
+    caller has given its own)."""
+    setter = getattr(asyncio.events, "_set_event_loop_policy", None)
+    if setter is None:
+        asyncio.set_event_loop_policy(policy)
+    else:
+        setter(policy)
+
+
+def warn_policy_deprecated(name, stacklevel):
+    """3.14's warning for a policy API, worded as asyncio words its own
+    (``'asyncio.set_event_loop_policy' is deprecated and slated for removal in Python 3.16``);
+    ``stacklevel`` counts from the caller of this function."""
+    import warnings
+
+    major, minor = POLICIES_REMOVED_IN
+    warnings.warn(
+        f"{name!r} is deprecated and slated for removal in Python {major}.{minor}",
+        DeprecationWarning,
+        stacklevel=stacklevel + 1,
+    )
 
 #: asyncio's TLS layer (``sslproto``): 3.11 replaced 3.10's design (an ``_SSLPipe`` under a
 #: plain Protocol) with the buffered state machine tokioloop implements natively. On 3.10 the
