@@ -11,6 +11,7 @@ version's asyncio decides what is expected.
 import asyncio
 import subprocess
 import sys
+import threading
 import warnings
 
 import pytest
@@ -102,3 +103,44 @@ def test_importing_tokioloop_warns_nothing():
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+def _get_event_loop_outcome(policy):
+    """What ``asyncio.get_event_loop()`` does on the main thread, no loop running or set, under
+    a fresh ``policy``: (what came out, warning categories); a loop made is closed."""
+    from tokioloop import _compat
+
+    _compat.set_policy_quietly(policy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            made = asyncio.get_event_loop()
+        except RuntimeError:
+            outcome = "RuntimeError"
+        else:
+            outcome = "a loop"
+            made.close()
+    return outcome, [w.category for w in caught]
+
+
+def test_get_event_loop_without_loop_as_stdlib():
+    """3.14 stopped making a loop here (RuntimeError); 3.12-3.13 make one and warn."""
+    tokioloop = import_tokioloop()
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("not on the main thread")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        stdlib_policy = asyncio.DefaultEventLoopPolicy()
+        our_policy = tokioloop.EventLoopPolicy()
+    assert _get_event_loop_outcome(our_policy) == _get_event_loop_outcome(stdlib_policy)
+
+
+def test_child_watcher_api_as_stdlib():
+    """3.14 removed the child watchers from the policy (and from asyncio)."""
+    tokioloop = import_tokioloop()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        stdlib_policy = asyncio.DefaultEventLoopPolicy()
+        our_policy = tokioloop.EventLoopPolicy()
+    for name in ("get_child_watcher", "set_child_watcher"):
+        assert hasattr(our_policy, name) == hasattr(stdlib_policy, name)
