@@ -12,7 +12,9 @@ does not depend on timing (gh-119710 is the timing-dependent part, not asserted)
 """
 
 import asyncio
+import asyncio.base_subprocess
 import gc
+import inspect
 import logging
 import os
 import signal
@@ -38,8 +40,12 @@ PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
 
 # 3.10's BaseSubprocessTransport wakes wait() in _process_exited; 3.11 moved it to
-# _call_connection_lost (exit and all pipes closed).
-WAIT_RETURNS_AT_EXIT = sys.version_info < (3, 11)
+# _call_connection_lost (exit and all pipes closed); gh-119710 (3.14, and backports) moved it
+# back to _process_exited. Both loops use asyncio's BaseSubprocessTransport, so its
+# _process_exited says which applies.
+WAIT_RETURNS_AT_EXIT = sys.version_info < (3, 11) or "_exit_waiters" in inspect.getsource(
+    asyncio.base_subprocess.BaseSubprocessTransport._process_exited
+)
 
 
 def stdlib_watches_with_pidfd():
@@ -242,7 +248,7 @@ def test_grandchild_holding_stdout_wait(loop, gates):
         await eventually(lambda: proc.returncode is not None, what="the child's exit")
         assert proc.returncode == 0
         if WAIT_RETURNS_AT_EXIT:
-            await eventually(first.done, what="3.10's wait() at exit")
+            await eventually(first.done, what="wait() at exit")
         else:
             for _ in range(5):
                 await asyncio.sleep(0)
