@@ -575,8 +575,14 @@ impl StreamTransport {
                 // asyncio's pipe transports check the type with `assert`.
                 return Err(PyAssertionError::new_err(data.repr()?.unbind()));
             }
+            // asyncio's socket transport names the three types it takes from 3.14 on.
+            let wanted = if py.version_info() >= (3, 14) {
+                "a bytes, bytearray, or memoryview object"
+            } else {
+                "a bytes-like object"
+            };
             return Err(PyTypeError::new_err(format!(
-                "data argument must be a bytes-like object, not {}",
+                "data argument must be {wanted}, not {}",
                 data.get_type().name()?.repr()?
             )));
         }
