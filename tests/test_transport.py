@@ -1322,3 +1322,67 @@ def test_callbacks_run_in_copy_of_creator_context(loop, sockets):
         ("data", "set in data_received"),
         ("eof", "set in data_received"),
     ]
+
+
+# -- the context protocol callbacks run in (3.15 made it one per connection) ----------------
+
+_CONN_VAR = contextvars.ContextVar("conn_var", default="unset")
+
+
+class _ContextProtocol(asyncio.Protocol):
+    """Records what _CONN_VAR holds in each callback, then sets it to say who ran last."""
+
+    def __init__(self, log, tag):
+        self.log, self.tag = log, tag
+
+    def _see(self, event):
+        self.log.append((self.tag, event, _CONN_VAR.get()))
+        _CONN_VAR.set(f"{self.tag}-{event}")
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self._see("made")
+
+    def data_received(self, data):
+        self._see("data")
+        if self.tag == "server":
+            self.transport.write(data)
+        else:
+            self.transport.close()
+
+    def connection_lost(self, exc):
+        self._see("lost")
+
+
+def test_protocol_callbacks_context(loop):
+    """3.15+: connection_made, data_received and connection_lost of one connection share a
+    context (a copy of create_connection's caller's, or per connection of create_server's);
+    before 3.15 connection_made ran in a copy of its own."""
+    from tokioloop import _compat
+
+    log = []
+
+    async def main():
+        _CONN_VAR.set("at create_server")
+        server = await loop.create_server(lambda: _ContextProtocol(log, "server"), "127.0.0.1", 0)
+        _CONN_VAR.set("at create_connection")
+        done = loop.create_future()
+        protocol = _ContextProtocol(log, "client")
+        protocol.connection_lost = lambda exc: (_ContextProtocol.connection_lost(protocol, exc),
+                                                done.set_result(None))
+        transport, _ = await loop.create_connection(lambda: protocol, *server.sockets[0].getsockname()[:2])
+        _CONN_VAR.set("after")
+        transport.write(b"x")
+        await done
+        server.close()
+        await server.wait_closed()
+        assert _CONN_VAR.get() == "after"
+
+    loop.run_until_complete(main())
+    shared = _compat.CONNECTION_CONTEXT
+    for tag, origin in (("client", "at create_connection"), ("server", "at create_server")):
+        seen = {event: value for t, event, value in log if t == tag}
+        assert seen["made"] == origin
+        assert seen["data"] == (f"{tag}-made" if shared else origin)
+        if "lost" in seen:
+            assert seen["lost"] == f"{tag}-data"

@@ -84,6 +84,15 @@ UNIX_SERVER_CLEANUP = "cleanup_socket" in inspect.signature(
 #: than its strerror. A message change: by version.
 BIND_ERROR_NAMES_WHOLE_ERROR = VERSION >= (3, 13)
 
+#: A connection's protocol callbacks, ``connection_made`` included, all run in one context: a
+#: copy of the one ``create_connection()`` ran in, or for a server's connections, a copy per
+#: connection of the one the server was made in (3.15+). Before it ``connection_made`` ran in a
+#: context of its own, so what it set was not seen by ``data_received``. Detected by the
+#: ``context`` parameter asyncio's transports gained for it.
+CONNECTION_CONTEXT = "context" in inspect.signature(
+    __import__("asyncio.selector_events").selector_events._SelectorTransport.__init__
+).parameters
+
 #: ``set_default_executor`` refuses anything but a ThreadPoolExecutor (3.11+); 3.10 warns.
 DEFAULT_EXECUTOR_MUST_BE_THREAD_POOL = VERSION >= (3, 11)
 
