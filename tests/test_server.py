@@ -667,3 +667,41 @@ def test_many_connections_do_not_leak_descriptors(loop, sockets):
     loop.run_until_complete(main())
     gc.collect()
     assert _open_fds() == before
+
+
+def test_cancelled_serve_forever_and_open_connections(loop):
+    """gh-123720 (3.14, and backports): cancelling serve_forever() closes the server's
+    connections too; before it, the cancellation waits until each peer hangs up."""
+    accepted = []
+
+    async def main():
+        server = await loop.create_server(lambda: _Accepted(accepted), "127.0.0.1", 0)
+        serving = asyncio.ensure_future(server.serve_forever())
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        for _ in range(1000):
+            if accepted:
+                break
+            await asyncio.sleep(0.005)
+        serving.cancel()
+        if _compat.SERVE_FOREVER_CLOSES_CLIENTS:
+            assert await reader.read() == b""  # the server closed our connection
+        else:
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert not serving.done()  # still waiting for us to hang up
+        writer.close()
+        await writer.wait_closed()
+        with pytest.raises(asyncio.CancelledError):
+            await serving
+        assert not server.is_serving()
+
+    loop.run_until_complete(main())
+    assert len(accepted) == 1
+
+
+class _Accepted(asyncio.Protocol):
+    def __init__(self, accepted):
+        self.accepted = accepted
+
+    def connection_made(self, transport):
+        self.accepted.append(transport)

@@ -93,6 +93,20 @@ CONNECTION_CONTEXT = "context" in inspect.signature(
     __import__("asyncio.selector_events").selector_events._SelectorTransport.__init__
 ).parameters
 
+def _serve_forever_closes_clients():
+    # A body change (gh-123720, in 3.14 and in backports): read where the running asyncio has
+    # its source, by version where it does not.
+    try:
+        source = inspect.getsource(asyncio.base_events.Server.serve_forever)
+    except (OSError, TypeError):
+        return VERSION >= (3, 14)
+    return "close_clients" in source
+
+
+#: A cancelled ``Server.serve_forever()`` closes the server's connections too, before waiting
+#: for them to go (else it waits until each peer hangs up).
+SERVE_FOREVER_CLOSES_CLIENTS = _serve_forever_closes_clients()
+
 #: ``set_default_executor`` refuses anything but a ThreadPoolExecutor (3.11+); 3.10 warns.
 DEFAULT_EXECUTOR_MUST_BE_THREAD_POOL = VERSION >= (3, 11)
 
