@@ -552,3 +552,77 @@ def test_openssl_s_client_peer(loop, peers, certs):
         await server.wait_closed()
 
     loop.run_until_complete(main())
+
+
+def _starttls_client(port, ctx):
+    """A client that sends its ClientHello in the same segment as the STARTTLS command, then
+    finishes the handshake, sends one line and returns the server's reply."""
+    sock = socket.create_connection((ADDR, port), timeout=TIMEOUT)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+
+    def pump():
+        if outgoing.pending:
+            sock.sendall(outgoing.read())
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        incoming.write(data)
+
+    with sock:
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        sock.sendall(b"STARTTLS\n" + outgoing.read())
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pump()
+        tls.write(b"hello\n")
+        sock.sendall(outgoing.read())
+        reply = b""
+        while not reply.endswith(b"\n"):
+            try:
+                reply += tls.read(1024)
+            except ssl.SSLWantReadError:
+                pump()
+        return reply
+
+
+@pytest.mark.skipif(
+    not __import__("tokioloop._compat")._compat.START_TLS_CARRIES_STREAM_BUFFER,
+    reason="this Python's start_tls leaves bytes the StreamReader holds in it (gh-142352): "
+           "both loops then wait for a ClientHello that already came",
+)
+def test_server_start_tls_takes_hello_sent_with_command(loop, peers, certs):
+    """gh-142352: a server upgrading a stream connection hands the bytes its StreamReader
+    already holds (here the ClientHello, sent with the command) to the TLS layer."""
+
+    async def main():
+        lines = []
+
+        async def handle(reader, writer):
+            try:
+                lines.append(await reader.readline())
+                await writer.start_tls(server_context(certs))
+                line = await reader.readline()
+                lines.append(line)
+                writer.write(line.upper())
+                await writer.drain()
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, ADDR, 0)
+        try:
+            client = peers.thread(_starttls_client, server.sockets[0].getsockname()[1],
+                                  client_context(certs))
+            reply = await client.wait()
+        finally:
+            server.close()
+            await server.wait_closed()
+        return lines, reply
+
+    assert loop.run_until_complete(main()) == ([b"STARTTLS\n", b"hello\n"], b"HELLO\n")

@@ -107,6 +107,20 @@ def _serve_forever_closes_clients():
 #: for them to go (else it waits until each peer hangs up).
 SERVE_FOREVER_CLOSES_CLIENTS = _serve_forever_closes_clients()
 
+def _start_tls_carries_stream_buffer():
+    # gh-142352 (3.15, backported to 3.14.x): a body change; read where there is source.
+    try:
+        source = inspect.getsource(asyncio.base_events.BaseEventLoop.start_tls)
+    except (OSError, TypeError):
+        return VERSION >= (3, 15)
+    return "_stream_reader" in source
+
+
+#: A server-side ``start_tls()`` over a ``StreamReaderProtocol`` hands the bytes its
+#: StreamReader already holds (a ClientHello that came with the STARTTLS command) to the TLS
+#: layer, instead of leaving them as plain text in the reader.
+START_TLS_CARRIES_STREAM_BUFFER = _start_tls_carries_stream_buffer()
+
 #: ``set_default_executor`` refuses anything but a ThreadPoolExecutor (3.11+); 3.10 warns.
 DEFAULT_EXECUTOR_MUST_BE_THREAD_POOL = VERSION >= (3, 11)
 

@@ -13,6 +13,7 @@ loop method of its own.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import warnings
 from asyncio import constants, exceptions, protocols, sslproto, transports
@@ -615,6 +616,8 @@ class TlsSupport:
         )
         # Reading stops first, so no ciphertext reaches the layer before connection_made.
         transport.pause_reading()
+        if server_side and _compat.START_TLS_CARRIES_STREAM_BUFFER:
+            _carry_stream_buffer(protocol, tls)
         transport.set_protocol(tls)
         connect = self.call_soon(tls.connection_made, transport)
         resume = self.call_soon(transport.resume_reading)
@@ -628,6 +631,17 @@ class TlsSupport:
         finally:
             waiter = None  # no traceback -> frame -> exception cycle
         return tls._app_transport
+
+
+def _carry_stream_buffer(protocol, tls):
+    """Bytes a server's StreamReader holds when it upgrades go to the TLS layer first: they
+    arrived after the plain-text command, so they are the client's first TLS records."""
+    if not isinstance(protocol, asyncio.StreamReaderProtocol):
+        return
+    reader = getattr(protocol, "_stream_reader", None)
+    if reader is not None and reader._buffer:
+        tls._incoming.write(reader._buffer)
+        reader._buffer.clear()
 
 
 class _DetachedLayer:
