@@ -93,33 +93,31 @@ CONNECTION_CONTEXT = "context" in inspect.signature(
     __import__("asyncio.selector_events").selector_events._SelectorTransport.__init__
 ).parameters
 
-def _serve_forever_closes_clients():
-    # A body change (gh-123720, in 3.14 and in backports): read where the running asyncio has
-    # its source, by version where it does not.
+
+def _body_mentions(function, name, *, without_source):
+    """True if the running asyncio's ``function`` mentions ``name``: for body changes that
+    were backported to bug-fix releases, so the version alone cannot tell. Where the stdlib
+    ships no source, ``without_source`` (the version that introduced it) decides."""
     try:
-        source = inspect.getsource(asyncio.base_events.Server.serve_forever)
+        return name in inspect.getsource(function)
     except (OSError, TypeError):
-        return VERSION >= (3, 14)
-    return "close_clients" in source
+        return without_source
 
 
 #: A cancelled ``Server.serve_forever()`` closes the server's connections too, before waiting
 #: for them to go (else it waits until each peer hangs up).
-SERVE_FOREVER_CLOSES_CLIENTS = _serve_forever_closes_clients()
-
-def _start_tls_carries_stream_buffer():
-    # gh-142352 (3.15, backported to 3.14.x): a body change; read where there is source.
-    try:
-        source = inspect.getsource(asyncio.base_events.BaseEventLoop.start_tls)
-    except (OSError, TypeError):
-        return VERSION >= (3, 15)
-    return "_stream_reader" in source
-
+#: (gh-123720, 3.14 and backports.)
+SERVE_FOREVER_CLOSES_CLIENTS = _body_mentions(
+    asyncio.base_events.Server.serve_forever, "close_clients", without_source=VERSION >= (3, 14)
+)
 
 #: A server-side ``start_tls()`` over a ``StreamReaderProtocol`` hands the bytes its
 #: StreamReader already holds (a ClientHello that came with the STARTTLS command) to the TLS
 #: layer, instead of leaving them as plain text in the reader.
-START_TLS_CARRIES_STREAM_BUFFER = _start_tls_carries_stream_buffer()
+#: (gh-142352, 3.15, backported to 3.14.x.)
+START_TLS_CARRIES_STREAM_BUFFER = _body_mentions(
+    asyncio.base_events.BaseEventLoop.start_tls, "_stream_reader", without_source=VERSION >= (3, 15)
+)
 
 #: ``set_default_executor`` refuses anything but a ThreadPoolExecutor (3.11+); 3.10 warns.
 DEFAULT_EXECUTOR_MUST_BE_THREAD_POOL = VERSION >= (3, 11)
