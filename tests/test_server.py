@@ -671,11 +671,13 @@ def test_many_connections_do_not_leak_descriptors(loop, sockets):
 
 def test_cancelled_serve_forever_and_open_connections(loop):
     """gh-123720 (3.14, and backports): cancelling serve_forever() closes the server's
-    connections too; before it, the cancellation waits until each peer hangs up."""
+    connections too; before it (from 3.12.1, whose wait_closed() waits for connections), the
+    cancellation waits until each peer hangs up."""
     accepted = []
+    lost = []
 
     async def main():
-        server = await loop.create_server(lambda: _Accepted(accepted), "127.0.0.1", 0)
+        server = await loop.create_server(lambda: _Accepted(accepted, lost), "127.0.0.1", 0)
         serving = asyncio.ensure_future(server.serve_forever())
         reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
         for _ in range(1000):
@@ -685,23 +687,31 @@ def test_cancelled_serve_forever_and_open_connections(loop):
         serving.cancel()
         if _compat.SERVE_FOREVER_CLOSES_CLIENTS:
             assert await reader.read() == b""  # the server closed our connection
-        else:
+        elif _compat.WAIT_CLOSED_WAITS_FOR_CLIENTS:
             for _ in range(10):
                 await asyncio.sleep(0)
             assert not serving.done()  # still waiting for us to hang up
+        # (before 3.12.1 wait_closed() returned at once: the cancellation ends by itself)
         writer.close()
         await writer.wait_closed()
         with pytest.raises(asyncio.CancelledError):
             await serving
         assert not server.is_serving()
+        for _ in range(1000):  # (before 3.12.1 nothing waited for the server's side to go)
+            if lost:
+                break
+            await asyncio.sleep(0.005)
 
     loop.run_until_complete(main())
     assert len(accepted) == 1
 
 
 class _Accepted(asyncio.Protocol):
-    def __init__(self, accepted):
-        self.accepted = accepted
+    def __init__(self, accepted, lost):
+        self.accepted, self.lost = accepted, lost
 
     def connection_made(self, transport):
         self.accepted.append(transport)
+
+    def connection_lost(self, exc):
+        self.lost.append(exc)
