@@ -2,6 +2,7 @@
 
 import asyncio
 import errno
+import io
 import os
 import socket
 import ssl
@@ -567,3 +568,24 @@ def test_user_reader_added_during_recv_survives_its_cancellation(loop, pair):
 
     loop.run_until_complete(main())
     assert calls == [b"x"]
+
+
+def test_sendfile_fallback_start_after_reads(loop, pair):
+    """The fallback (a file without fileno()) with offset 0 and a file already read from:
+    3.14 seeks to the offset and sends it all; before it the send starts where the file is."""
+    from tokioloop import _compat
+
+    data = bytes(range(256)) * 4
+    file = io.BytesIO(data)
+    file.read(100)
+    expected = data if _compat.SENDFILE_FALLBACK_SEEKS_TO_OFFSET else data[100:]
+    a, b = pair
+
+    async def main():
+        reader = asyncio.ensure_future(read_all(loop, b, len(expected)))
+        sent = await loop.sock_sendfile(a, file, 0)
+        return sent, await reader
+
+    assert loop.run_until_complete(main()) == (len(expected), expected)
+    # Both then leave the file at offset + bytes sent (so 3.13 "rewinds" it to 924 here).
+    assert file.tell() == len(expected)

@@ -119,6 +119,24 @@ START_TLS_CARRIES_STREAM_BUFFER = _body_mentions(
     asyncio.base_events.BaseEventLoop.start_tls, "_stream_reader", without_source=VERSION >= (3, 15)
 )
 
+#: sendfile's read-and-send fallback seeks a seekable file to ``offset`` even when it is 0 (so
+#: it sends from there, not from where the file was); before it, only a non-zero offset was
+#: sought. (3.14.)
+SENDFILE_FALLBACK_SEEKS_TO_OFFSET = not _body_mentions(
+    asyncio.base_events.BaseEventLoop._sendfile_fallback, "if offset:",
+    without_source=VERSION < (3, 14),
+)
+
+
+def seek_for_sendfile_fallback(file, offset):
+    """Where the fallback starts reading, as the running asyncio decides."""
+    if SENDFILE_FALLBACK_SEEKS_TO_OFFSET:
+        if hasattr(file, "seek"):
+            file.seek(offset)
+    elif offset:
+        file.seek(offset)
+
+
 #: ``set_default_executor`` refuses anything but a ThreadPoolExecutor (3.11+); 3.10 warns.
 DEFAULT_EXECUTOR_MUST_BE_THREAD_POOL = VERSION >= (3, 11)
 

@@ -765,8 +765,7 @@ class NetSupport:
                 transport.resume_reading()
 
     async def _sendfile_fallback(self, transport, file, offset, count):
-        if offset:
-            file.seek(offset)
+        _compat.seek_for_sendfile_fallback(file, offset)
         blocksize = min(count, _SENDFILE_FALLBACK_CHUNK) if count else _SENDFILE_FALLBACK_CHUNK
         buf = bytearray(blocksize)
         total = 0

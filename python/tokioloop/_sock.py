@@ -15,6 +15,7 @@ import os
 import socket
 from asyncio import constants, exceptions
 
+from . import _compat
 from ._tokioloop import (
     _SENDFILE_AVAILABLE,
     _sendfile,
@@ -286,8 +287,7 @@ class SockSupport:
         self._add_writer(fd, self._sendfile_step, (fut, state))
 
     async def _sock_sendfile_fallback(self, sock, file, offset, count):
-        if offset:
-            file.seek(offset)
+        _compat.seek_for_sendfile_fallback(file, offset)
         chunk = constants.SENDFILE_FALLBACK_READBUFFER_SIZE
         blocksize = min(count, chunk) if count else chunk
         buf = bytearray(blocksize)
