@@ -1391,3 +1391,43 @@ def test_protocol_callbacks_context(loop):
         assert seen["made"] == origin
         assert seen["data"] == (f"{tag}-made" if shared else origin)
         assert seen["lost"] == f"{tag}-data"
+
+
+def test_client_protocol_factory_context(loop):
+    """3.15 takes a client connection's context before calling the protocol factory: what the
+    factory sets stays in the caller's context and is not seen by connection_made; before
+    3.15 connection_made saw it."""
+    from tokioloop import _compat
+
+    seen = []
+
+    class Factory(asyncio.Protocol):
+        def __init__(self):
+            _CONN_VAR.set("set by the factory")
+
+        def connection_made(self, transport):
+            seen.append(_CONN_VAR.get())
+            transport.close()
+
+    server_lost = []
+
+    class ServerSide(asyncio.Protocol):
+        def connection_lost(self, exc):
+            server_lost.append(exc)
+
+    async def main():
+        server = await loop.create_server(ServerSide, "127.0.0.1", 0)
+        _CONN_VAR.set("caller")
+        transport, _ = await loop.create_connection(Factory, *server.sockets[0].getsockname()[:2])
+        caller_sees = _CONN_VAR.get()
+        transport.close()
+        for _ in range(1000):  # (before 3.12.1 wait_closed() does not wait for this)
+            if server_lost:
+                break
+            await asyncio.sleep(0.005)
+        server.close()
+        await server.wait_closed()
+        return caller_sees
+
+    assert loop.run_until_complete(main()) == "set by the factory"
+    assert seen == ["caller" if _compat.CONNECTION_CONTEXT else "set by the factory"]

@@ -13,6 +13,7 @@ Argument checking, error messages and the order things happen in follow stdlib a
 from __future__ import annotations
 
 import collections.abc
+import contextvars
 import errno
 import itertools
 import os
@@ -345,8 +346,15 @@ class NetSupport:
         A socket this loop created is closed if no transport could take it over."""
         try:
             sock.setblocking(False)
-            protocol = protocol_factory()
-            transport, set_up = self._net_new_transport(sock, protocol, tls)
+            if _compat.CONNECTION_CONTEXT:
+                # 3.15: the connection's context is taken before the protocol factory runs,
+                # so what the factory sets stays in the caller's context only.
+                context = contextvars.copy_context()
+                protocol = protocol_factory()
+                transport, set_up = context.run(self._net_new_transport, sock, protocol, tls)
+            else:
+                protocol = protocol_factory()
+                transport, set_up = self._net_new_transport(sock, protocol, tls)
         except BaseException:
             if own_sock:
                 sock.close()
