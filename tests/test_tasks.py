@@ -274,3 +274,54 @@ def test_eager_start_refused_where_create_task_lacks_it(loop):
             loop.create_task(coro, eager_start=True)
     finally:
         coro.close()
+
+
+def _create_task_passes_keywords():
+    """3.14's ``create_task(coro, **kwargs)`` hands every keyword on (gh-128307)."""
+    params = inspect.signature(asyncio.BaseEventLoop.create_task).parameters
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def test_create_task_keywords_reach_factory(loop):
+    seen = []
+
+    def factory(lp, coro, **kwargs):
+        seen.append(dict(kwargs))
+        kwargs.pop("custom", None)
+        return asyncio.Task(coro, loop=lp, **kwargs)
+
+    loop.set_task_factory(factory)
+
+    async def work():
+        return 1
+
+    if _create_task_passes_keywords():
+        task = loop.create_task(work(), name="n", custom=1)
+        # The name goes to the factory; nothing renames the task afterwards.
+        assert seen == [{"name": "n", "custom": 1}]
+    else:
+        coro = work()
+        with pytest.raises(TypeError, match="custom"):
+            loop.create_task(coro, custom=1)
+        coro.close()
+        task = loop.create_task(work(), name="n")
+        # Before 3.14 the factory gets no name; create_task sets it on the result.
+        assert seen == [{}]
+    assert task.get_name() == "n"
+    assert loop.run_until_complete(task) == 1
+
+
+@pytest.mark.parametrize("keyword", ["bogus", "loop"])
+def test_create_task_keyword_task_refuses(loop, keyword):
+    """Without a factory, a keyword Task does not take (or ``loop=``, which create_task
+    itself gives) is a TypeError on every version."""
+
+    async def work():
+        return 1
+
+    coro = work()
+    try:
+        with pytest.raises(TypeError, match=keyword):
+            loop.create_task(coro, **{keyword: 1})
+    finally:
+        coro.close()

@@ -203,3 +203,113 @@ def test_threadsafe_after_close_raises(loop):
     t.start()
     t.join()
     assert errors == ["Event loop is closed"]
+
+
+# gh-128340 (3.14): call_soon_threadsafe returns asyncio.events._ThreadSafeHandle, whose lock
+# makes cancel() and cancelled() from another thread wait for a callback that is running.
+_LOCKED_HANDLES = hasattr(asyncio.events, "_ThreadSafeHandle")
+requires_locked_handles = pytest.mark.skipif(
+    not _LOCKED_HANDLES, reason="this Python's call_soon_threadsafe handles have no lock (3.14+)"
+)
+
+
+def test_threadsafe_handle_type_follows_version(loop):
+    handle = loop.call_soon_threadsafe(lambda: None)
+    try:
+        if _LOCKED_HANDLES:
+            assert isinstance(handle, asyncio.events._ThreadSafeHandle)
+        else:
+            assert not handle.cancelled()
+    finally:
+        handle.cancel()
+    loop.run_until_complete(asyncio.sleep(0))
+
+
+@requires_locked_handles
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("call", ["cancel", "cancelled"])
+def test_threadsafe_cancel_from_other_thread_waits_for_running_callback(loop, call):
+    started = threading.Event()
+    finished = threading.Event()
+    seen = []
+
+    def callback():
+        started.set()
+        # Gives the other thread every chance to get past cancel() if it did not wait.
+        finished.wait(0.2)
+        finished.set()
+
+    def other():
+        handle = loop.call_soon_threadsafe(callback)
+        started.wait()
+        result = getattr(handle, call)()
+        seen.append((result, finished.is_set()))
+        loop.call_soon_threadsafe(loop.stop)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    loop.run_forever()
+    thread.join()
+    # cancel() returned only once the callback had finished; cancelled() said False.
+    assert seen == [(None if call == "cancel" else False, True)]
+
+
+@pytest.mark.timeout(60)
+def test_threadsafe_cancel_from_other_thread_before_run(loop):
+    ran = []
+    cancelled = threading.Event()
+
+    def other():
+        handle = loop.call_soon_threadsafe(ran.append, "ran")
+        handle.cancel()
+        assert handle.cancelled()
+        cancelled.set()
+        loop.call_soon_threadsafe(loop.stop)
+
+    # The loop is held in a callback until the other thread has queued and cancelled.
+    loop.call_soon(cancelled.wait)
+    thread = threading.Thread(target=other)
+    thread.start()
+    loop.run_forever()
+    thread.join()
+    assert ran == []
+
+
+@pytest.mark.timeout(60)
+def test_threadsafe_cancel_in_own_callback_same_thread(loop):
+    holder = []
+    ran = []
+
+    def callback():
+        holder[0].cancel()  # same thread: no wait, the running callback goes on
+        ran.append(holder[0].cancelled())
+
+    holder.append(loop.call_soon_threadsafe(callback))
+    loop.run_until_complete(asyncio.sleep(0))
+    assert ran == [True]
+
+
+def test_threadsafe_callback_error_reported(loop, exc_contexts):
+    def boom():
+        raise ZeroDivisionError
+
+    handle = loop.call_soon_threadsafe(boom)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert len(exc_contexts) == 1
+    context = exc_contexts[0]
+    assert context["message"].startswith("Exception in callback ")
+    assert isinstance(context["exception"], ZeroDivisionError)
+    assert context["handle"] is handle
+    exc_contexts.clear()
+
+
+def test_threadsafe_debug_traceback_ends_at_caller(loop):
+    loop.set_debug(True)
+
+    def schedule_here():
+        return loop.call_soon_threadsafe(lambda: None)
+
+    handle = schedule_here()
+    frame = handle._source_traceback[-1]
+    assert frame.name == "schedule_here"
+    loop.run_until_complete(asyncio.sleep(0))

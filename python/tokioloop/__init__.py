@@ -67,4 +67,22 @@ def _run_without_runner(main, debug):
 
 
 if _compat.HAS_POLICIES:
-    from ._policy import EventLoopPolicy, install
+    from ._policy import install
+
+if _compat.HAS_POLICIES and not _compat.POLICIES_DEPRECATED:
+    from ._policy import EventLoopPolicy
+elif _compat.HAS_POLICIES:
+    # As asyncio 3.14+ does for DefaultEventLoopPolicy: the name warns when it is read (and
+    # is left out of __all__, so a star import does not read it).
+    __all__.remove("EventLoopPolicy")
+
+    def __getattr__(name):
+        if name == "EventLoopPolicy":
+            _compat.warn_policy_deprecated(f"{__name__}.{name}", stacklevel=2)
+            from ._policy import EventLoopPolicy
+
+            return EventLoopPolicy
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+else:
+    __all__.remove("EventLoopPolicy")
+    __all__.remove("install")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import runpy
 import sys
-import warnings
 
 
 def main(argv=None):
@@ -17,11 +16,9 @@ def main(argv=None):
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: python -m tokioloop script.py [args...]", file=sys.stderr)
         return 0 if argv else 2
-    from . import install
+    from ._policy import _install
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        install()
+    _install()
     sys.argv = argv
     runpy.run_path(argv[0], run_name="__main__")
     return 0

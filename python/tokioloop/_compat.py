@@ -27,6 +27,41 @@ HAS_RUNNER = hasattr(asyncio, "Runner")
 #: asyncio's event-loop policies: deprecated from 3.14 (each use warns), removed in 3.16.
 POLICIES_DEPRECATED = VERSION >= (3, 14)
 HAS_POLICIES = VERSION < (3, 16)
+POLICIES_REMOVED_IN = (3, 16)
+
+
+def default_policy_class():
+    """The platform's default policy class, reached without the warning 3.14 gives for its
+    public name (``asyncio.DefaultEventLoopPolicy`` is a deprecated module attribute there)."""
+    if not POLICIES_DEPRECATED:
+        return asyncio.DefaultEventLoopPolicy
+    if sys.platform == "win32":
+        return __import__("asyncio.windows_events").windows_events._DefaultEventLoopPolicy
+    return __import__("asyncio.unix_events").unix_events._DefaultEventLoopPolicy
+
+
+def set_policy_quietly(policy):
+    """``asyncio.set_event_loop_policy(policy)`` without 3.14's deprecation warning (the
+    caller has given its own)."""
+    setter = getattr(asyncio.events, "_set_event_loop_policy", None)
+    if setter is None:
+        asyncio.set_event_loop_policy(policy)
+    else:
+        setter(policy)
+
+
+def warn_policy_deprecated(name, stacklevel):
+    """3.14's warning for a policy API, worded as asyncio words its own
+    (``'asyncio.set_event_loop_policy' is deprecated and slated for removal in Python 3.16``);
+    ``stacklevel`` counts from the caller of this function."""
+    import warnings
+
+    major, minor = POLICIES_REMOVED_IN
+    warnings.warn(
+        f"{name!r} is deprecated and slated for removal in Python {major}.{minor}",
+        DeprecationWarning,
+        stacklevel=stacklevel + 1,
+    )
 
 #: asyncio's TLS layer (``sslproto``): 3.11 replaced 3.10's design (an ``_SSLPipe`` under a
 #: plain Protocol) with the buffered state machine tokioloop implements natively. On 3.10 the
@@ -49,6 +84,16 @@ UNIX_SERVER_CLEANUP = "cleanup_socket" in inspect.signature(
 #: asyncio's "error while attempting to bind" message quotes the whole OSError (3.13+) rather
 #: than its strerror. A message change: by version.
 BIND_ERROR_NAMES_WHOLE_ERROR = VERSION >= (3, 13)
+
+#: A connection's protocol callbacks, ``connection_made`` included, all run in one context: a
+#: copy of the one ``create_connection()`` ran in, or for a server's connections, a copy per
+#: connection of the one the server was made in (3.15+). Before it ``connection_made`` ran in a
+#: context of its own, so what it set was not seen by ``data_received``. Detected by the
+#: ``context`` parameter asyncio's transports gained for it.
+CONNECTION_CONTEXT = "context" in inspect.signature(
+    __import__("asyncio.selector_events").selector_events._SelectorTransport.__init__
+).parameters
+
 
 #: ``set_default_executor`` refuses anything but a ThreadPoolExecutor (3.11+); 3.10 warns.
 DEFAULT_EXECUTOR_MUST_BE_THREAD_POOL = VERSION >= (3, 11)

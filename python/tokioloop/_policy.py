@@ -1,32 +1,19 @@
 """The event-loop policy entry points, for code that still goes through asyncio's policies.
 
-Policies are deprecated from CPython 3.14 and gone in 3.16; while they exist, these emit the
-DeprecationWarning the stdlib emits for the same use. Prefer ``loop_factory``.
+Policies are deprecated from CPython 3.14 and gone in 3.16. While they exist, tokioloop's warn
+as asyncio's own do on 3.14+: reading the name ``tokioloop.EventLoopPolicy`` warns as reading
+``asyncio.DefaultEventLoopPolicy`` does (see ``tokioloop.__getattr__``), and ``install()``
+warns as ``asyncio.set_event_loop_policy()`` does; the warning points at the caller's line.
+Importing tokioloop warns about nothing. Prefer ``loop_factory``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import warnings
-
-from ._compat import POLICIES_DEPRECATED as _POLICY_DEPRECATED
-
-# The platform default policy (on Unix: with the child-watcher API subprocess code expects)
-_BasePolicy = asyncio.DefaultEventLoopPolicy
+from . import _compat
 
 
-class EventLoopPolicy(_BasePolicy):
+class EventLoopPolicy(_compat.default_policy_class()):
     """An asyncio event-loop policy whose loops are tokioloop loops."""
-
-    def __init__(self):
-        if _POLICY_DEPRECATED:
-            warnings.warn(
-                "tokioloop.EventLoopPolicy is deprecated, as are asyncio's policies; "
-                "use asyncio.run(..., loop_factory=tokioloop.new_event_loop)",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-        super().__init__()
 
     def _loop_factory(self):
         from . import new_event_loop
@@ -36,13 +23,11 @@ class EventLoopPolicy(_BasePolicy):
 
 def install():
     """Make asyncio's default policy produce tokioloop loops (process-wide)."""
-    if _POLICY_DEPRECATED:
-        warnings.warn(
-            "tokioloop.install() is deprecated, as is asyncio.set_event_loop_policy(); "
-            "use asyncio.run(..., loop_factory=tokioloop.new_event_loop)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        asyncio.set_event_loop_policy(EventLoopPolicy())
+    if _compat.POLICIES_DEPRECATED:
+        _compat.warn_policy_deprecated("tokioloop.install", stacklevel=2)
+    _install()
+
+
+def _install():
+    """``install()`` without its deprecation warning (``python -m tokioloop``)."""
+    _compat.set_policy_quietly(EventLoopPolicy())

@@ -26,6 +26,7 @@ import warnings
 from asyncio import constants, futures, protocols, transports, trsock
 from asyncio.log import logger
 
+from . import _compat
 from ._tokioloop import StreamTransport
 
 _DEFAULT_HIGH_WATER = 64 * 1024
@@ -243,10 +244,12 @@ class SocketTransport(SelectorEnding, EngineTransport, transports.Transport):
         if server is not None:
             server._attach(self)
         _set_tcp_nodelay(sock)
-        loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(self._core._start_reading)
+        # 3.15+: connection_made shares the context data_received and connection_lost run in.
+        context = self._core._context if _compat.CONNECTION_CONTEXT else None
+        loop.call_soon(protocol.connection_made, self, context=context)
+        loop.call_soon(self._core._start_reading, context=context)
         if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None, context=context)
 
     def __repr__(self):
         parts = repr_parts(self, self._sock, self._sock_fd)

@@ -29,7 +29,7 @@ type Schedule = for<'py> fn(
     Bound<'py, PyAny>,
     Args,
     Option<Bound<'py, PyAny>>,
-) -> PyResult<Py<crate::handles::Handle>>;
+) -> PyResult<Py<PyAny>>;
 
 /// The last `"context"` keyword name seen: C asyncio passes the same string object every time
 /// (its own static string, which on 3.11 is not the interned one), so a pointer compare
@@ -164,7 +164,7 @@ unsafe extern "C" fn call_soon(
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     // SAFETY: forwarded from CPython's METH_FASTCALL|METH_KEYWORDS call.
-    unsafe { entry("call_soon", LoopCore::schedule_soon, slf, args, nargs, kwnames) }
+    unsafe { entry("call_soon", LoopCore::schedule_soon_any, slf, args, nargs, kwnames) }
 }
 
 unsafe extern "C" fn call_soon_threadsafe(

@@ -39,6 +39,16 @@ use timers::Timers;
 use pool::HandlePool;
 use wake::Wake;
 
+/// `asyncio.events._ThreadSafeHandle` where the running asyncio has it (3.14+), else None.
+fn threadsafe_handle_class(py: Python<'_>) -> PyResult<Option<&Bound<'_, PyAny>>> {
+    static CLASS: pyo3::sync::PyOnceLock<Option<Py<PyAny>>> = pyo3::sync::PyOnceLock::new();
+    let class = CLASS.get_or_try_init(py, || -> PyResult<_> {
+        let events = py.import("asyncio.events")?;
+        Ok(events.getattr_opt("_ThreadSafeHandle")?.map(Bound::unbind))
+    })?;
+    Ok(class.as_ref().map(|c| c.bind(py)))
+}
+
 /// Swaps in the hand-written `call_soon`/`call_soon_threadsafe` (see `fastcall`).
 pub fn install_fast_paths(class: &Bound<'_, pyo3::types::PyType>) -> PyResult<()> {
     fastcall::install(class)
@@ -430,13 +440,48 @@ impl LoopCore {
         Self::schedule_ready(slf, callback, args, context, false)
     }
 
+    /// `schedule_soon` for the fast entry, which returns any object.
+    #[inline]
+    fn schedule_soon_any(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Args,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        Ok(Self::schedule_ready(slf, callback, args, context, false)?.into_any())
+    }
+
+    /// `call_soon_threadsafe`. Before 3.14 a native handle; from 3.14 asyncio's
+    /// `events._ThreadSafeHandle` itself (gh-128340: its lock makes `cancel()` and
+    /// `cancelled()` from another thread wait while the callback runs, and callers check
+    /// `isinstance` against it).
     fn schedule_threadsafe(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
         args: Args,
         context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        Self::schedule_ready(slf, callback, args, context, true)
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let Some(class) = threadsafe_handle_class(py)? else {
+            return Ok(Self::schedule_ready(slf, callback, args, context, true)?.into_any());
+        };
+        let this = slf.get();
+        this.check_open()?;
+        if this.debug() {
+            Self::debug_checks(slf, &callback, "call_soon_threadsafe", false)?;
+        }
+        let handle = class.call1((callback, args.to_tuple(py)?, slf, context))?;
+        if this.debug() {
+            // Handle.__init__ records the stack from its caller, `_ThreadSafeHandle.__init__`;
+            // no frame of ours is on it, so that one is all to drop.
+            let traceback = handle.getattr(intern!(py, "_source_traceback"))?;
+            if traceback.is_truthy()? {
+                traceback.del_item(-1)?;
+            }
+        }
+        this.push_ready(Ready::Locked(handle.clone().unbind()));
+        this.wake.notify();
+        Ok(handle.unbind())
     }
 
     /// Queues a new handle for the next turn; from another thread, also wakes a parked loop.
@@ -630,7 +675,7 @@ impl LoopCore {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
+    ) -> PyResult<Py<PyAny>> {
         Self::schedule_threadsafe(slf, callback, Args::from_tuple(args), context)
     }
 
@@ -669,14 +714,13 @@ impl LoopCore {
         tasks::new_future(slf.as_any())
     }
 
-    /// Wraps `coro` in an `asyncio.Task` (or the task factory's product) on this loop.
-    #[pyo3(signature = (coro, *, name=None, context=None, eager_start=None))]
+    /// Wraps `coro` in an `asyncio.Task` (or the task factory's product) on this loop; the
+    /// keywords the running version takes are in `tasks::new_task`.
+    #[pyo3(signature = (coro, **kwargs))]
     fn create_task<'py>(
         slf: &Bound<'py, Self>,
         coro: &Bound<'py, PyAny>,
-        name: Option<Bound<'py, PyAny>>,
-        context: Option<Bound<'py, PyAny>>,
-        eager_start: Option<Bound<'py, PyAny>>,
+        kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let this = slf.get();
         this.check_open()?;
@@ -685,18 +729,10 @@ impl LoopCore {
             .lock()
             .as_ref()
             .map(|f| f.bind(slf.py()).clone());
-        tasks::new_task(
-            slf.as_any(),
-            factory,
-            coro,
-            name,
-            context,
-            eager_start,
-            this.debug(),
-        )
+        tasks::new_task(slf.as_any(), factory, coro, kwargs, this.debug())
     }
 
-    /// Use `factory(loop, coro[, context=])` for `create_task`; None restores the default.
+    /// Use `factory(loop, coro, **kwargs)` for `create_task`; None restores the default.
     fn set_task_factory(&self, factory: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let factory = factory.filter(|f| !f.is_none());
         if let Some(f) = &factory {
@@ -809,8 +845,8 @@ impl LoopCore {
 
     /// Runs one handle as the turn would (debug mode's timed path calls this).
     fn _run_handle(slf: &Bound<'_, Self>, handle: &Bound<'_, PyAny>) -> PyResult<()> {
-        let item = Ready::from_object(handle)?;
-        if item.is_cancelled() {
+        let item = Ready::from_object(handle);
+        if item.is_cancelled(slf.py()) {
             return Ok(());
         }
         turn::run_handle(slf, &item)

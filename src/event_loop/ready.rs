@@ -2,6 +2,10 @@
 //!
 //! `call_soon` handles and due timers share one FIFO; the enum keeps both without upcasting.
 //! Only `event_loop` builds these, and only the loop thread's turn runs them.
+//!
+//! From 3.14 a `call_soon_threadsafe` handle is the stdlib's own `events._ThreadSafeHandle`
+//! ([`Ready::Locked`]): its lock makes `cancel()` from another thread wait for a running
+//! callback (gh-128340), and its `_run` is the stdlib's.
 
 use pyo3::prelude::*;
 
@@ -17,6 +21,8 @@ pub enum Ready {
     /// A native transport's read or write (see `transports::stream`); the flag is true when
     /// a fresh edge queued it, false when the transport queued itself to look again.
     Stream(Py<StreamTransport>, Direction, bool),
+    /// An `asyncio.events._ThreadSafeHandle` (3.14+ `call_soon_threadsafe`); run by its `_run`.
+    Locked(Py<PyAny>),
 }
 
 impl Ready {
@@ -26,22 +32,30 @@ impl Ready {
         match self {
             Ready::Soon(h) => Some(&h.get().callback),
             Ready::Timer(t) => Some(&t.get().callback),
-            Ready::Stream(..) => None,
+            Ready::Stream(..) | Ready::Locked(_) => None,
         }
     }
 
+    /// As asyncio's turn reads it: `_cancelled`, without the handle's lock (`_run` looks again
+    /// under it).
     #[inline]
-    pub fn is_cancelled(&self) -> bool {
+    pub fn is_cancelled(&self, py: Python<'_>) -> bool {
         match self {
             Ready::Soon(h) => h.get().is_cancelled(),
             Ready::Timer(t) => t.get().is_cancelled(),
             Ready::Stream(..) => false,
+            Ready::Locked(handle) => handle
+                .bind(py)
+                .getattr(pyo3::intern!(py, "_cancelled"))
+                .and_then(|c| c.is_truthy())
+                .unwrap_or(false),
         }
     }
 
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
             Ready::Stream(transport, ..) => visit.call(transport),
+            Ready::Locked(handle) => visit.call(handle),
             _ => match self.callback() {
                 Some(callback) => callback.traverse(visit),
                 None => Ok(()),
@@ -88,14 +102,19 @@ impl Ready {
             Ready::Soon(h) => h.bind(py).clone().into_any(),
             Ready::Timer(t) => t.bind(py).clone().into_any(),
             Ready::Stream(s, ..) => s.bind(py).clone().into_any(),
+            Ready::Locked(h) => h.bind(py).clone(),
         }
     }
 
-    /// Reads a handle object passed back from Python (debug mode's `_run_handle`).
-    pub fn from_object(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+    /// Reads a handle object passed back from Python (debug mode's `_run_handle`): one of
+    /// ours, or else a stdlib handle the loop queued.
+    pub fn from_object(obj: &Bound<'_, PyAny>) -> Self {
         if let Ok(h) = obj.cast::<Handle>() {
-            return Ok(Ready::Soon(h.clone().unbind()));
+            return Ready::Soon(h.clone().unbind());
         }
-        Ok(Ready::Timer(obj.cast::<TimerHandle>()?.clone().unbind()))
+        if let Ok(t) = obj.cast::<TimerHandle>() {
+            return Ready::Timer(t.clone().unbind());
+        }
+        Ready::Locked(obj.clone().unbind())
     }
 }

@@ -76,35 +76,88 @@ pub fn new_future<'py>(event_loop: &Bound<'py, PyAny>) -> PyResult<Bound<'py, Py
 }
 
 /// A keyword the running version's `loop.create_task` does not take, refused as Python would.
-fn refuse_keyword(name: &str, since: &str) -> PyErr {
-    PyTypeError::new_err(format!(
-        "create_task() got an unexpected keyword argument '{name}' (asyncio has it from Python {since})"
-    ))
+fn refuse_keyword(name: &str, since: Option<&str>) -> PyErr {
+    let hint = since.map(|v| format!(" (asyncio has it from Python {v})")).unwrap_or_default();
+    PyTypeError::new_err(format!("create_task() got an unexpected keyword argument '{name}'{hint}"))
 }
 
-/// What `loop.create_task` does in the running version's stdlib: `context=` from 3.11,
-/// `eager_start=` from 3.14 (its documented form; refused below it, as the stdlib refuses it).
+/// What `loop.create_task(coro, **kwargs)` does in the running version's stdlib.
+///
+/// 3.14 (gh-128307) passes every keyword through untouched: to the task factory, or to
+/// `asyncio.Task` next to `loop=` (so `eager_start=`, and any keyword a custom factory takes).
+/// Before it the method takes `name=` and (3.11+) `context=` only: a factory gets `context=`
+/// only when it is not None and the name is set afterwards.
 pub fn new_task<'py>(
     event_loop: &Bound<'py, PyAny>,
     factory: Option<Bound<'py, PyAny>>,
     coro: &Bound<'py, PyAny>,
-    name: Option<Bound<'py, PyAny>>,
-    context: Option<Bound<'py, PyAny>>,
-    eager_start: Option<Bound<'py, PyAny>>,
+    kwargs: Option<&Bound<'py, PyDict>>,
     debug: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = event_loop.py();
-    if eager_start.is_some() && py.version_info() < (3, 14) {
-        return Err(refuse_keyword("eager_start", "3.14"));
+    let kwargs = kwargs.filter(|k| !k.is_empty());
+    if py.version_info() < (3, 14) {
+        return new_task_named(event_loop, factory, coro, kwargs, debug);
+    }
+    if let Some(factory) = factory {
+        return factory.call((event_loop, coro), kwargs);
+    }
+    let task_class = module_attribute(module(py, &TASKS_MODULE, "asyncio.tasks")?, intern!(py, "Task"))?;
+    let task = match kwargs {
+        None => call_with_loop(&task_class, Some(coro), event_loop)?,
+        Some(given) => {
+            if given.contains(intern!(py, "loop"))? {
+                return Err(PyTypeError::new_err(
+                    "Task() got multiple values for keyword argument 'loop'",
+                ));
+            }
+            let all = given.copy()?;
+            all.set_item(intern!(py, "loop"), event_loop)?;
+            task_class.call((coro,), Some(&all))?
+        }
+    };
+    drop_own_frame(&task, debug)?;
+    Ok(task)
+}
+
+/// The stdlib drops its own create_task frame from a debug-mode task's creation traceback.
+fn drop_own_frame(task: &Bound<'_, PyAny>, debug: bool) -> PyResult<()> {
+    if debug {
+        let traceback = task.getattr(intern!(task.py(), "_source_traceback"))?;
+        if traceback.is_truthy()? {
+            traceback.del_item(-1)?;
+        }
+    }
+    Ok(())
+}
+
+/// `create_task(coro, *, name=None[, context=None])`: 3.10-3.13.
+fn new_task_named<'py>(
+    event_loop: &Bound<'py, PyAny>,
+    factory: Option<Bound<'py, PyAny>>,
+    coro: &Bound<'py, PyAny>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+    debug: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = event_loop.py();
+    let (mut name, mut context) = (None, None);
+    if let Some(kwargs) = kwargs {
+        for (key, value) in kwargs.iter() {
+            let key = key.cast_into::<PyString>()?;
+            match key.to_str()? {
+                "name" => name = Some(value),
+                "context" if py.version_info() >= (3, 11) => context = Some(value),
+                "context" => return Err(refuse_keyword("context", Some("3.11"))),
+                "eager_start" => return Err(refuse_keyword("eager_start", Some("3.14"))),
+                other => return Err(refuse_keyword(other, None)),
+            }
+        }
     }
     let context = context.filter(|c| !c.is_none());
-    if context.is_some() && py.version_info() < (3, 11) {
-        return Err(refuse_keyword("context", "3.11"));
-    }
     let name = name.filter(|n| !n.is_none());
     let Some(factory) = factory else {
         let task_class = module_attribute(module(py, &TASKS_MODULE, "asyncio.tasks")?, intern!(py, "Task"))?;
-        let task = if name.is_none() && context.is_none() && eager_start.is_none() {
+        let task = if name.is_none() && context.is_none() {
             call_with_loop(&task_class, Some(coro), event_loop)?
         } else {
             let kwargs = PyDict::new(py);
@@ -113,29 +166,18 @@ pub fn new_task<'py>(
             if let Some(context) = context {
                 kwargs.set_item(intern!(py, "context"), context)?;
             }
-            if let Some(eager) = eager_start {
-                kwargs.set_item(intern!(py, "eager_start"), eager)?;
-            }
             task_class.call((coro,), Some(&kwargs))?
         };
-        if debug {
-            // The stdlib drops its own create_task frame from the creation traceback.
-            let traceback = task.getattr(intern!(py, "_source_traceback"))?;
-            if traceback.is_truthy()? {
-                traceback.del_item(-1)?;
-            }
-        }
+        drop_own_frame(&task, debug)?;
         return Ok(task);
     };
-    let task = if context.is_none() && eager_start.is_none() {
-        factory.call1((event_loop, coro))?
-    } else {
-        let kwargs = PyDict::new(py);
-        kwargs.set_item(intern!(py, "context"), context)?;
-        if let Some(eager) = eager_start {
-            kwargs.set_item(intern!(py, "eager_start"), eager)?;
+    let task = match context {
+        None => factory.call1((event_loop, coro))?,
+        Some(context) => {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item(intern!(py, "context"), context)?;
+            factory.call((event_loop, coro), Some(&kwargs))?
         }
-        factory.call((event_loop, coro), Some(&kwargs))?
     };
     if let Some(name) = name {
         task.call_method1(intern!(py, "set_name"), (name,))?;

@@ -94,7 +94,7 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
         core.complete_lookups(py)?;
         core.take_ready(py, &mut batch)?;
         while let Some(item) = batch.pop_front() {
-            if item.is_cancelled() {
+            if item.is_cancelled(py) {
                 core.recycle(py, item);
                 continue;
             }
@@ -157,6 +157,11 @@ fn park(py: Python<'_>, core: &LoopCore, runtime: &Runtime, sleep: &mut Pin<Box<
 pub fn run_handle(slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
     let py = slf.py();
     let Some(callback) = item.callback() else {
+        if let Ready::Locked(handle) = item {
+            // The stdlib's `_run` reports the callback's error itself and lets only
+            // KeyboardInterrupt/SystemExit (or the exception handler's own error) out.
+            handle.bind(py).call_method0(intern!(py, "_run"))?;
+        }
         return Ok(());
     };
     match callback.invoke(py, &slf.get().spare_context) {
