@@ -24,7 +24,11 @@ def loop_has(method, param=None):
     found = getattr(_LOOP_CLASS, method, None)
     if found is None:
         return False
-    return param is None or param in inspect.signature(found).parameters
+    if param is None:
+        return True
+    params = inspect.signature(found).parameters
+    # ``create_task(coro, **kwargs)`` (3.14+) takes every keyword (passing it on).
+    return param in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def server_has(method):

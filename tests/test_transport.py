@@ -1315,3 +1315,112 @@ def test_callbacks_run_in_copy_of_creator_context(loop, sockets):
         ("data", "set in data_received"),
         ("eof", "set in data_received"),
     ]
+
+
+# -- the context protocol callbacks run in (3.15 made it one per connection) ----------------
+
+_CONN_VAR = contextvars.ContextVar("conn_var", default="unset")
+
+
+class _ContextProtocol(asyncio.Protocol):
+    """Records what _CONN_VAR holds in each callback, then sets it to say who ran last."""
+
+    def __init__(self, log, tag):
+        self.log, self.tag = log, tag
+
+    def _see(self, event):
+        self.log.append((self.tag, event, _CONN_VAR.get()))
+        _CONN_VAR.set(f"{self.tag}-{event}")
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self._see("made")
+
+    def data_received(self, data):
+        self._see("data")
+        if self.tag == "server":
+            self.transport.write(data)
+        else:
+            self.transport.close()
+
+    def connection_lost(self, exc):
+        self._see("lost")
+
+
+def test_protocol_callbacks_context(loop):
+    """3.15+: connection_made, data_received and connection_lost of one connection share a
+    context (a copy of create_connection's caller's, or per connection of create_server's);
+    before 3.15 connection_made ran in a copy of its own."""
+    from tokioloop import _compat
+
+    log = []
+
+    async def main():
+        _CONN_VAR.set("at create_server")
+        server = await loop.create_server(lambda: _ContextProtocol(log, "server"), "127.0.0.1", 0)
+        _CONN_VAR.set("at create_connection")
+        done = loop.create_future()
+        protocol = _ContextProtocol(log, "client")
+        protocol.connection_lost = lambda exc: (_ContextProtocol.connection_lost(protocol, exc),
+                                                done.set_result(None))
+        transport, _ = await loop.create_connection(lambda: protocol, *server.sockets[0].getsockname()[:2])
+        _CONN_VAR.set("after")
+        transport.write(b"x")
+        await done
+        for _ in range(1000):  # the server's side sees the close too
+            if ("server", "lost") in [(t, e) for t, e, _ in log]:
+                break
+            await asyncio.sleep(0.005)
+        server.close()
+        await server.wait_closed()
+        for _ in range(3):  # (before 3.12.1 wait_closed() does not wait for the close)
+            await asyncio.sleep(0)
+        assert _CONN_VAR.get() == "after"
+
+    loop.run_until_complete(main())
+    shared = _compat.CONNECTION_CONTEXT
+    for tag, origin in (("client", "at create_connection"), ("server", "at create_server")):
+        seen = {event: value for t, event, value in log if t == tag}
+        assert seen["made"] == origin
+        assert seen["data"] == (f"{tag}-made" if shared else origin)
+        assert seen["lost"] == f"{tag}-data"
+
+
+def test_client_protocol_factory_context(loop):
+    """3.15 takes a client connection's context before calling the protocol factory: what the
+    factory sets stays in the caller's context and is not seen by connection_made; before
+    3.15 connection_made saw it."""
+    from tokioloop import _compat
+
+    seen = []
+
+    class Factory(asyncio.Protocol):
+        def __init__(self):
+            _CONN_VAR.set("set by the factory")
+
+        def connection_made(self, transport):
+            seen.append(_CONN_VAR.get())
+            transport.close()
+
+    server_lost = []
+
+    class ServerSide(asyncio.Protocol):
+        def connection_lost(self, exc):
+            server_lost.append(exc)
+
+    async def main():
+        server = await loop.create_server(ServerSide, "127.0.0.1", 0)
+        _CONN_VAR.set("caller")
+        transport, _ = await loop.create_connection(Factory, *server.sockets[0].getsockname()[:2])
+        caller_sees = _CONN_VAR.get()
+        transport.close()
+        for _ in range(1000):  # (before 3.12.1 wait_closed() does not wait for this)
+            if server_lost:
+                break
+            await asyncio.sleep(0.005)
+        server.close()
+        await server.wait_closed()
+        return caller_sees
+
+    assert loop.run_until_complete(main()) == "set by the factory"
+    assert seen == ["caller" if _compat.CONNECTION_CONTEXT else "set by the factory"]

@@ -13,6 +13,7 @@ Argument checking, error messages and the order things happen in follow stdlib a
 from __future__ import annotations
 
 import collections.abc
+import contextvars
 import errno
 import itertools
 import os
@@ -346,8 +347,15 @@ class NetSupport:
         caller's socket, from CPython gh-153133 on."""
         try:
             sock.setblocking(False)
-            protocol = protocol_factory()
-            transport, set_up = self._net_new_transport(sock, protocol, tls)
+            if _compat.CONNECTION_CONTEXT:
+                # 3.15: the connection's context is taken before the protocol factory runs,
+                # so what the factory sets stays in the caller's context only.
+                context = contextvars.copy_context()
+                protocol = protocol_factory()
+                transport, set_up = context.run(self._net_new_transport, sock, protocol, tls)
+            else:
+                protocol = protocol_factory()
+                transport, set_up = self._net_new_transport(sock, protocol, tls)
         except BaseException:
             if own_sock or _compat.TRANSPORT_FAILURE_CLOSES_SOCK:
                 sock.close()

@@ -757,6 +757,13 @@ impl StreamTransport {
         }
     }
 
+    /// The context the protocol's callbacks run in; from 3.15 `connection_made` runs in it
+    /// too (see `_compat.CONNECTION_CONTEXT`).
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
     /// Whether the descriptor is a socket (else a pipe, FIFO, pty or character device).
     #[getter]
     fn _is_socket(&self) -> bool {
