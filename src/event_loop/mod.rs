@@ -305,13 +305,6 @@ impl LoopCore {
     }
 
     fn dispatch_io(&self, py: Python<'_>) {
-        {
-            let mut state = self.state.lock();
-            if !state.io_retries.is_empty() {
-                let State { ready, io_retries, .. } = &mut *state;
-                ready.extend(io_retries.drain(..));
-            }
-        }
         if !self.io_pending.load(Ordering::Acquire) {
             return;
         }
@@ -331,7 +324,9 @@ impl LoopCore {
         let mut garbage = Vec::new();
         {
             let mut state = self.state.lock();
-            let State { ready, timers, .. } = &mut *state;
+            let State { ready, timers, io_retries } = &mut *state;
+            // The transports' retries are this turn's I/O too: behind what is ready, before timers.
+            ready.extend(io_retries.drain(..));
             if !timers.is_empty() {
                 timers.prune(&mut garbage);
                 if timers.next_deadline().is_some() {
@@ -471,14 +466,9 @@ impl LoopCore {
             Self::debug_checks(slf, &callback, "call_soon_threadsafe", false)?;
         }
         let handle = class.call1((callback, args.to_tuple(py)?, slf, context))?;
-        if this.debug() {
-            // Handle.__init__ records the stack from its caller, `_ThreadSafeHandle.__init__`;
-            // no frame of ours is on it, so that one is all to drop.
-            let traceback = handle.getattr(intern!(py, "_source_traceback"))?;
-            if traceback.is_truthy()? {
-                traceback.del_item(-1)?;
-            }
-        }
+        // Handle.__init__ records the stack from its caller, `_ThreadSafeHandle.__init__`; no
+        // frame of ours is on it, so that one is all to drop.
+        tasks::drop_own_frame(&handle, this.debug())?;
         this.push_ready(Ready::Locked(handle.clone().unbind()));
         this.wake.notify();
         Ok(handle.unbind())

@@ -120,8 +120,9 @@ pub fn new_task<'py>(
     Ok(task)
 }
 
-/// The stdlib drops its own create_task frame from a debug-mode task's creation traceback.
-fn drop_own_frame(task: &Bound<'_, PyAny>, debug: bool) -> PyResult<()> {
+/// The stdlib drops its own create_task frame from a debug-mode task's (or handle's) creation
+/// traceback.
+pub(crate) fn drop_own_frame(task: &Bound<'_, PyAny>, debug: bool) -> PyResult<()> {
     if debug {
         let traceback = task.getattr(intern!(task.py(), "_source_traceback"))?;
         if traceback.is_truthy()? {
