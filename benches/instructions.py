@@ -63,6 +63,8 @@ SIZES = {  # N for the full run; callgrind is ~50x slower than native
     "sleep0": 50_000,
     "future_pingpong": 20_000,
     "threadsafe": 50_000,
+    "tcp_pingpong": 10_000,
+    "streams_pingpong": 5_000,
 }
 N0_DIVISOR = 100  # N0 = max(N // N0_DIVISOR, N0_MIN)
 N0_MIN = 100

@@ -181,6 +181,90 @@ def bench_threadsafe(loop, n):
     return count()
 
 
+def _echo_pair(loop, server_protocol, client_protocol):
+    """A TCP server on 127.0.0.1 with one client connected to it, both on ``loop``.
+    Returns (server, client transport, client protocol)."""
+    server = loop.run_until_complete(loop.create_server(server_protocol, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    transport, protocol = loop.run_until_complete(
+        loop.create_connection(client_protocol, "127.0.0.1", port))
+    return server, transport, protocol
+
+
+def bench_tcp_pingpong(loop, n):
+    """n round trips of 64 bytes over loopback TCP, both ends asyncio Protocols on the loop:
+    the engine's read, the protocol call and the direct send, twice per op."""
+    payload = b"x" * 64
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    class Pinger(asyncio.Protocol):
+        def __init__(self):
+            self.left = n
+            self.pending = 0
+            self.done = loop.create_future()
+
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.pending -= len(data)
+            if self.pending > 0:
+                return
+            self.left -= 1
+            if self.left == 0:
+                self.done.set_result(n)
+                return
+            self.send()
+
+        def send(self):
+            self.pending = len(payload)
+            self.transport.write(payload)
+
+    server, transport, pinger = _echo_pair(loop, Echo, Pinger)
+    pinger.send()
+    rounds = loop.run_until_complete(pinger.done)
+    transport.close()
+    server.close()
+    loop.run_until_complete(server.wait_closed())
+    return rounds
+
+
+def bench_streams_pingpong(loop, n):
+    """n round trips of 64 bytes over loopback TCP with asyncio's own streams
+    (start_server / open_connection, readexactly and drain on both ends)."""
+    payload = b"x" * 64
+
+    async def echo(reader, writer):
+        try:
+            while True:
+                writer.write(await reader.readexactly(len(payload)))
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            writer.close()
+
+    async def main():
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(n):
+            writer.write(payload)
+            await writer.drain()
+            await reader.readexactly(len(payload))
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return n
+
+    return loop.run_until_complete(main())
+
+
 BENCHMARKS = {  # name -> (function, N for the full run)
     "call_soon": (bench_call_soon, 1_000_000),
     "call_later": (bench_call_later, 100_000),
@@ -189,6 +273,8 @@ BENCHMARKS = {  # name -> (function, N for the full run)
     "sleep0": (bench_sleep0, 200_000),
     "future_pingpong": (bench_future_pingpong, 100_000),
     "threadsafe": (bench_threadsafe, 200_000),
+    "tcp_pingpong": (bench_tcp_pingpong, 50_000),
+    "streams_pingpong": (bench_streams_pingpong, 20_000),
 }
 
 LOOPS = {  # name -> (module, distribution name for the version)

@@ -22,7 +22,7 @@ fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     event_loop::install_fast_paths(&m.py().get_type::<event_loop::LoopCore>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
-    m.add_class::<transports::stream::StreamTransport>()?;
+    m.add_class::<transports::stream::StreamEngine>()?;
     m.add_class::<transports::tls::TlsLayer>()?;
     m.add_class::<transports::datagram::DatagramEngine>()?;
     m.add_class::<sock::SockWait>()?;

@@ -39,7 +39,7 @@ class _PipeTransport(EngineTransport):
         self._pipe = pipe
         self._fileno = pipe.fileno()
         self._extra["pipe"] = pipe
-        self._core._set_protocol(protocol, False)
+        self._engine._set_protocol(protocol, False)
         loop.call_soon(protocol.connection_made, self)
         return watchable
 
@@ -57,11 +57,11 @@ class _PipeTransport(EngineTransport):
         pipe = getattr(self, "_pipe", None)
         if pipe is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._core._detach_io()
+            self._engine._detach_io()
             pipe.close()
 
     def set_protocol(self, protocol):
-        self._core._set_protocol(protocol, False)
+        self._engine._set_protocol(protocol, False)
 
     def _report_fatal(self, exc, message, expected):
         """An error ends the connection: an ``expected`` one is only logged in debug mode,
@@ -90,10 +90,10 @@ class _PipeTransport(EngineTransport):
         try:
             self._protocol.connection_lost(exc)
         finally:
-            self._core._detach_io()
+            self._engine._detach_io()
             self._pipe.close()
             self._pipe = None
-            self._core._take_protocol()
+            self._engine._take_protocol()
             self._loop = None
 
 
@@ -107,9 +107,9 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
             raise ValueError("Pipe transport is for pipes/sockets only.")
         self._set_up(loop, pipe, protocol, waiter, "read")
         if _compat.READ_PIPE_HAS_IS_READING:
-            self.is_reading = self._core.is_reading
+            self.is_reading = self._engine.is_reading
         # Reading starts only once connection_made() has run.
-        loop.call_soon(self._core._start_reading)
+        loop.call_soon(self._engine._start_reading)
         self._resolve_waiter(waiter)
 
     pause_reading = EngineTransport._pause_reading
@@ -121,7 +121,7 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
 
     def _close(self, exc):
         self._closing = True
-        self._core._stop_reading()
+        self._engine._stop_reading()
         self._connection_lost_soon(exc)
 
     # -- called by the engine ---------------------------------------------------------------
@@ -130,7 +130,7 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
         if self._loop.get_debug():
             logger.info("%r was closed by peer", self)
         self._closing = True
-        self._core._stop_reading()
+        self._engine._stop_reading()
         # eof_received's answer does not matter: a pipe at EOF is done.
         self._loop.call_soon(self._protocol.eof_received)
         self._connection_lost_soon(None)
@@ -156,7 +156,7 @@ class WritePipeTransport(_PipeTransport, transports.Transport):
         watchable = self._set_up(loop, pipe, protocol, waiter, "write")
         if watchable and (is_fifo or is_socket):
             # Only once connection_made() has run, as asyncio adds its reader.
-            loop.call_soon(self._core._watch_hangup)
+            loop.call_soon(self._engine._watch_hangup)
         self._resolve_waiter(waiter)
 
     def can_write_eof(self):
@@ -179,8 +179,8 @@ class WritePipeTransport(_PipeTransport, transports.Transport):
         self._close(None)
 
     def _stop_watching(self):
-        self._core._clear_write_buffer()
-        self._core._stop_reading()
+        self._engine._clear_write_buffer()
+        self._engine._stop_reading()
 
     def _close(self, exc=None):
         self._closing = True
@@ -204,7 +204,7 @@ class WritePipeTransport(_PipeTransport, transports.Transport):
             self._close()
 
     def _on_write_error(self, exc):
-        self._core._clear_write_buffer()
+        self._engine._clear_write_buffer()
         self._conn_lost += 1
         self._fatal_error(exc, "Fatal write error on pipe transport")
 

@@ -1,6 +1,6 @@
 """Socket stream transports (TCP and Unix): ``Loop._make_socket_transport``.
 
-``SocketTransport`` is an ``asyncio.Transport`` driven by a native engine, ``StreamTransport``,
+``SocketTransport`` is an ``asyncio.Transport`` driven by a native engine, ``StreamEngine``,
 which owns everything per read and per write: the receive into a per-thread buffer and the
 protocol call, the direct send, the queue flushed with one ``sendmsg``. The engine's
 ``write``, ``get_write_buffer_size``, ``is_closing``, ``is_reading`` and ``get_protocol`` are
@@ -27,7 +27,7 @@ from asyncio import constants, futures, protocols, transports, trsock
 from asyncio.log import logger
 
 from . import _compat
-from ._tokioloop import StreamTransport
+from ._tokioloop import StreamEngine
 
 _DEFAULT_HIGH_WATER = 64 * 1024
 
@@ -58,7 +58,7 @@ def add_socket_extra(extra, sock):
             extra["peername"] = None
 
 
-def engine_state(name, engine="_core"):
+def engine_state(name, engine="_engine"):
     """A transport attribute that lives in its native engine, the object at attribute
     ``engine`` (the hot path reads it there)."""
 
@@ -179,23 +179,23 @@ class EngineTransport(WriteFlowControl):
         """Make the engine for ``fileobj`` and register its descriptor; with ``pipe`` (None,
         "read" or "write") the engine follows asyncio's pipe transport rules. Returns False
         if the descriptor cannot be watched at all (a character device epoll refuses)."""
-        core = StreamTransport(loop, fileobj, self)
+        engine = StreamEngine(loop, fileobj, self)
         if pipe is not None:
-            core._set_pipe_mode(pipe == "write")
+            engine._set_pipe_mode(pipe == "write")
         try:
-            attached = core._attach_io()
+            attached = engine._attach_io()
         except PermissionError:
             if pipe != "write":
                 raise
             attached = None  # e.g. /dev/null: written to at once, never waited on
         if attached is False:
-            core._detach_io()
-            raise RuntimeError(f"File descriptor {core._sock_fd} is already watched by the loop")
-        self._core = core
-        self.write = core.write
-        self.get_write_buffer_size = core.get_write_buffer_size
-        self.is_closing = core.is_closing
-        self.get_protocol = core.get_protocol
+            engine._detach_io()
+            raise RuntimeError(f"File descriptor {engine._sock_fd} is already watched by the loop")
+        self._engine = engine
+        self.write = engine.write
+        self.get_write_buffer_size = engine.get_write_buffer_size
+        self.is_closing = engine.is_closing
+        self.get_protocol = engine.get_protocol
         self._loop = loop
         return attached is not None
 
@@ -207,7 +207,7 @@ class EngineTransport(WriteFlowControl):
         if self._closing or self._paused:
             return
         self._paused = True
-        self._core._stop_reading()
+        self._engine._stop_reading()
         if self._loop.get_debug():
             logger.debug("%r pauses reading", self)
 
@@ -215,7 +215,7 @@ class EngineTransport(WriteFlowControl):
         if self._closing or not self._paused:
             return
         self._paused = False
-        self._core._start_reading()
+        self._engine._start_reading()
         if self._loop.get_debug():
             logger.debug("%r resumes reading", self)
 
@@ -233,7 +233,7 @@ class SocketTransport(SelectorEnding, EngineTransport, transports.Transport):
         super().__init__(extra)
         self._sock = None
         self._start_engine(loop, sock)
-        self.is_reading = self._core.is_reading
+        self.is_reading = self._engine.is_reading
         add_socket_extra(self._extra, sock)
         self._sock = sock
         self._server = None
@@ -245,9 +245,9 @@ class SocketTransport(SelectorEnding, EngineTransport, transports.Transport):
             server._attach(self)
         _set_tcp_nodelay(sock)
         # 3.15+: connection_made shares the context data_received and connection_lost run in.
-        context = self._core._context if _compat.CONNECTION_CONTEXT else None
+        context = self._engine._context if _compat.CONNECTION_CONTEXT else None
         loop.call_soon(protocol.connection_made, self, context=context)
-        loop.call_soon(self._core._start_reading, context=context)
+        loop.call_soon(self._engine._start_reading, context=context)
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None, context=context)
 
@@ -263,13 +263,13 @@ class SocketTransport(SelectorEnding, EngineTransport, transports.Transport):
         sock = getattr(self, "_sock", None)
         if sock is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._core._detach_io()
+            self._engine._detach_io()
             sock.close()
 
     # -- the asyncio.Transport interface ------------------------------------------------
 
     def set_protocol(self, protocol):
-        self._core._set_protocol(protocol, isinstance(protocol, protocols.BufferedProtocol))
+        self._engine._set_protocol(protocol, isinstance(protocol, protocols.BufferedProtocol))
         self._protocol_connected = True
 
     pause_reading = EngineTransport._pause_reading
@@ -290,15 +290,15 @@ class SocketTransport(SelectorEnding, EngineTransport, transports.Transport):
         return True
 
     def _halt_reading(self):
-        self._core._stop_reading()
+        self._engine._stop_reading()
 
     def _force_close(self, exc):
         if self._conn_lost:
             return
-        self._core._clear_write_buffer()
+        self._engine._clear_write_buffer()
         if not self._closing:
             self._closing = True
-            self._core._stop_reading()
+            self._engine._stop_reading()
         self._conn_lost += 1
         self._loop.call_soon(self._call_connection_lost, exc)
 
@@ -307,10 +307,10 @@ class SocketTransport(SelectorEnding, EngineTransport, transports.Transport):
             if self._protocol_connected:
                 self._protocol.connection_lost(exc)
         finally:
-            self._core._detach_io()
+            self._engine._detach_io()
             self._sock.close()
             self._sock = None
-            self._core._take_protocol()
+            self._engine._take_protocol()
             self._loop = None
             server = self._server
             if server is not None:
@@ -328,12 +328,12 @@ class SocketTransport(SelectorEnding, EngineTransport, transports.Transport):
             self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
             return
         if keep_open:
-            self._core._stop_reading()
+            self._engine._stop_reading()
         else:
             self.close()
 
     def _on_write_error(self, exc):
-        self._core._clear_write_buffer()
+        self._engine._clear_write_buffer()
         self._fatal_error(exc, "Fatal write error on socket transport")
         if self._empty_waiter is not None:
             self._empty_waiter.set_exception(exc)

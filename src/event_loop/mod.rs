@@ -33,7 +33,7 @@ use crate::contexts::SpareContext;
 use crate::handles::{new_untracked, Args, Callback, Handle, TimerHandle};
 use crate::io::registry::{Direction, Registry, Target};
 use crate::runtime;
-use crate::transports::stream::StreamTransport;
+use crate::transports::stream::StreamEngine;
 use ready::Ready;
 use timers::Timers;
 use pool::HandlePool;
@@ -370,7 +370,7 @@ impl LoopCore {
         &self,
         _py: Python<'_>,
         fd: RawFd,
-        transport: Py<StreamTransport>,
+        transport: Py<StreamEngine>,
     ) -> PyResult<bool> {
         self.check_open()?;
         self.check_same_process()?;

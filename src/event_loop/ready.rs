@@ -13,14 +13,14 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::handles::{Callback, Handle, TimerHandle};
 use crate::io::registry::Direction;
-use crate::transports::stream::StreamTransport;
+use crate::transports::stream::StreamEngine;
 
 pub enum Ready {
     Soon(Py<Handle>),
     Timer(Py<TimerHandle>),
     /// A native transport's read or write (see `transports::stream`); the flag is true when
     /// a fresh edge queued it, false when the transport queued itself to look again.
-    Stream(Py<StreamTransport>, Direction, bool),
+    Stream(Py<StreamEngine>, Direction, bool),
     /// An `asyncio.events._ThreadSafeHandle` (3.14+ `call_soon_threadsafe`); run by its `_run`.
     Locked(Py<PyAny>),
 }

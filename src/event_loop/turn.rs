@@ -181,13 +181,13 @@ pub fn run_handle(slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
 /// failing reader callback's would.
 fn run_stream(
     slf: &Bound<'_, LoopCore>,
-    transport: &Py<crate::transports::stream::StreamTransport>,
+    transport: &Py<crate::transports::stream::StreamEngine>,
     direction: crate::io::registry::Direction,
     edge: bool,
 ) -> PyResult<()> {
     let py = slf.py();
     let transport = transport.bind(py);
-    match crate::transports::stream::StreamTransport::run(transport, direction, edge) {
+    match crate::transports::stream::StreamEngine::run(transport, direction, edge) {
         Ok(()) => Ok(()),
         Err(err) if is_fatal(py, &err) => Err(err),
         Err(err) => {

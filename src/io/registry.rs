@@ -31,7 +31,7 @@ use tokio::io::Interest;
 use crate::event_loop::ready::Ready;
 use crate::event_loop::wake::Wake;
 use crate::handles::Handle;
-use crate::transports::stream::StreamTransport;
+use crate::transports::stream::StreamEngine;
 
 /// A descriptor we watch but do not own: the Python side opened it and will close it.
 pub struct Watched(RawFd);
@@ -81,7 +81,7 @@ pub enum Target {
     /// An `add_reader`/`add_writer` callback, queued as a handle (level-triggered).
     Callback(Py<Handle>),
     /// A native transport; its read or write runs natively in the turn (edge-triggered).
-    Stream(Py<StreamTransport>),
+    Stream(Py<StreamEngine>),
     /// Never a direction's target: a registration's file object (see
     /// `Registration::fileobj`) on its way out of the registry's lock to be dropped.
     FileObject(Py<PyAny>),
@@ -122,7 +122,7 @@ struct Registration {
     id: u64,
     fd: AsyncFd<Watched>,
     /// The native transport that owns the descriptor, if one does: no add_reader on it.
-    owner: Option<Py<StreamTransport>>,
+    owner: Option<Py<StreamEngine>>,
     /// The object the first of the current callbacks was registered with (a socket, or the
     /// int itself; None for the loop's own watches), held as a selector key holds it: after
     /// that object is closed (`fileno() == -1`), remove_reader/remove_writer given it still
@@ -266,7 +266,7 @@ impl Registry {
         direction: Direction,
         handle: Py<Handle>,
         fileobj: Option<&Bound<'_, PyAny>>,
-    ) -> std::io::Result<Result<Option<Py<Handle>>, Py<StreamTransport>>> {
+    ) -> std::io::Result<Result<Option<Py<Handle>>, Py<StreamEngine>>> {
         let existed = self.fds.contains_key(&fd);
         let registration = self.ensure(fd)?;
         if existed
@@ -439,14 +439,14 @@ impl Registry {
     }
 
     /// The native transport that owns `fd`, if any.
-    pub fn owner(&self, py: Python<'_>, fd: RawFd) -> Option<Py<StreamTransport>> {
+    pub fn owner(&self, py: Python<'_>, fd: RawFd) -> Option<Py<StreamEngine>> {
         let owner = self.fds.get(&fd)?.owner.as_ref()?;
         Some(owner.clone_ref(py))
     }
 
     /// Registers a transport's socket; it then owns `fd` here until [`Registry::release_stream`].
     /// False if the descriptor is already watched — by callbacks or another transport.
-    pub fn attach_stream(&mut self, fd: RawFd, transport: Py<StreamTransport>) -> std::io::Result<bool> {
+    pub fn attach_stream(&mut self, fd: RawFd, transport: Py<StreamEngine>) -> std::io::Result<bool> {
         let registration = self.ensure(fd)?;
         if registration.owner.is_some()
             || registration.read.target.is_some()

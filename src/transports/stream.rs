@@ -1,7 +1,7 @@
-//! `StreamTransport`: the native half of a socket stream transport (TCP or Unix).
+//! `StreamEngine`: the native half of a socket stream transport (TCP or Unix).
 //!
 //! What runs per read or write lives here. A read edge from `io::registry` (or a read this
-//! transport queued for itself) makes the turn call [`StreamTransport::run`]: one `recv` into
+//! transport queued for itself) makes the turn call [`StreamEngine::run`]: one `recv` into
 //! a per-thread 256 KiB buffer, an exact-size `bytes`, `protocol.data_received` — or, for a
 //! `BufferedProtocol`, `recv` straight into `get_buffer()`. `write()` sends at once when
 //! nothing is queued; what the kernel did not take is queued as references to `bytes`
@@ -77,7 +77,7 @@ struct Inner {
 }
 
 #[pyclass(subclass, frozen, module = "tokioloop._tokioloop")]
-pub struct StreamTransport {
+pub struct StreamEngine {
     fd: RawFd,
     /// Socket (recv/send) or pipe (read/write): found once, at construction.
     kind: FdKind,
@@ -131,7 +131,7 @@ impl Drop for BufferView {
     }
 }
 
-impl StreamTransport {
+impl StreamEngine {
     fn core(&self, _py: Python<'_>) -> &LoopCore {
         self.core.get()
     }
@@ -521,8 +521,8 @@ fn call_method_one(
 }
 
 #[pymethods]
-impl StreamTransport {
-    /// `StreamTransport(loop, sock, owner)`: the engine of the Python transport `owner`.
+impl StreamEngine {
+    /// `StreamEngine(loop, sock, owner)`: the engine of the Python transport `owner`.
     #[new]
     fn new(r#loop: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, owner: Py<PyAny>) -> PyResult<Self> {
         let py = r#loop.py();
@@ -530,7 +530,7 @@ impl StreamTransport {
         let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
         // SAFETY: copies the current context; a new reference or NULL with an exception set.
         let context = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? };
-        Ok(StreamTransport {
+        Ok(StreamEngine {
             fd,
             kind: FdKind::of(fd),
             core,

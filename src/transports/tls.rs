@@ -32,7 +32,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
-use crate::transports::stream::{BufferView, StreamTransport};
+use crate::transports::stream::{BufferView, StreamEngine};
 
 /// The states of asyncio's TLS state machine, as `_state_code` shows them to Python.
 const UNWRAPPED: u8 = 0;
@@ -122,7 +122,7 @@ struct Inner {
     app_buffered: bool,
     /// The transport under this layer, and its native engine when it is a socket transport.
     transport: Option<Py<PyAny>>,
-    lower: Option<Py<StreamTransport>>,
+    lower: Option<Py<StreamEngine>>,
     /// Plaintext OpenSSL has not taken yet (bytes; bytes of the first already taken).
     backlog: VecDeque<Py<PyBytes>>,
     backlog_head: usize,
@@ -409,7 +409,7 @@ impl TlsLayer {
             let records = outgoing.call_method0(intern!(py, "read"))?;
             if !records.cast::<PyBytes>()?.as_bytes().is_empty() {
                 match (lower, transport) {
-                    (Some(lower), _) => StreamTransport::write(lower.bind(py), &records)?,
+                    (Some(lower), _) => StreamEngine::write(lower.bind(py), &records)?,
                     (None, Some(transport)) => call(transport.bind(py), intern!(py, "write"), (records,))?,
                     (None, None) => {}
                 }
@@ -580,8 +580,8 @@ impl TlsLayer {
     /// engine is kept too, so records go to its `write` without a method lookup.
     fn _bind_transport(&self, transport: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let lower = match &transport {
-            Some(t) => match t.getattr_opt(intern!(t.py(), "_core"))? {
-                Some(core) => core.cast_into::<StreamTransport>().ok().map(Bound::unbind),
+            Some(t) => match t.getattr_opt(intern!(t.py(), "_engine"))? {
+                Some(core) => core.cast_into::<StreamEngine>().ok().map(Bound::unbind),
                 None => None,
             },
             None => None,
