@@ -25,6 +25,7 @@ from ._dns import DnsSupport
 from ._errors import ExceptionHandling
 from ._executor import ExecutorSupport
 from ._net import NetSupport
+from ._serve import ServeSupport
 from ._signals import SignalSupport
 from ._sock import SockSupport
 from ._pipes import PipeSupport
@@ -86,8 +87,8 @@ def _format_handle(handle):
 
 class Loop(
     LoopCore, ExceptionHandling, ExecutorSupport, SignalSupport, SockSupport, DnsSupport,
-    NetSupport, TransportSupport, TlsSupport, PipeSupport, SubprocessSupport, DatagramSupport,
-    asyncio.AbstractEventLoop,
+    NetSupport, ServeSupport, TransportSupport, TlsSupport, PipeSupport, SubprocessSupport,
+    DatagramSupport, asyncio.AbstractEventLoop,
 ):
     """An asyncio event loop on a tokio current-thread runtime. Create with ``new_event_loop()``."""
 

@@ -3,7 +3,7 @@ return.
 
 A Server owns its listening sockets and the set of connections it accepted. The accepting
 itself (watching the listening sockets, calling ``accept``, building transports) is the loop's
-job, in ``_net.NetSupport``; the Server only tells the loop when to start and stop, and keeps
+job, in ``_serve.ServeSupport``; the Server only tells the loop when to start and stop, and keeps
 the bookkeeping ``close`` / ``wait_closed`` / ``close_clients`` need. The public API is the
 running version's asyncio.Server: ``close_clients``/``abort_clients`` from 3.13; ``wait_closed``
 returns once the server is closed *and* every accepted connection has gone (since 3.12.1;

@@ -1,10 +1,18 @@
-"""The low-level socket API: ``loop.sock_*`` coroutines on top of add_reader/add_writer.
+"""The low-level socket API: ``loop.sock_*`` coroutines on top of add_reader/add_writer, and
+both sendfiles: ``sock_sendfile`` on a socket and ``sendfile`` on a transport.
 
 Each operation tries its syscall at once; if the socket would block, it watches the fd with
 the loop's level-triggered readiness and retries from the callback until the syscall either
 succeeds or fails, resolving a future. The watch ends when that future is done, whether by the
 syscall or by cancellation, unless a later operation on the same fd has taken the watch over
 (as asyncio's selector loop does when a second add_reader cancels the first handle).
+
+The transport ``sendfile`` lives here because its zero-copy path is ``sock_sendfile`` on (a
+duplicate of) the transport's socket; its fallback writes through the transport under the
+transport's flow control, as asyncio's ``BaseEventLoop._sendfile_fallback`` does.
+
+Contract: ``SockSupport`` is a mixin of ``Loop`` (``_loop.py``). Callers: asyncio's public API
+through ``Loop``; ``_net.py`` and ``_serve.py`` (``_reject_ssl_socket``).
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import errno
 import io
 import os
 import socket
-from asyncio import constants, exceptions
+from asyncio import constants, exceptions, protocols
 
 from . import _compat
 from ._tokioloop import (
@@ -31,6 +39,7 @@ except ImportError:  # pragma: no cover - interpreter built without ssl
     ssl = None
 
 _HAS_IPv6 = hasattr(socket, "AF_INET6")
+_SENDFILE_FALLBACK_CHUNK = 16384  # what asyncio's transport fallback reads per step
 _READ = "r"
 _WRITE = "w"
 
@@ -44,7 +53,7 @@ def _reject_ssl_socket(sock):
 
 class SockSupport:
     """Mixin for ``Loop``: sock_recv[_into], sock_recvfrom[_into], sock_sendall, sock_sendto,
-    sock_connect, sock_accept and sock_sendfile."""
+    sock_connect, sock_accept, sock_sendfile, and sendfile over a transport."""
 
     # -- shared plumbing ------------------------------------------------------------------
 
@@ -309,6 +318,84 @@ class SockSupport:
             if total > 0 and hasattr(file, "seek"):
                 file.seek(offset + total)
 
+    # -- sendfile over a transport --------------------------------------------------------
+
+    async def sendfile(self, transport, file, offset=0, count=None, *, fallback=True):
+        """Send ``file`` over ``transport``; return the number of bytes sent.
+
+        Uses os.sendfile on the transport's socket when the transport allows it, else (if
+        ``fallback``) reads the file and writes it, honouring the transport's flow control.
+        The file position is left just past what was sent."""
+        if transport.is_closing():
+            raise RuntimeError("Transport is closing")
+        mode = getattr(transport, "_sendfile_compatible", constants._SendfileMode.UNSUPPORTED)
+        if mode is constants._SendfileMode.UNSUPPORTED:
+            raise RuntimeError(f"sendfile is not supported for transport {transport!r}")
+        if mode is constants._SendfileMode.TRY_NATIVE:
+            try:
+                return await self._sendfile_native(transport, file, offset, count)
+            except exceptions.SendfileNotAvailableError:
+                if not fallback:
+                    raise
+        if not fallback:
+            raise RuntimeError(
+                f"fallback is disabled and native sendfile is not supported for transport "
+                f"{transport!r}"
+            )
+        return await self._sendfile_fallback(transport, file, offset, count)
+
+    async def _sendfile_native(self, transport, file, offset, count):
+        """os.sendfile on the transport's socket, once its write buffer has drained; reading
+        is paused meanwhile so nothing interleaves."""
+        resume_reading = transport.is_reading()
+        transport.pause_reading()
+        try:
+            await transport._make_empty_waiter()
+        except BaseException:
+            if resume_reading:
+                transport.resume_reading()
+            raise
+        # The loop's registry may belong to the transport for this fd (a native transport
+        # owns its socket there and add_writer on it is refused), so the zero-copy send
+        # watches a duplicate descriptor of the same socket. The transport stays registered,
+        # with reading paused and its write queue empty (write() is refused meanwhile).
+        duplicate = None
+        try:
+            duplicate = transport._sock.dup()
+            return await self.sock_sendfile(duplicate, file, offset, count, fallback=False)
+        finally:
+            if duplicate is not None:
+                self._remove_writer(duplicate.fileno())  # normally gone already
+                duplicate.close()
+            transport._reset_empty_waiter()
+            if resume_reading:
+                transport.resume_reading()
+
+    async def _sendfile_fallback(self, transport, file, offset, count):
+        _seek_to_start(file, offset)
+        blocksize = min(count, _SENDFILE_FALLBACK_CHUNK) if count else _SENDFILE_FALLBACK_CHUNK
+        buf = bytearray(blocksize)
+        total = 0
+        stand_in = _SendfileFallbackProtocol(self, transport)
+        try:
+            while True:
+                if count:
+                    blocksize = min(count - total, blocksize)
+                    if blocksize <= 0:
+                        return total
+                view = memoryview(buf)[:blocksize]
+                got = await self.run_in_executor(None, file.readinto, view)
+                if not got:
+                    return total  # end of file
+                await stand_in.drain()
+                # A copy: the buffer is reused for the next chunk.
+                transport.write(bytes(view[:got]))
+                total += got
+        finally:
+            if total > 0 and hasattr(file, "seek"):
+                file.seek(offset + total)
+            await stand_in.restore()
+
 
 def _seek_to_start(file, offset):
     """Where a sendfile fallback starts reading: at ``offset``, also 0 (gh-150107); before
@@ -410,3 +497,70 @@ def _check_sendfile_params(sock, file, offset, count):
         raise TypeError(f"offset must be a non-negative integer (got {offset!r})")
     if offset < 0:
         raise ValueError(f"offset must be a non-negative integer (got {offset!r})")
+
+
+def _writing_paused(transport):
+    """Whether the transport has told its protocol to pause writing."""
+    paused = getattr(transport, "_protocol_paused", None)
+    if paused is not None:
+        return bool(paused)
+    return transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
+
+
+class _SendfileFallbackProtocol(protocols.Protocol):
+    """Stands in for the transport's protocol while the fallback writes the file: reading is
+    paused, and pause_writing/resume_writing gate the next chunk. ``restore`` puts the
+    original protocol back in the state it was in."""
+
+    def __init__(self, loop, transport):
+        self._loop = loop
+        self._transport = transport
+        self._proto = transport.get_protocol()
+        self._should_resume_reading = transport.is_reading()
+        self._should_resume_writing = _writing_paused(transport)
+        transport.pause_reading()
+        transport.set_protocol(self)
+        self._write_ready_fut = loop.create_future() if self._should_resume_writing else None
+
+    async def drain(self):
+        if self._transport.is_closing():
+            raise ConnectionError("Connection closed by peer")
+        if self._write_ready_fut is not None:
+            await self._write_ready_fut
+
+    def connection_made(self, transport):
+        raise RuntimeError("Invalid state: connection should have been established already.")
+
+    def connection_lost(self, exc):
+        if self._write_ready_fut is not None:
+            # Writing was paused, so the peer left before taking the whole file.
+            if exc is None:
+                self._write_ready_fut.set_exception(ConnectionError("Connection is closed by peer"))
+            else:
+                self._write_ready_fut.set_exception(exc)
+        self._proto.connection_lost(exc)
+
+    def pause_writing(self):
+        if self._write_ready_fut is None:
+            self._write_ready_fut = self._loop.create_future()
+
+    def resume_writing(self):
+        if self._write_ready_fut is not None:
+            self._write_ready_fut.set_result(False)
+            self._write_ready_fut = None
+
+    def data_received(self, data):
+        raise RuntimeError("Invalid state: reading should be paused")
+
+    def eof_received(self):
+        raise RuntimeError("Invalid state: reading should be paused")
+
+    async def restore(self):
+        self._transport.set_protocol(self._proto)
+        if self._should_resume_reading:
+            self._transport.resume_reading()
+        if self._write_ready_fut is not None:
+            # Nobody waits on it any more; cancelling keeps it from being logged.
+            self._write_ready_fut.cancel()
+        if self._should_resume_writing:
+            self._proto.resume_writing()
