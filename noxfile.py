@@ -1,9 +1,10 @@
 """nox sessions: the test matrix over every supported CPython, and the release wheels.
 
-    pip install nox && nox -s tests crosscheck   # CI: CPython 3.10-3.15, each in a fresh venv
+    pip install nox && nox -s tests crosscheck lint   # CI: CPython 3.10-3.15, then the gates
     nox -s tests-3.12 -- tests/test_scheduling.py -x   # one version; after -- are pytest's args
     nox -s wheels                                # x86_64 + aarch64 wheels, 3.10-3.15, checked
     nox -s crosscheck                            # cargo check for macOS arm64 and Linux aarch64
+    nox -s lint                                  # fmt, clippy, cargo test, stubtest (all run)
 
 Interpreters: pyenv's ``versions/3.X.*/bin/python3.X`` first (pyenv's shims only work for the
 global version, so ``python3.10`` on PATH may be a shim that refuses to run), then a working
@@ -507,3 +508,50 @@ def crosscheck(session: nox.Session) -> None:
            "PYO3_CROSS_PYTHON_VERSION": PYTHONS[-1]}
     for target in targets:
         session.run("cargo", "check", "--locked", "--target", target, env=env, external=True)
+
+
+# --- the gates ----------------------------------------------------------------------------
+
+# stubtest needs the extension built for one interpreter; the seam does not change with the
+# version, so one is enough. 3.11 shares tests-3.11's build cache (target/nox).
+LINT_PYTHON = "3.11"
+
+
+@nox.session(python=LINT_PYTHON)
+def lint(session: nox.Session) -> None:
+    """The gates, every one run even when an earlier one fails, so one run shows them all:
+    ``cargo fmt --check`` (rustfmt.toml's 110 columns), ``cargo clippy --all-targets -- -D
+    warnings``, the Rust unit tests (``cargo test --lib``, pyo3 linked against this session's
+    CPython) and ``mypy.stubtest`` of ``_tokioloop.pyi`` against the extension built and
+    installed in this venv, with ``.mypy-stubtest-allowlist``. Fails if any gate failed."""
+    failed = []
+
+    def gate(name: str, *args: str, env: dict | None = None, external: bool = True) -> None:
+        try:
+            session.run(*args, env=env, external=external)
+        except CommandFailed as exc:
+            session.warn(f"gate {name} failed ({exc.reason})")
+            failed.append(name)
+
+    # Clippy and the unit tests get a target dir of their own: their flags differ from the
+    # extension builds', which would otherwise rebuild each other's dependencies.
+    rust_env = {"CARGO_TARGET_DIR": str(ROOT / "target" / "lint")}
+    python = str(Path(session.bin) / "python")
+    gate("fmt", "cargo", "fmt", "--check")
+    gate("clippy", "cargo", "clippy", "--locked", "--all-targets", "--", "-D", "warnings",
+         env=rust_env)
+    gate("cargo test", "cargo", "test", "--locked", "--lib", env={**rust_env, "PYO3_PYTHON": python})
+
+    try:
+        session.install(".", "mypy>=2,<3", env={"CARGO_TARGET_DIR": str(TARGET)})
+    except CommandFailed as exc:
+        session.warn(f"gate stubtest failed: could not build and install the extension ({exc.reason})")
+        failed.append("stubtest")
+    else:
+        # From a temporary directory, so ``tokioloop`` is the installed package and its .pyi.
+        with session.chdir(session.create_tmp()):
+            gate("stubtest", "python", "-m", "mypy.stubtest", "tokioloop._tokioloop",
+                 "--allowlist", str(ROOT / ".mypy-stubtest-allowlist"), external=False)
+    if failed:
+        session.error(f"gates failed: {', '.join(failed)}")
+    session.log("every gate passed")
