@@ -71,7 +71,8 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
 
     Built as asyncio's ``sslproto.SSLProtocol`` is, with its semantics (3.13's, which fix
     gh-113214: an abort passes its error down). The per-record work (reading, writing, the
-    flow-control checks) is the native base class's; the transitions are here."""
+    flow-control checks) is the native base class's, and so is the state machine's table of
+    allowed steps (``_enter_state`` refuses any other); when to take a step is decided here."""
 
     def __init__(self, loop, app_protocol, sslcontext, waiter, server_side=False,
                  server_hostname=None, call_connection_made=True, ssl_handshake_timeout=None,
@@ -125,9 +126,6 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
     def _state(self):
         return _State(self._state_code)
 
-    def _set_state(self, new_state):
-        self._enter_state(new_state)
-
     def _set_app_protocol(self, app_protocol):
         buffered = hasattr(app_protocol, "get_buffer") and isinstance(
             app_protocol, protocols.BufferedProtocol
@@ -176,7 +174,7 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
         if self._state is not _State.DO_HANDSHAKE and self._app_state in (_App.CON_MADE, _App.EOF):
             self._app_state = _App.CON_LOST
             self._loop.call_soon(self._app_protocol.connection_lost, exc)
-        self._set_state(_State.UNWRAPPED)
+        self._enter_state(_State.UNWRAPPED)
         self._bind_transport(None)
         self._app_transport = None
         self._bind_app_protocol(None, False)
@@ -196,13 +194,13 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
             if state is _State.DO_HANDSHAKE:
                 self._on_handshake_complete(ConnectionResetError)
             elif state is _State.WRAPPED:
-                self._set_state(_State.FLUSHING)
+                self._enter_state(_State.FLUSHING)
                 if self._app_reading_paused:
                     return True  # keep the socket until the application reads again
                 self._do_flush()
             elif state is _State.FLUSHING:
                 self._do_write()
-                self._set_state(_State.SHUTDOWN)
+                self._enter_state(_State.SHUTDOWN)
                 self._do_shutdown()
             elif state is _State.SHUTDOWN:
                 self._do_shutdown()
@@ -228,7 +226,7 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
             self._handshake_start_time = self._loop.time()
         else:
             self._handshake_start_time = None
-        self._set_state(_State.DO_HANDSHAKE)
+        self._enter_state(_State.DO_HANDSHAKE)
         self._handshake_timeout_handle = self._loop.call_later(
             self._ssl_handshake_timeout, self._check_handshake_timeout
         )
@@ -259,11 +257,11 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
         try:
             if handshake_exc is not None:
                 raise handshake_exc
-            self._set_state(_State.WRAPPED)
+            self._enter_state(_State.WRAPPED)
             peercert = sslobj.getpeercert()
         except Exception as exc:
             handshake_exc = None  # no frame -> exception cycle
-            self._set_state(_State.UNWRAPPED)
+            self._enter_state(_State.UNWRAPPED)
             if isinstance(exc, ssl.CertificateError):
                 message = "SSL handshake failed on verifying the certificate"
             else:
@@ -295,7 +293,7 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
         if state is _State.DO_HANDSHAKE:
             self._abort(None)
             return
-        self._set_state(_State.FLUSHING)
+        self._enter_state(_State.FLUSHING)
         self._shutdown_timeout_handle = self._loop.call_later(
             self._ssl_shutdown_timeout, self._check_shutdown_timeout
         )
@@ -307,7 +305,7 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
 
     def _do_flush(self):
         self._do_read()
-        self._set_state(_State.SHUTDOWN)
+        self._enter_state(_State.SHUTDOWN)
         self._do_shutdown()
 
     def _do_shutdown(self):
@@ -345,7 +343,7 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
         return transport is not None and transport.is_closing()
 
     def _abort(self, exc):
-        self._set_state(_State.UNWRAPPED)
+        self._enter_state(_State.UNWRAPPED)
         transport = self._transport
         if transport is not None:
             transport._force_close(exc)

@@ -505,6 +505,8 @@ impl DatagramEngine {
         self._clear_queue();
     }
 
+    // Python reads the flags below but changes them only through these verbs, so each rule
+    // sits next to the flag it guards.
     #[getter]
     fn _conn_lost(&self) -> u32 {
         self.inner.lock().conn_lost

@@ -787,6 +787,8 @@ impl StreamEngine {
         self.fd
     }
 
+    // Python reads the flags below but changes them only through these verbs, so each rule
+    // sits next to the flag it guards.
     /// asyncio's default high-water mark, for `set_write_buffer_limits()` in Python.
     #[classattr]
     const _DEFAULT_HIGH_WATER: usize = DEFAULT_HIGH_WATER;

@@ -736,6 +736,8 @@ impl TlsLayer {
         Self::ciphertext_arrived(slf)
     }
 
+    // Python reads the flags below but changes them only through these verbs, so each rule
+    // sits next to the flag it guards.
     #[classattr]
     const _UNWRAPPED: u8 = UNWRAPPED as u8;
     #[classattr]
