@@ -51,11 +51,9 @@ _READING_CONTROL = "pause_reading" in vars(selector_events._SelectorTransport)
 class DatagramTransport(SelectorEnding, WriteFlowControl, *_BASES):
     """A datagram socket as an asyncio transport; ``sendto`` is the native engine's."""
 
-    _conn_lost = engine_state("_conn_lost", "_engine")
-    _closing = engine_state("_closing", "_engine")
-    _protocol_paused = engine_state("_protocol_paused", "_engine")
-    _high_water = engine_state("_high_water", "_engine")
-    _low_water = engine_state("_low_water", "_engine")
+    _conn_lost = engine_state("_conn_lost")
+    _closing = engine_state("_closing")
+    _protocol_paused = engine_state("_protocol_paused")
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
         super().__init__(extra)
@@ -115,13 +113,13 @@ class DatagramTransport(SelectorEnding, WriteFlowControl, *_BASES):
     def _start_reading(self):
         if self._paused or self._closing or self._sock is None:
             return
-        self._engine._reading = True
+        self._engine._set_reading(True)
         self._loop._add_reader(self._sock_fd, self._engine._read_ready, ())
         # asyncio hears of a socket error (an ICMP refusal) through its reader: so do we.
         self._loop._watch_errors(self._sock_fd)
 
     def _stop_reading(self):
-        self._engine._reading = False
+        self._engine._set_reading(False)
         if self._sock is not None:
             self._loop._remove_reader(self._sock_fd)
 
@@ -167,10 +165,9 @@ class DatagramTransport(SelectorEnding, WriteFlowControl, *_BASES):
             return
         self._engine._clear_queue()
         self._stop_writing()
-        if not self._closing:
-            self._closing = True
+        if self._engine._begin_close():
             self._stop_reading()
-        self._conn_lost += 1
+        self._engine._mark_lost()
         self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc):

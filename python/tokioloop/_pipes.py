@@ -120,7 +120,7 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
             self._close(None)
 
     def _close(self, exc):
-        self._closing = True
+        self._engine._begin_close()
         self._engine._stop_reading()
         self._connection_lost_soon(exc)
 
@@ -129,7 +129,7 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
     def _on_eof(self):
         if self._loop.get_debug():
             logger.info("%r was closed by peer", self)
-        self._closing = True
+        self._engine._begin_close()
         self._engine._stop_reading()
         # eof_received's answer does not matter: a pipe at EOF is done.
         self._loop.call_soon(self._protocol.eof_received)
@@ -166,7 +166,7 @@ class WritePipeTransport(_PipeTransport, transports.Transport):
         if self._closing:
             return
         assert self._pipe
-        self._closing = True
+        self._engine._begin_close()
         if not self.get_write_buffer_size():
             self._stop_watching()
             self._connection_lost_soon(None)
@@ -183,7 +183,7 @@ class WritePipeTransport(_PipeTransport, transports.Transport):
         self._engine._stop_reading()
 
     def _close(self, exc=None):
-        self._closing = True
+        self._engine._begin_close()
         self._stop_watching()
         self._connection_lost_soon(exc)
 
@@ -205,7 +205,7 @@ class WritePipeTransport(_PipeTransport, transports.Transport):
 
     def _on_write_error(self, exc):
         self._engine._clear_write_buffer()
-        self._conn_lost += 1
+        self._engine._mark_lost()
         self._fatal_error(exc, "Fatal write error on pipe transport")
 
     def _on_drained(self):

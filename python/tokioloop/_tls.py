@@ -20,19 +20,16 @@ from asyncio.log import logger
 
 from . import _compat
 from ._tokioloop import TlsLayer
+from ._transport import WriteFlowControl, tell_protocol, water_marks
 
 try:
     import ssl
 except ImportError:  # pragma: no cover - interpreter built without ssl
     ssl = None
 
-# asyncio's flow-control defaults for TLS, in KiB (3.11+; 3.10's layer has none of its own).
-_READ_HIGH_WATER_KIB = getattr(constants, "FLOW_CONTROL_HIGH_WATER_SSL_READ", 256)
-_WRITE_HIGH_WATER_KIB = getattr(constants, "FLOW_CONTROL_HIGH_WATER_SSL_WRITE", 512)
-
 if ssl is not None:
-    # What asyncio reads as "OpenSSL needs more input first".
-    _AGAIN = (ssl.SSLWantReadError, ssl.SSLSyscallError)
+    # What asyncio reads as "OpenSSL needs more input first" (the native half's tuple).
+    _AGAIN = TlsLayer._again_errors()
 
 
 def tls_protocol_class():
@@ -42,22 +39,14 @@ def tls_protocol_class():
 
 
 class _State(enum.IntEnum):
-    """The TLS state machine (the codes are the native half's)."""
+    """The TLS state machine's states, by the native half's codes. Which steps are allowed
+    is decided there alone (``TlsLayer._enter_state``)."""
 
-    UNWRAPPED = 0
-    DO_HANDSHAKE = 1
-    WRAPPED = 2
-    FLUSHING = 3
-    SHUTDOWN = 4
-
-
-# Every state may fall back to UNWRAPPED; otherwise only these steps are allowed.
-_STEPS = frozenset({
-    (_State.UNWRAPPED, _State.DO_HANDSHAKE),
-    (_State.DO_HANDSHAKE, _State.WRAPPED),
-    (_State.WRAPPED, _State.FLUSHING),
-    (_State.FLUSHING, _State.SHUTDOWN),
-})
+    UNWRAPPED = TlsLayer._UNWRAPPED
+    DO_HANDSHAKE = TlsLayer._DO_HANDSHAKE
+    WRAPPED = TlsLayer._WRAPPED
+    FLUSHING = TlsLayer._FLUSHING
+    SHUTDOWN = TlsLayer._SHUTDOWN
 
 
 class _App(enum.Enum):
@@ -67,18 +56,6 @@ class _App(enum.Enum):
     CON_MADE = "CON_MADE"
     EOF = "EOF"
     CON_LOST = "CON_LOST"
-
-
-def _water_marks(high, low, default_kib):
-    """asyncio's rule for a (high, low) pair: only low given means high = 4 * low; only high
-    given means low = high // 4; neither means the default."""
-    if high is None:
-        high = default_kib * 1024 if low is None else 4 * low
-    if low is None:
-        low = high // 4
-    if not high >= low >= 0:
-        raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-    return high, low
 
 
 def _positive_timeout(name, value, default):
@@ -94,7 +71,8 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
 
     Built as asyncio's ``sslproto.SSLProtocol`` is, with its semantics (3.13's, which fix
     gh-113214: an abort passes its error down). The per-record work (reading, writing, the
-    flow-control checks) is the native base class's; the transitions are here."""
+    flow-control checks) is the native base class's, and so is the state machine's table of
+    allowed steps (``_enter_state`` refuses any other); when to take a step is decided here."""
 
     def __init__(self, loop, app_protocol, sslcontext, waiter, server_side=False,
                  server_hostname=None, call_connection_made=True, ssl_handshake_timeout=None,
@@ -148,11 +126,6 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
     def _state(self):
         return _State(self._state_code)
 
-    def _set_state(self, new_state):
-        if new_state is not _State.UNWRAPPED and (self._state, new_state) not in _STEPS:
-            raise RuntimeError(f"cannot switch state from {self._state} to {new_state}")
-        self._state_code = new_state
-
     def _set_app_protocol(self, app_protocol):
         buffered = hasattr(app_protocol, "get_buffer") and isinstance(
             app_protocol, protocols.BufferedProtocol
@@ -195,13 +168,13 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
     def connection_lost(self, exc):
         self._clear_backlog()
         self._outgoing.read()
-        self._conn_lost += 1
+        self._mark_lost()
         if self._app_transport is not None:
             self._app_transport._closed = True
         if self._state is not _State.DO_HANDSHAKE and self._app_state in (_App.CON_MADE, _App.EOF):
             self._app_state = _App.CON_LOST
             self._loop.call_soon(self._app_protocol.connection_lost, exc)
-        self._set_state(_State.UNWRAPPED)
+        self._enter_state(_State.UNWRAPPED)
         self._bind_transport(None)
         self._app_transport = None
         self._bind_app_protocol(None, False)
@@ -221,13 +194,13 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
             if state is _State.DO_HANDSHAKE:
                 self._on_handshake_complete(ConnectionResetError)
             elif state is _State.WRAPPED:
-                self._set_state(_State.FLUSHING)
+                self._enter_state(_State.FLUSHING)
                 if self._app_reading_paused:
                     return True  # keep the socket until the application reads again
                 self._do_flush()
             elif state is _State.FLUSHING:
                 self._do_write()
-                self._set_state(_State.SHUTDOWN)
+                self._enter_state(_State.SHUTDOWN)
                 self._do_shutdown()
             elif state is _State.SHUTDOWN:
                 self._do_shutdown()
@@ -237,12 +210,12 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
 
     def pause_writing(self):
         """The lower transport's buffer is full: records now wait in the outgoing BIO."""
-        assert not self._ssl_writing_paused
-        self._ssl_writing_paused = True
+        changed = self._set_ssl_writing_paused(True)
+        assert changed
 
     def resume_writing(self):
-        assert self._ssl_writing_paused
-        self._ssl_writing_paused = False
+        changed = self._set_ssl_writing_paused(False)
+        assert changed
         self._process_outgoing()
 
     # -- handshake ------------------------------------------------------------------------
@@ -253,7 +226,7 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
             self._handshake_start_time = self._loop.time()
         else:
             self._handshake_start_time = None
-        self._set_state(_State.DO_HANDSHAKE)
+        self._enter_state(_State.DO_HANDSHAKE)
         self._handshake_timeout_handle = self._loop.call_later(
             self._ssl_handshake_timeout, self._check_handshake_timeout
         )
@@ -284,11 +257,11 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
         try:
             if handshake_exc is not None:
                 raise handshake_exc
-            self._set_state(_State.WRAPPED)
+            self._enter_state(_State.WRAPPED)
             peercert = sslobj.getpeercert()
         except Exception as exc:
             handshake_exc = None  # no frame -> exception cycle
-            self._set_state(_State.UNWRAPPED)
+            self._enter_state(_State.UNWRAPPED)
             if isinstance(exc, ssl.CertificateError):
                 message = "SSL handshake failed on verifying the certificate"
             else:
@@ -320,7 +293,7 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
         if state is _State.DO_HANDSHAKE:
             self._abort(None)
             return
-        self._set_state(_State.FLUSHING)
+        self._enter_state(_State.FLUSHING)
         self._shutdown_timeout_handle = self._loop.call_later(
             self._ssl_shutdown_timeout, self._check_shutdown_timeout
         )
@@ -332,7 +305,7 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
 
     def _do_flush(self):
         self._do_read()
-        self._set_state(_State.SHUTDOWN)
+        self._enter_state(_State.SHUTDOWN)
         self._do_shutdown()
 
     def _do_shutdown(self):
@@ -370,7 +343,7 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
         return transport is not None and transport.is_closing()
 
     def _abort(self, exc):
-        self._set_state(_State.UNWRAPPED)
+        self._enter_state(_State.UNWRAPPED)
         transport = self._transport
         if transport is not None:
             transport._force_close(exc)
@@ -406,47 +379,22 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
     def _get_write_buffer_size(self):
         return self._outgoing.pending + self._write_buffer_size
 
-    def _set_write_buffer_limits(self, high=None, low=None):
-        high, low = _water_marks(high, low, _WRITE_HIGH_WATER_KIB)
-        self._outgoing_high_water = high
-        self._outgoing_low_water = low
-
     def _control_app_writing(self):
-        size = self._get_write_buffer_size()
-        if size >= self._outgoing_high_water and not self._app_writing_paused:
-            self._app_writing_paused = True
-            self._tell_app("pause_writing")
-        elif size <= self._outgoing_low_water and self._app_writing_paused:
-            self._app_writing_paused = False
-            self._tell_app("resume_writing")
-
-    def _tell_app(self, method):
-        try:
-            getattr(self._app_protocol, method)()
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler({
-                "message": f"protocol.{method}() failed",
-                "exception": exc,
-                "transport": self._app_transport,
-                "protocol": self,
-            })
+        """asyncio's: pause_writing or resume_writing to the application once its buffer
+        crosses a mark (the native half decides and flips the flag). asyncio names this
+        layer as the protocol in a failure's report."""
+        method = self._app_writing_change()
+        if method is not None:
+            tell_protocol(self._loop, self._app_protocol, method, self._app_transport, self)
 
     def _get_read_buffer_size(self):
         return self._incoming.pending
 
-    def _set_read_buffer_limits(self, high=None, low=None):
-        high, low = _water_marks(high, low, _READ_HIGH_WATER_KIB)
-        self._incoming_high_water = high
-        self._incoming_low_water = low
-
     def _pause_reading(self):
-        self._app_reading_paused = True
+        self._pause_app_reading()
 
     def _resume_reading(self):
-        if self._app_reading_paused:
-            self._app_reading_paused = False
+        if self._resume_app_reading():
             self._loop.call_soon(self._read_resumed)
 
     def _read_resumed(self):
@@ -459,10 +407,14 @@ class SSLLayer(TlsLayer, protocols.BufferedProtocol):
             self._do_shutdown()
 
 
-class SSLTransport(transports.Transport):
+class SSLTransport(WriteFlowControl, transports.Transport):
     """The application's side of a TLS connection (asyncio's ``_SSLProtocolTransport``).
 
-    ``write`` is the native layer's own method: writing runs no Python frame."""
+    ``write`` is the native layer's own method: writing runs no Python frame. The write
+    limits are the shared flow-control mixin's, held by the TLS layer; the layer decides
+    when the application protocol is paused (``SSLLayer._control_app_writing``)."""
+
+    _DEFAULT_HIGH_WATER = TlsLayer._OUTGOING_HIGH_WATER
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.FALLBACK
@@ -534,22 +486,23 @@ class SSLTransport(transports.Transport):
     def resume_reading(self):
         self._ssl_protocol._resume_reading()
 
-    def set_write_buffer_limits(self, high=None, low=None):
-        self._ssl_protocol._set_write_buffer_limits(high, low)
-        self._ssl_protocol._control_app_writing()
+    @property
+    def _flow(self):
+        return self._ssl_protocol
 
-    def get_write_buffer_limits(self):
-        return (self._ssl_protocol._outgoing_low_water, self._ssl_protocol._outgoing_high_water)
+    def _write_limits_changed(self):
+        self._ssl_protocol._control_app_writing()
 
     def get_write_buffer_size(self):
         return self._ssl_protocol._get_write_buffer_size()
 
     def set_read_buffer_limits(self, high=None, low=None):
-        self._ssl_protocol._set_read_buffer_limits(high, low)
+        high, low = water_marks(high, low, TlsLayer._INCOMING_HIGH_WATER)
+        self._ssl_protocol._set_read_limits(high, low)
         self._ssl_protocol._control_ssl_reading()
 
     def get_read_buffer_limits(self):
-        return (self._ssl_protocol._incoming_low_water, self._ssl_protocol._incoming_high_water)
+        return self._ssl_protocol._read_limits()
 
     def get_read_buffer_size(self):
         return self._ssl_protocol._get_read_buffer_size()
@@ -662,42 +615,27 @@ def _take_reader_buffer(protocol, tls):
 
 class _DetachedLayer:
     """What a closed SSLTransport talks to once it has let go of its TLS layer: nothing is
-    sent or received any more, writes are dropped (and logged, as after any close), and
-    extra info is gone."""
+    sent or received any more, writes are dropped (and logged, as after any close: a fresh
+    native layer, never wrapped, does exactly that), limits stay the defaults, and extra
+    info is gone."""
 
     _app_protocol = None
     _app_reading_paused = True
     _app_writing_paused = False
-    _outgoing_low_water, _outgoing_high_water = (
-        _water_marks(None, None, _WRITE_HIGH_WATER_KIB)[::-1]
-    )
-    _incoming_low_water, _incoming_high_water = (
-        _water_marks(None, None, _READ_HIGH_WATER_KIB)[::-1]
-    )
 
     def __init__(self):
-        self._lost_writes = 0
+        closed = TlsLayer()
+        self._app_write = closed._app_write
+        self._app_write_unchecked = closed._app_write_unchecked
 
     def _get_extra_info(self, name, default=None):
         return default
 
-    def _app_write(self, data):
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data: expecting a bytes-like instance, got {type(data).__name__}")
-        self._app_write_unchecked(data)
+    def _write_limits(self):
+        return water_marks(None, None, TlsLayer._OUTGOING_HIGH_WATER)[::-1]
 
-    def _app_write_unchecked(self, data):
-        if not data:
-            return
-        if self._lost_writes >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
-            logger.warning("SSL connection is closed")
-        self._lost_writes += 1
-
-    def _set_write_buffer_limits(self, high=None, low=None):
-        _water_marks(high, low, _WRITE_HIGH_WATER_KIB)
-
-    def _set_read_buffer_limits(self, high=None, low=None):
-        _water_marks(high, low, _READ_HIGH_WATER_KIB)
+    def _read_limits(self):
+        return water_marks(None, None, TlsLayer._INCOMING_HIGH_WATER)[::-1]
 
     def _get_write_buffer_size(self):
         return 0
@@ -709,5 +647,5 @@ class _DetachedLayer:
         pass
 
     _set_app_protocol = _start_shutdown = _abort = _pause_reading = _resume_reading = _ignore
+    _set_write_limits = _set_read_limits = _ignore
     _control_app_writing = _control_ssl_reading = _append_backlog = _ignore
-

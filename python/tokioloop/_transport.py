@@ -21,6 +21,7 @@ at once and ``server._detach(self)`` after ``connection_lost``.
 
 from __future__ import annotations
 
+import operator
 import socket
 import warnings
 from asyncio import constants, futures, protocols, transports, trsock
@@ -28,8 +29,6 @@ from asyncio.log import logger
 
 from . import _compat
 from ._tokioloop import StreamEngine
-
-_DEFAULT_HIGH_WATER = 64 * 1024
 
 
 def _set_tcp_nodelay(sock):
@@ -58,17 +57,41 @@ def add_socket_extra(extra, sock):
             extra["peername"] = None
 
 
-def engine_state(name, engine="_engine"):
-    """A transport attribute that lives in its native engine, the object at attribute
-    ``engine`` (the hot path reads it there)."""
+def engine_state(name):
+    """A read-only transport attribute that lives in its native engine (``self._engine``),
+    which alone writes it, through its verbs (``_begin_close()``, ``_mark_lost()``...).
+    Read with ``operator.attrgetter``: no Python frame."""
+    return property(operator.attrgetter(f"_engine.{name}"))
 
-    def get(self):
-        return getattr(getattr(self, engine), name)
 
-    def set(self, value):
-        setattr(getattr(self, engine), name, value)
+def water_marks(high, low, default_high):
+    """asyncio's rule for a (high, low) pair of write or read limits: only low given means
+    high = 4 * low; only high given means low = high // 4; neither means the default."""
+    if high is None:
+        high = default_high if low is None else 4 * low
+    if low is None:
+        low = high // 4
+    if not high >= low >= 0:
+        raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+    return high, low
 
-    return property(get, set)
+
+def tell_protocol(loop, protocol, method, transport, reported_protocol):
+    """Call ``protocol.pause_writing()`` or ``resume_writing()``; a failure goes to the
+    exception handler, with the transport and protocol asyncio names in that report."""
+    try:
+        getattr(protocol, method)()
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        loop.call_exception_handler(
+            {
+                "message": f"protocol.{method}() failed",
+                "exception": exc,
+                "transport": transport,
+                "protocol": reported_protocol,
+            }
+        )
 
 
 def repr_parts(transport, handle, fd):
@@ -84,50 +107,42 @@ def repr_parts(transport, handle, fd):
 
 
 class WriteFlowControl:
-    """asyncio's write flow control for a transport whose buffer size, high and low water
-    marks and paused flag live in its native engine: pause_writing above the high mark,
-    resume_writing at or below the low one, failures reported to the exception handler."""
+    """asyncio's write flow control (CPython's ``transports._FlowControlMixin``), shared by
+    every transport here: sockets and pipes (``EngineTransport``), datagrams and TLS. The
+    marks and the "protocol paused" flag live in a native object, ``self._flow`` (the
+    engine; the TLS layer for TLS), which decides each crossing and flips the flag itself:
+    pause_writing above the high mark, resume_writing at or below the low one, failures
+    reported to the exception handler. The engine calls ``_maybe_pause_protocol`` and
+    ``_maybe_resume_protocol`` by name when its buffer crosses a mark."""
+
+    _DEFAULT_HIGH_WATER = StreamEngine._DEFAULT_HIGH_WATER
+
+    @property
+    def _flow(self):
+        return self._engine
 
     def set_write_buffer_limits(self, high=None, low=None):
-        if high is None:
-            high = _DEFAULT_HIGH_WATER if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high_water = high
-        self._low_water = low
-        self._maybe_pause_protocol()
+        high, low = water_marks(high, low, self._DEFAULT_HIGH_WATER)
+        self._flow._set_write_limits(high, low)
+        self._write_limits_changed()
 
     def get_write_buffer_limits(self):
-        return (self._low_water, self._high_water)
+        return self._flow._write_limits()
+
+    def _write_limits_changed(self):
+        self._maybe_pause_protocol()
 
     def _maybe_pause_protocol(self):
-        if self.get_write_buffer_size() <= self._high_water or self._protocol_paused:
-            return
-        self._protocol_paused = True
-        self._tell_protocol("pause_writing")
+        if self._flow._pause_protocol_if_over():
+            self._tell_protocol("pause_writing")
 
     def _maybe_resume_protocol(self):
-        if not self._protocol_paused or self.get_write_buffer_size() > self._low_water:
-            return
-        self._protocol_paused = False
-        self._tell_protocol("resume_writing")
+        if self._flow._resume_protocol_if_under():
+            self._tell_protocol("resume_writing")
 
     def _tell_protocol(self, method):
-        try:
-            getattr(self._protocol, method)()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler(
-                {
-                    "message": f"protocol.{method}() failed",
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
+        protocol = self._protocol
+        tell_protocol(self._loop, protocol, method, self, protocol)
 
 
 class SelectorEnding:
@@ -137,12 +152,11 @@ class SelectorEnding:
 
     def close(self):
         """Stop reading; once the queue is flushed, call connection_lost(None) and close."""
-        if self._closing:
+        if not self._engine._begin_close():
             return
-        self._closing = True
         self._halt_reading()
         if not self.get_write_buffer_size():
-            self._conn_lost += 1
+            self._engine._mark_lost()
             self._loop.call_soon(self._call_connection_lost, None)
 
     def abort(self):
@@ -162,17 +176,14 @@ class SelectorEnding:
 
 class EngineTransport(WriteFlowControl):
     """What every transport on the native stream engine shares (sockets here, pipes in
-    ``_pipes.py``): the engine's state as attributes, set-up, flow-control calls into the
-    protocol, extra info. Mixed into a class that also derives from an asyncio transport."""
+    ``_pipes.py``): the engine's state as read-only attributes, set-up, flow-control calls
+    into the protocol, extra info. Mixed into a class that also derives from an asyncio
+    transport."""
 
     _closing = engine_state("_closing")
     _conn_lost = engine_state("_conn_lost")
-    _paused = engine_state("_paused")
     _eof = engine_state("_eof")
     _protocol_paused = engine_state("_protocol_paused")
-    _high_water = engine_state("_high_water")
-    _low_water = engine_state("_low_water")
-    _sendfile_active = engine_state("_sendfile_active")
     _sock_fd = engine_state("_sock_fd")
 
     def _start_engine(self, loop, fileobj, *, pipe=None):
@@ -204,19 +215,11 @@ class EngineTransport(WriteFlowControl):
 
     # pause_reading/resume_reading, for the transports that read (bound to them by name).
     def _pause_reading(self):
-        if self._closing or self._paused:
-            return
-        self._paused = True
-        self._engine._stop_reading()
-        if self._loop.get_debug():
+        if self._engine._pause_reading() and self._loop.get_debug():
             logger.debug("%r pauses reading", self)
 
     def _resume_reading(self):
-        if self._closing or not self._paused:
-            return
-        self._paused = False
-        self._engine._start_reading()
-        if self._loop.get_debug():
+        if self._engine._resume_reading() and self._loop.get_debug():
             logger.debug("%r resumes reading", self)
 
     @property
@@ -280,9 +283,8 @@ class SocketTransport(SelectorEnding, EngineTransport, transports.Transport):
 
     def write_eof(self):
         """Shut the write side once everything queued is sent."""
-        if self._closing or self._eof:
+        if not self._engine._request_eof():
             return
-        self._eof = True
         if not self.get_write_buffer_size():
             self._sock.shutdown(socket.SHUT_WR)
 
@@ -296,10 +298,9 @@ class SocketTransport(SelectorEnding, EngineTransport, transports.Transport):
         if self._conn_lost:
             return
         self._engine._clear_write_buffer()
-        if not self._closing:
-            self._closing = True
+        if self._engine._begin_close():
             self._engine._stop_reading()
-        self._conn_lost += 1
+        self._engine._mark_lost()
         self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc):
@@ -353,14 +354,14 @@ class SocketTransport(SelectorEnding, EngineTransport, transports.Transport):
         if self._empty_waiter is not None:
             raise RuntimeError("Empty waiter is already set")
         self._empty_waiter = self._loop.create_future()
-        self._sendfile_active = True
+        self._engine._set_sendfile(True)
         if not self.get_write_buffer_size():
             self._empty_waiter.set_result(None)
         return self._empty_waiter
 
     def _reset_empty_waiter(self):
         self._empty_waiter = None
-        self._sendfile_active = False
+        self._engine._set_sendfile(False)
 
 
 class TransportSupport:

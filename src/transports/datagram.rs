@@ -30,18 +30,15 @@ use crate::errors::{last_errno, os_error};
 use crate::event_loop::LoopCore;
 use crate::io::registry::Direction;
 use crate::io::recv::recvfrom_with;
+use crate::transports::limits::{self, DEFAULT_HIGH_WATER, LOST_WRITES_BEFORE_WARNING};
 use crate::transports::stream::BufferView;
 
 /// asyncio's `max_size` for one datagram read.
 const MAX_DATAGRAM: usize = 256 * 1024;
 /// Datagrams received per readiness before other callbacks get a turn.
 const READS_PER_TURN: usize = 32;
-/// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
-const LOST_WRITES_BEFORE_WARNING: u32 = 5;
 /// Senders whose address objects are kept for reuse.
 const RECENT_ADDRESSES: usize = 16;
-/// asyncio's default write limits for transports (high; low is a quarter).
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 
 fn would_block(errno: i32) -> bool {
     errno == libc::EAGAIN || errno == libc::EWOULDBLOCK
@@ -307,7 +304,7 @@ impl DatagramEngine {
                 header,
                 send_empty,
                 high_water: DEFAULT_HIGH_WATER,
-                low_water: DEFAULT_HIGH_WATER / 4,
+                low_water: limits::low_water_for(DEFAULT_HIGH_WATER),
                 protocol_paused: false,
                 recent_addresses: Vec::new(),
             }),
@@ -372,13 +369,7 @@ impl DatagramEngine {
     fn sendto(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>, addr: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        // SAFETY: type checks on a live object.
-        let bytes_like = unsafe {
-            ffi::PyBytes_Check(data.as_ptr()) != 0
-                || ffi::PyByteArray_Check(data.as_ptr()) != 0
-                || ffi::PyMemoryView_Check(data.as_ptr()) != 0
-        };
-        if !bytes_like {
+        if !limits::is_bytes_like(data) {
             return Err(PyTypeError::new_err(format!(
                 "data argument must be a bytes-like object, not {}",
                 data.get_type().name()?.repr()?
@@ -514,14 +505,18 @@ impl DatagramEngine {
         self._clear_queue();
     }
 
+    // Python reads the flags below but changes them only through these verbs, so each rule
+    // sits next to the flag it guards.
     #[getter]
     fn _conn_lost(&self) -> u32 {
         self.inner.lock().conn_lost
     }
 
-    #[setter(_conn_lost)]
-    fn set_conn_lost(&self, value: u32) {
-        self.inner.lock().conn_lost = value;
+    /// asyncio's `_conn_lost += 1`, in one step: returns the new count.
+    fn _mark_lost(&self) -> u32 {
+        let mut inner = self.inner.lock();
+        inner.conn_lost += 1;
+        inner.conn_lost
     }
 
     #[getter]
@@ -529,39 +524,15 @@ impl DatagramEngine {
         self.inner.lock().closing
     }
 
-    #[setter(_closing)]
-    fn set_closing(&self, value: bool) {
-        self.inner.lock().closing = value;
+    /// Marks the transport closing; False if it already was (the caller then does nothing).
+    fn _begin_close(&self) -> bool {
+        !std::mem::replace(&mut self.inner.lock().closing, true)
     }
 
-    #[getter]
-    fn _reading(&self) -> bool {
-        self.inner.lock().reading
-    }
-
-    #[setter(_reading)]
-    fn set_reading(&self, value: bool) {
-        self.inner.lock().reading = value;
-    }
-
-    #[getter]
-    fn _high_water(&self) -> usize {
-        self.inner.lock().high_water
-    }
-
-    #[setter(_high_water)]
-    fn set_high_water(&self, value: usize) {
-        self.inner.lock().high_water = value;
-    }
-
-    #[getter]
-    fn _low_water(&self) -> usize {
-        self.inner.lock().low_water
-    }
-
-    #[setter(_low_water)]
-    fn set_low_water(&self, value: usize) {
-        self.inner.lock().low_water = value;
+    /// The transport registered (True) or removed (False) this engine's reader: a readiness
+    /// callback still queued after the removal then does nothing.
+    fn _set_reading(&self, on: bool) {
+        self.inner.lock().reading = on;
     }
 
     #[getter]
@@ -569,9 +540,34 @@ impl DatagramEngine {
         self.inner.lock().protocol_paused
     }
 
-    #[setter(_protocol_paused)]
-    fn set_protocol_paused(&self, value: bool) {
-        self.inner.lock().protocol_paused = value;
+    /// True once, when the queue has grown above the high-water mark: the protocol is now
+    /// marked paused and the caller tells it `pause_writing()`.
+    fn _pause_protocol_if_over(&self) -> bool {
+        let mut inner = self.inner.lock();
+        let pause = !inner.protocol_paused && inner.queued > inner.high_water;
+        inner.protocol_paused |= pause;
+        pause
+    }
+
+    /// True once, when a paused protocol's queue has drained to the low-water mark: the
+    /// protocol is now marked resumed and the caller tells it `resume_writing()`.
+    fn _resume_protocol_if_under(&self) -> bool {
+        let mut inner = self.inner.lock();
+        let resume = inner.protocol_paused && inner.queued <= inner.low_water;
+        inner.protocol_paused &= !resume;
+        resume
+    }
+
+    /// New write limits, already checked by the Python side's water-mark rule.
+    fn _set_write_limits(&self, high: usize, low: usize) {
+        let mut inner = self.inner.lock();
+        inner.high_water = high;
+        inner.low_water = low;
+    }
+
+    fn _write_limits(&self) -> (usize, usize) {
+        let inner = self.inner.lock();
+        (inner.low_water, inner.high_water)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

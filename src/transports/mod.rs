@@ -5,5 +5,6 @@
 //! transports; the turn in `event_loop` runs them.
 
 pub mod datagram;
+mod limits;
 pub mod stream;
 pub mod tls;

@@ -33,15 +33,12 @@ use crate::io::fdio::FdKind;
 use crate::io::recv::{recv_bytes, recv_with, Received, LARGE_READ};
 use crate::transports::tls::{as_tls_layer, TlsLayer};
 use crate::io::registry::Direction;
+use crate::transports::limits::{self, DEFAULT_HIGH_WATER, LOST_WRITES_BEFORE_WARNING};
 
 /// asyncio's `max_size` for one socket read.
 const READ_SIZE: usize = crate::io::recv::BUFFER_SIZE;
 /// Linux's IOV_MAX: slices one `sendmsg` may take.
 const MAX_SLICES: usize = 1024;
-/// asyncio's defaults for `set_write_buffer_limits()`.
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
-/// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
-const LOST_WRITES_BEFORE_WARNING: u32 = 5;
 
 struct Inner {
     protocol: Option<Py<PyAny>>,
@@ -550,7 +547,7 @@ impl StreamEngine {
                 write_only: false,
                 protocol_paused: false,
                 high_water: DEFAULT_HIGH_WATER,
-                low_water: DEFAULT_HIGH_WATER / 4,
+                low_water: limits::low_water_for(DEFAULT_HIGH_WATER),
                 sendfile_active: false,
                 queue: VecDeque::new(),
                 head: 0,
@@ -565,12 +562,9 @@ impl StreamEngine {
     pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        // SAFETY: type checks on a live object.
+        // SAFETY: a type check on a live object.
         let is_bytes = unsafe { ffi::PyBytes_Check(data.as_ptr()) } != 0;
-        if !is_bytes
-            && unsafe { ffi::PyByteArray_Check(data.as_ptr()) } == 0
-            && unsafe { ffi::PyMemoryView_Check(data.as_ptr()) } == 0
-        {
+        if !is_bytes && !limits::is_bytes_like(data) {
             if this.inner.lock().pipe_mode {
                 // asyncio's pipe transports check the type with `assert`.
                 return Err(PyAssertionError::new_err(data.repr()?.unbind()));
@@ -764,12 +758,6 @@ impl StreamEngine {
         self.context.clone_ref(py)
     }
 
-    /// Whether the descriptor is a socket (else a pipe, FIFO, pty or character device).
-    #[getter]
-    fn _is_socket(&self) -> bool {
-        self.kind == FdKind::Socket
-    }
-
     fn _start_reading(slf: &Bound<'_, Self>) {
         Self::set_reading(slf, true);
     }
@@ -799,14 +787,20 @@ impl StreamEngine {
         self.fd
     }
 
+    // Python reads the flags below but changes them only through these verbs, so each rule
+    // sits next to the flag it guards.
+    /// asyncio's default high-water mark, for `set_write_buffer_limits()` in Python.
+    #[classattr]
+    const _DEFAULT_HIGH_WATER: usize = DEFAULT_HIGH_WATER;
+
     #[getter]
     fn _closing(&self) -> bool {
         self.inner.lock().closing
     }
 
-    #[setter(_closing)]
-    fn set_closing(&self, value: bool) {
-        self.inner.lock().closing = value;
+    /// Marks the transport closing; False if it already was (the caller then does nothing).
+    fn _begin_close(&self) -> bool {
+        !std::mem::replace(&mut self.inner.lock().closing, true)
     }
 
     #[getter]
@@ -814,19 +808,37 @@ impl StreamEngine {
         self.inner.lock().conn_lost
     }
 
-    #[setter(_conn_lost)]
-    fn set_conn_lost(&self, value: u32) {
-        self.inner.lock().conn_lost = value;
+    /// asyncio's `_conn_lost += 1`, in one step: returns the new count.
+    fn _mark_lost(&self) -> u32 {
+        let mut inner = self.inner.lock();
+        inner.conn_lost += 1;
+        inner.conn_lost
     }
 
-    #[getter]
-    fn _paused(&self) -> bool {
-        self.inner.lock().paused
+    /// `pause_reading()`: False if already paused or closing (nothing changed).
+    fn _pause_reading(slf: &Bound<'_, Self>) -> bool {
+        {
+            let mut inner = slf.get().inner.lock();
+            if inner.closing || inner.paused {
+                return false;
+            }
+            inner.paused = true;
+        }
+        Self::set_reading(slf, false);
+        true
     }
 
-    #[setter(_paused)]
-    fn set_paused(&self, value: bool) {
-        self.inner.lock().paused = value;
+    /// `resume_reading()`: False if not paused or closing (nothing changed).
+    fn _resume_reading(slf: &Bound<'_, Self>) -> bool {
+        {
+            let mut inner = slf.get().inner.lock();
+            if inner.closing || !inner.paused {
+                return false;
+            }
+            inner.paused = false;
+        }
+        Self::set_reading(slf, true);
+        true
     }
 
     #[getter]
@@ -834,9 +846,15 @@ impl StreamEngine {
         self.inner.lock().eof_requested
     }
 
-    #[setter(_eof)]
-    fn set_eof(&self, value: bool) {
-        self.inner.lock().eof_requested = value;
+    /// `write_eof()`: False if already asked for or closing; otherwise the write side shuts
+    /// once the queue drains.
+    fn _request_eof(&self) -> bool {
+        let mut inner = self.inner.lock();
+        if inner.closing || inner.eof_requested {
+            return false;
+        }
+        inner.eof_requested = true;
+        true
     }
 
     #[getter]
@@ -844,39 +862,39 @@ impl StreamEngine {
         self.inner.lock().protocol_paused
     }
 
-    #[setter(_protocol_paused)]
-    fn set_protocol_paused(&self, value: bool) {
-        self.inner.lock().protocol_paused = value;
+    /// True once, when the queue has grown above the high-water mark: the protocol is now
+    /// marked paused and the caller tells it `pause_writing()`.
+    fn _pause_protocol_if_over(&self) -> bool {
+        let mut inner = self.inner.lock();
+        let pause = !inner.protocol_paused && inner.queued > inner.high_water;
+        inner.protocol_paused |= pause;
+        pause
     }
 
-    #[getter]
-    fn _high_water(&self) -> usize {
-        self.inner.lock().high_water
+    /// True once, when a paused protocol's queue has drained to the low-water mark: the
+    /// protocol is now marked resumed and the caller tells it `resume_writing()`.
+    fn _resume_protocol_if_under(&self) -> bool {
+        let mut inner = self.inner.lock();
+        let resume = inner.protocol_paused && inner.queued <= inner.low_water;
+        inner.protocol_paused &= !resume;
+        resume
     }
 
-    #[setter(_high_water)]
-    fn set_high_water(&self, value: usize) {
-        self.inner.lock().high_water = value;
+    /// New write limits, already checked by the Python side's water-mark rule.
+    fn _set_write_limits(&self, high: usize, low: usize) {
+        let mut inner = self.inner.lock();
+        inner.high_water = high;
+        inner.low_water = low;
     }
 
-    #[getter]
-    fn _low_water(&self) -> usize {
-        self.inner.lock().low_water
+    fn _write_limits(&self) -> (usize, usize) {
+        let inner = self.inner.lock();
+        (inner.low_water, inner.high_water)
     }
 
-    #[setter(_low_water)]
-    fn set_low_water(&self, value: usize) {
-        self.inner.lock().low_water = value;
-    }
-
-    #[getter]
-    fn _sendfile_active(&self) -> bool {
-        self.inner.lock().sendfile_active
-    }
-
-    #[setter(_sendfile_active)]
-    fn set_sendfile_active(&self, value: bool) {
-        self.inner.lock().sendfile_active = value;
+    /// A sendfile takes the socket over (`write()` is refused) or hands it back.
+    fn _set_sendfile(&self, active: bool) {
+        self.inner.lock().sendfile_active = active;
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

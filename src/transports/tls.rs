@@ -5,7 +5,8 @@
 //! offers the application a transport of its own. The protocol is the Python class
 //! `tokioloop._tls.SSLLayer`, a subclass of this one: it keeps everything that happens once
 //! per connection (handshake, shutdown, timeouts, aborts, error reports, extra info), and
-//! owns the state machine's transitions. What happens per record lives here:
+//! decides when to move the state machine (asyncio's `SSLProtocolState`), whose states and
+//! allowed steps are [`TlsState`], here. What happens per record lives here:
 //!
 //! * ciphertext in: the socket transport (`transports::stream`) recognises a `TlsLayer` as
 //!   its protocol and hands it each read straight from its receive buffer
@@ -26,28 +27,70 @@
 use std::collections::VecDeque;
 
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyException, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyException, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
+use crate::transports::limits::{
+    self, LOST_WRITES_BEFORE_WARNING, TLS_INCOMING_HIGH_WATER, TLS_OUTGOING_HIGH_WATER,
+};
 use crate::transports::stream::{BufferView, StreamEngine};
 
-/// The states of asyncio's TLS state machine, as `_state_code` shows them to Python.
-const UNWRAPPED: u8 = 0;
-const DO_HANDSHAKE: u8 = 1;
-const WRAPPED: u8 = 2;
-const FLUSHING: u8 = 3;
-const SHUTDOWN: u8 = 4;
+/// The states of asyncio's TLS state machine (`sslproto.SSLProtocolState`). Python reads the
+/// codes (`_state_code`, the class attributes `TlsLayer._UNWRAPPED`...) and moves only
+/// through `_enter_state`, which refuses a step [`TlsState::may_enter`] does not allow.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum TlsState {
+    Unwrapped = 0,
+    DoHandshake = 1,
+    Wrapped = 2,
+    Flushing = 3,
+    Shutdown = 4,
+}
+
+const UNWRAPPED: TlsState = TlsState::Unwrapped;
+const DO_HANDSHAKE: TlsState = TlsState::DoHandshake;
+const WRAPPED: TlsState = TlsState::Wrapped;
+const FLUSHING: TlsState = TlsState::Flushing;
+const SHUTDOWN: TlsState = TlsState::Shutdown;
+
+impl TlsState {
+    const ALL: [TlsState; 5] = [UNWRAPPED, DO_HANDSHAKE, WRAPPED, FLUSHING, SHUTDOWN];
+
+    fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| *state as u8 == code)
+    }
+
+    /// asyncio's transition table: any state may fall back to UNWRAPPED (an abort, a failed
+    /// handshake, the connection lost); otherwise only one step forward.
+    fn may_enter(self, next: TlsState) -> bool {
+        matches!(
+            (self, next),
+            (_, UNWRAPPED)
+                | (UNWRAPPED, DO_HANDSHAKE)
+                | (DO_HANDSHAKE, WRAPPED)
+                | (WRAPPED, FLUSHING)
+                | (FLUSHING, SHUTDOWN)
+        )
+    }
+
+    /// As asyncio prints the state in its error.
+    fn asyncio_name(self) -> &'static str {
+        match self {
+            UNWRAPPED => "SSLProtocolState.UNWRAPPED",
+            DO_HANDSHAKE => "SSLProtocolState.DO_HANDSHAKE",
+            WRAPPED => "SSLProtocolState.WRAPPED",
+            FLUSHING => "SSLProtocolState.FLUSHING",
+            SHUTDOWN => "SSLProtocolState.SHUTDOWN",
+        }
+    }
+}
 
 /// asyncio's `SSLProtocol.max_size`: the most plaintext one `data_received` carries.
 const PLAINTEXT_BATCH: usize = 256 * 1024;
-/// asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
-const LOST_WRITES_BEFORE_WARNING: u32 = 5;
-/// asyncio's defaults (`FLOW_CONTROL_HIGH_WATER_SSL_READ` / `_WRITE`, in KiB): high, high/4.
-const INCOMING_HIGH_WATER: usize = 256 * 1024;
-const OUTGOING_HIGH_WATER: usize = 512 * 1024;
 
 thread_local! {
     /// The plaintext read buffer, shared by every TLS connection of the thread. It is taken
@@ -111,7 +154,7 @@ fn call<'py>(object: &Bound<'py, PyAny>, name: &Bound<'py, PyString>, args: impl
 }
 
 struct Inner {
-    state: u8,
+    state: TlsState,
     event_loop: Option<Py<PyAny>>,
     /// The C object behind the `SSLObject` (`_ssl._SSLSocket`): read, write, pending.
     sslobj: Option<Py<PyAny>>,
@@ -155,7 +198,7 @@ struct Parts {
 }
 
 impl TlsLayer {
-    fn state(&self) -> u8 {
+    fn state(&self) -> TlsState {
         self.inner.lock().state
     }
 
@@ -557,10 +600,10 @@ impl TlsLayer {
                 app_writing_paused: false,
                 ssl_reading_paused: false,
                 ssl_writing_paused: false,
-                incoming_high: INCOMING_HIGH_WATER,
-                incoming_low: INCOMING_HIGH_WATER / 4,
-                outgoing_high: OUTGOING_HIGH_WATER,
-                outgoing_low: OUTGOING_HIGH_WATER / 4,
+                incoming_high: TLS_INCOMING_HIGH_WATER,
+                incoming_low: limits::low_water_for(TLS_INCOMING_HIGH_WATER),
+                outgoing_high: TLS_OUTGOING_HIGH_WATER,
+                outgoing_low: limits::low_water_for(TLS_OUTGOING_HIGH_WATER),
                 conn_lost: 0,
                 foreign_buffer: None,
             }),
@@ -618,13 +661,7 @@ impl TlsLayer {
 
     /// The application transport's `write`: asyncio's type check and `_write_appdata`.
     fn _app_write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        // SAFETY: type checks on a live object.
-        let bytes_like = unsafe {
-            ffi::PyBytes_Check(data.as_ptr()) != 0
-                || ffi::PyByteArray_Check(data.as_ptr()) != 0
-                || ffi::PyMemoryView_Check(data.as_ptr()) != 0
-        };
-        if !bytes_like {
+        if !limits::is_bytes_like(data) {
             return Err(PyTypeError::new_err(format!(
                 "data: expecting a bytes-like instance, got {}",
                 data.get_type().name()?
@@ -699,14 +736,51 @@ impl TlsLayer {
         Self::ciphertext_arrived(slf)
     }
 
+    // Python reads the flags below but changes them only through these verbs, so each rule
+    // sits next to the flag it guards.
+    #[classattr]
+    const _UNWRAPPED: u8 = UNWRAPPED as u8;
+    #[classattr]
+    const _DO_HANDSHAKE: u8 = DO_HANDSHAKE as u8;
+    #[classattr]
+    const _WRAPPED: u8 = WRAPPED as u8;
+    #[classattr]
+    const _FLUSHING: u8 = FLUSHING as u8;
+    #[classattr]
+    const _SHUTDOWN: u8 = SHUTDOWN as u8;
+    /// asyncio's default high-water marks: the incoming BIO's, the write buffer's.
+    #[classattr]
+    const _INCOMING_HIGH_WATER: usize = TLS_INCOMING_HIGH_WATER;
+    #[classattr]
+    const _OUTGOING_HIGH_WATER: usize = TLS_OUTGOING_HIGH_WATER;
+
     #[getter]
     fn _state_code(&self) -> u8 {
-        self.state()
+        self.state() as u8
     }
 
-    #[setter(_state_code)]
-    fn set_state_code(&self, value: u8) {
-        self.inner.lock().state = value;
+    /// Moves the state machine to `code`; asyncio's RuntimeError for a step it does not allow.
+    fn _enter_state(&self, code: u8) -> PyResult<()> {
+        let Some(next) = TlsState::from_code(code) else {
+            return Err(PyValueError::new_err(format!("no TLS state has the code {code}")));
+        };
+        let mut inner = self.inner.lock();
+        if !inner.state.may_enter(next) {
+            let from = inner.state.asyncio_name();
+            return Err(PyRuntimeError::new_err(format!(
+                "cannot switch state from {from} to {}",
+                next.asyncio_name()
+            )));
+        }
+        inner.state = next;
+        Ok(())
+    }
+
+    /// `ssl.SSLWantReadError` and `ssl.SSLSyscallError`, for the Python half's own calls.
+    #[staticmethod]
+    fn _again_errors(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
+        let (want_read, syscall) = again_errors(py)?;
+        PyTuple::new(py, [want_read.bind(py), syscall.bind(py)])
     }
 
     #[getter]
@@ -715,18 +789,18 @@ impl TlsLayer {
     }
 
     #[getter]
-    fn _has_backlog(&self) -> bool {
-        !self.inner.lock().backlog.is_empty()
-    }
-
-    #[getter]
     fn _app_reading_paused(&self) -> bool {
         self.inner.lock().app_reading_paused
     }
 
-    #[setter(_app_reading_paused)]
-    fn set_app_reading_paused(&self, value: bool) {
-        self.inner.lock().app_reading_paused = value;
+    /// The application transport's `pause_reading()`.
+    fn _pause_app_reading(&self) {
+        self.inner.lock().app_reading_paused = true;
+    }
+
+    /// The application transport's `resume_reading()`: False if reading was not paused.
+    fn _resume_app_reading(&self) -> bool {
+        std::mem::replace(&mut self.inner.lock().app_reading_paused, false)
     }
 
     #[getter]
@@ -734,9 +808,27 @@ impl TlsLayer {
         self.inner.lock().app_writing_paused
     }
 
-    #[setter(_app_writing_paused)]
-    fn set_app_writing_paused(&self, value: bool) {
-        self.inner.lock().app_writing_paused = value;
+    /// asyncio's `_control_app_writing` decision: "pause_writing" once the write buffer
+    /// (backlog and outgoing BIO) reaches the high-water mark, "resume_writing" once a paused
+    /// one is down to the low mark, else None; the flag is updated before the caller tells
+    /// the application protocol.
+    fn _app_writing_change(&self, py: Python<'_>) -> PyResult<Option<&'static str>> {
+        let outgoing = self.inner.lock().outgoing.as_ref().map(|o| o.clone_ref(py));
+        let in_bio = match outgoing {
+            Some(outgoing) => pending(outgoing.bind(py))?,
+            None => 0,
+        };
+        let mut inner = self.inner.lock();
+        let size = in_bio + inner.backlog_size;
+        if size >= inner.outgoing_high && !inner.app_writing_paused {
+            inner.app_writing_paused = true;
+            Ok(Some("pause_writing"))
+        } else if size <= inner.outgoing_low && inner.app_writing_paused {
+            inner.app_writing_paused = false;
+            Ok(Some("resume_writing"))
+        } else {
+            Ok(None)
+        }
     }
 
     #[getter]
@@ -744,19 +836,15 @@ impl TlsLayer {
         self.inner.lock().ssl_reading_paused
     }
 
-    #[setter(_ssl_reading_paused)]
-    fn set_ssl_reading_paused(&self, value: bool) {
-        self.inner.lock().ssl_reading_paused = value;
-    }
-
     #[getter]
     fn _ssl_writing_paused(&self) -> bool {
         self.inner.lock().ssl_writing_paused
     }
 
-    #[setter(_ssl_writing_paused)]
-    fn set_ssl_writing_paused(&self, value: bool) {
-        self.inner.lock().ssl_writing_paused = value;
+    /// The lower transport paused (True) or resumed (False) us: records wait in the outgoing
+    /// BIO meanwhile. Returns whether the flag changed (asyncio asserts it does).
+    fn _set_ssl_writing_paused(&self, paused: bool) -> bool {
+        std::mem::replace(&mut self.inner.lock().ssl_writing_paused, paused) != paused
     }
 
     #[getter]
@@ -764,49 +852,35 @@ impl TlsLayer {
         self.inner.lock().conn_lost
     }
 
-    #[setter(_conn_lost)]
-    fn set_conn_lost(&self, value: u32) {
-        self.inner.lock().conn_lost = value;
+    /// asyncio's `_conn_lost += 1`, in one step: returns the new count.
+    fn _mark_lost(&self) -> u32 {
+        let mut inner = self.inner.lock();
+        inner.conn_lost += 1;
+        inner.conn_lost
     }
 
-    #[getter]
-    fn _incoming_high_water(&self) -> usize {
-        self.inner.lock().incoming_high
+    /// New limits for the incoming BIO, already checked by the Python side's water-mark rule.
+    fn _set_read_limits(&self, high: usize, low: usize) {
+        let mut inner = self.inner.lock();
+        inner.incoming_high = high;
+        inner.incoming_low = low;
     }
 
-    #[setter(_incoming_high_water)]
-    fn set_incoming_high_water(&self, value: usize) {
-        self.inner.lock().incoming_high = value;
+    fn _read_limits(&self) -> (usize, usize) {
+        let inner = self.inner.lock();
+        (inner.incoming_low, inner.incoming_high)
     }
 
-    #[getter]
-    fn _incoming_low_water(&self) -> usize {
-        self.inner.lock().incoming_low
+    /// New limits for the write buffer, already checked by the Python side's water-mark rule.
+    fn _set_write_limits(&self, high: usize, low: usize) {
+        let mut inner = self.inner.lock();
+        inner.outgoing_high = high;
+        inner.outgoing_low = low;
     }
 
-    #[setter(_incoming_low_water)]
-    fn set_incoming_low_water(&self, value: usize) {
-        self.inner.lock().incoming_low = value;
-    }
-
-    #[getter]
-    fn _outgoing_high_water(&self) -> usize {
-        self.inner.lock().outgoing_high
-    }
-
-    #[setter(_outgoing_high_water)]
-    fn set_outgoing_high_water(&self, value: usize) {
-        self.inner.lock().outgoing_high = value;
-    }
-
-    #[getter]
-    fn _outgoing_low_water(&self) -> usize {
-        self.inner.lock().outgoing_low
-    }
-
-    #[setter(_outgoing_low_water)]
-    fn set_outgoing_low_water(&self, value: usize) {
-        self.inner.lock().outgoing_low = value;
+    fn _write_limits(&self) -> (usize, usize) {
+        let inner = self.inner.lock();
+        (inner.outgoing_low, inner.outgoing_high)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
