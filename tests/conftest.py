@@ -39,6 +39,8 @@ import pytest
 
 from _netutil import PAYLOAD
 
+pytest_plugins = ["_leaks"]
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 KINDS = ("asyncio", "tokioloop")
 

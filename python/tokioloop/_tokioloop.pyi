@@ -6,8 +6,9 @@ back by name, are the Protocols in ``_seam.py``. ``mypy.stubtest tokioloop._toki
 session ``lint``) checks this file against the built extension, with the exceptions listed in
 ``.mypy-stubtest-allowlist``.
 
-Attributes written as ``name: type`` are readable and writable (a native getter and setter);
-read-only ones are properties.
+Every native attribute is read-only (a property): Python changes an engine's state only through
+its verbs (``_begin_close()``, ``_mark_lost()``, ``_set_write_limits(high, low)``...), so each
+flag has one writer, the engine.
 """
 
 import asyncio
@@ -15,7 +16,7 @@ import contextvars
 import socket
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, TypeVar, final
+from typing import Any, ClassVar, Protocol, TypeVar, final
 
 from typing_extensions import Self, disjoint_base
 
@@ -199,17 +200,31 @@ class StreamEngine:
     @property
     def _context(self) -> contextvars.Context: ...
     @property
-    def _is_socket(self) -> bool: ...
-    @property
     def _sock_fd(self) -> int: ...
-    _closing: bool
-    _conn_lost: int
-    _paused: bool
-    _eof: bool
-    _protocol_paused: bool
-    _high_water: int
-    _low_water: int
-    _sendfile_active: bool
+    @property
+    def _closing(self) -> bool: ...
+    @property
+    def _conn_lost(self) -> int: ...
+    @property
+    def _eof(self) -> bool: ...
+    @property
+    def _protocol_paused(self) -> bool: ...
+    _DEFAULT_HIGH_WATER: ClassVar[int]
+    def _begin_close(self) -> bool:
+        """Marks the transport closing; False if it already was."""
+    def _mark_lost(self) -> int:
+        """Counts one more write after the connection was lost; returns the count."""
+    def _pause_reading(self) -> bool: ...
+    def _resume_reading(self) -> bool: ...
+    def _request_eof(self) -> bool: ...
+    def _pause_protocol_if_over(self) -> bool:
+        """Above the high-water mark and not paused yet: marks paused, returns True."""
+    def _resume_protocol_if_under(self) -> bool:
+        """Paused and at or below the low-water mark: marks resumed, returns True."""
+    def _set_write_limits(self, high: int, low: int) -> None: ...
+    def _write_limits(self) -> tuple[int, int]:
+        """(high, low)."""
+    def _set_sendfile(self, active: bool) -> None: ...
 
 @final
 class DatagramEngine:
@@ -234,12 +249,19 @@ class DatagramEngine:
     def _write_ready(self) -> None: ...
     def _clear_queue(self) -> None: ...
     def _detach(self) -> None: ...
-    _conn_lost: int
-    _closing: bool
-    _reading: bool
-    _high_water: int
-    _low_water: int
-    _protocol_paused: bool
+    @property
+    def _conn_lost(self) -> int: ...
+    @property
+    def _closing(self) -> bool: ...
+    @property
+    def _protocol_paused(self) -> bool: ...
+    def _mark_lost(self) -> int: ...
+    def _begin_close(self) -> bool: ...
+    def _set_reading(self, on: bool) -> None: ...
+    def _pause_protocol_if_over(self) -> bool: ...
+    def _resume_protocol_if_under(self) -> bool: ...
+    def _set_write_limits(self, high: int, low: int) -> None: ...
+    def _write_limits(self) -> tuple[int, int]: ...
 
 @disjoint_base
 class TlsLayer:
@@ -275,17 +297,39 @@ class TlsLayer:
     @property
     def _write_buffer_size(self) -> int: ...
     @property
-    def _has_backlog(self) -> bool: ...
-    _state_code: int
-    _app_reading_paused: bool
-    _app_writing_paused: bool
-    _ssl_reading_paused: bool
-    _ssl_writing_paused: bool
-    _conn_lost: int
-    _incoming_high_water: int
-    _incoming_low_water: int
-    _outgoing_high_water: int
-    _outgoing_low_water: int
+    def _state_code(self) -> int: ...
+    @property
+    def _app_reading_paused(self) -> bool: ...
+    @property
+    def _app_writing_paused(self) -> bool: ...
+    @property
+    def _ssl_reading_paused(self) -> bool: ...
+    @property
+    def _ssl_writing_paused(self) -> bool: ...
+    @property
+    def _conn_lost(self) -> int: ...
+    _UNWRAPPED: ClassVar[int]
+    _DO_HANDSHAKE: ClassVar[int]
+    _WRAPPED: ClassVar[int]
+    _FLUSHING: ClassVar[int]
+    _SHUTDOWN: ClassVar[int]
+    _INCOMING_HIGH_WATER: ClassVar[int]
+    _OUTGOING_HIGH_WATER: ClassVar[int]
+    @staticmethod
+    def _again_errors() -> tuple[type[BaseException], ...]:
+        """The ssl errors that mean "needs more input" (asyncio's _SSL_AGAIN_ERRORS)."""
+    def _enter_state(self, code: int) -> None:
+        """Moves the TLS state machine; RuntimeError (asyncio's wording) on a step it forbids."""
+    def _pause_app_reading(self) -> None: ...
+    def _resume_app_reading(self) -> bool: ...
+    def _app_writing_change(self) -> str | None:
+        """"pause_writing", "resume_writing" or None: the application-side crossing, if any."""
+    def _set_ssl_writing_paused(self, paused: bool) -> bool: ...
+    def _mark_lost(self) -> int: ...
+    def _set_read_limits(self, high: int, low: int) -> None: ...
+    def _read_limits(self) -> tuple[int, int]: ...
+    def _set_write_limits(self, high: int, low: int) -> None: ...
+    def _write_limits(self) -> tuple[int, int]: ...
 
 @final
 class SockWait:
