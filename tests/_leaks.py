@@ -83,6 +83,7 @@ class _Accounting:
         self.mode = mode
         self.checked = 0
         self.leaks = {}  # nodeid -> {kind: [...]}
+        self.unchecked = set()  # failed or xfailed: pytest keeps their tracebacks' frames
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item, nextitem):
@@ -90,11 +91,17 @@ class _Accounting:
         # teardown, and a loop the test closed may hold its reactor until it is collected.
         before = _Snapshot()
         result = yield
+        if item.nodeid in self.unchecked:
+            return result
         self.checked += 1
         left = self._settle(before)
         if left:
             self.leaks[item.nodeid] = left
         return result
+
+    def pytest_runtest_logreport(self, report):
+        if report.failed or hasattr(report, "wasxfail"):
+            self.unchecked.add(report.nodeid)
 
     def pytest_sessionfinish(self, session):
         if self.leaks and self.mode == "fail" and session.exitstatus == 0:
@@ -113,7 +120,9 @@ class _Accounting:
     def pytest_terminal_summary(self, terminalreporter):
         write = terminalreporter.write_line
         write(f"nothing left behind: {self.checked} tests checked, "
-              f"{len(self.leaks)} left fds, threads or children behind")
+              f"{len(self.leaks)} left fds, threads or children behind "
+              f"({len(self.unchecked)} failed or xfailed not checked: their tracebacks, which "
+              f"pytest keeps, hold the test's objects)")
         for nodeid, left in sorted(self.leaks.items()):
             write(f"  {nodeid}")
             for kind, items in left.items():
