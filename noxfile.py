@@ -1,10 +1,11 @@
 """nox sessions: the test matrix over every supported CPython, and the release wheels.
 
-    pip install nox && nox -s tests crosscheck lint   # CI: CPython 3.10-3.15, then the gates
+    pip install nox && nox -s tests crosscheck lint reliability   # CI: 3.10-3.15, gates, figures
     nox -s tests-3.12 -- tests/test_scheduling.py -x   # one version; after -- are pytest's args
     nox -s wheels                                # x86_64 + aarch64 wheels, 3.10-3.15, checked
     nox -s crosscheck                            # cargo check for macOS arm64 and Linux aarch64
     nox -s lint                                  # fmt, clippy, cargo test, stubtest (all run)
+    nox -s reliability                           # tests/reliability's CI forms (3.11, 3.14)
 
 Interpreters: pyenv's ``versions/3.X.*/bin/python3.X`` first (pyenv's shims only work for the
 global version, so ``python3.10`` on PATH may be a shim that refuses to run), then a working
@@ -254,6 +255,32 @@ def summary(session: nox.Session) -> None:
               flush=True)
     print(f"total: {totals['passed']} passed, {totals['failed']} failed, "
           f"{totals['skipped']} skipped", flush=True)
+
+
+# --- reliability ---------------------------------------------------------------------------
+
+# Where the reliability suite's short forms run: the differential fuzzing on two versions (the
+# oldest pyenv one users still deploy and the one most deploy now), the soak and the Ctrl+C
+# trials once, on 3.14. Their long forms are the scripts' own CLIs (tests/reliability/*.py).
+RELIABILITY_PYTHONS = ["3.11", "3.14"]
+RELIABILITY_EVERYTHING_ON = "3.14"
+
+
+@nox.session(python=RELIABILITY_PYTHONS)
+def reliability(session: nox.Session) -> None:
+    """tests/reliability's CI forms: builds the extension for this CPython, installs .[test]
+    and runs them. Each harness prints its figures as ``reliability figure:`` lines."""
+    _ensure_openssl(session)
+    env = {"CARGO_TARGET_DIR": str(TARGET), "TOKIOLOOP_RELIABILITY": "1"}
+    session.install(".[test]", env=env)
+    if session.posargs:
+        args = list(session.posargs)
+    elif session.python == RELIABILITY_EVERYTHING_ON:
+        args = ["tests/reliability"]
+    else:
+        args = ["tests/reliability/test_differential.py"]
+    # -s: the figures are printed by the harnesses, and belong in CI's log.
+    session.run("python", "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", *args, env=env)
 
 
 # --- wheels -------------------------------------------------------------------------------

@@ -41,6 +41,10 @@ from _netutil import PAYLOAD
 
 pytest_plugins = ["_leaks"]
 
+# tests/reliability (soak, Ctrl+C trials, differential fuzzing) runs in its own nox session,
+# ``reliability``, which sets this variable; the behavioural suite does not collect it.
+collect_ignore = [] if os.environ.get("TOKIOLOOP_RELIABILITY") else ["reliability"]
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 KINDS = ("asyncio", "tokioloop")
 
