@@ -9,11 +9,10 @@
 
 mod fastcall;
 mod pool;
-pub mod ready;
+mod ready;
 mod tasks;
-pub mod timers;
+mod timers;
 mod turn;
-pub mod wake;
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -31,13 +30,11 @@ use tokio::runtime::Runtime;
 use crate::clock;
 use crate::contexts::SpareContext;
 use crate::handles::{new_untracked, Args, Callback, Handle, TimerHandle};
-use crate::io::registry::{Direction, Registry, Target};
+use crate::io::{Direction, IoDriver, Target, Wake};
 use crate::runtime;
-use crate::transports::stream::StreamEngine;
 use ready::Ready;
 use timers::Timers;
 use pool::HandlePool;
-use wake::Wake;
 
 /// `asyncio.events._ThreadSafeHandle` where the running asyncio has it (3.14+), else None.
 fn threadsafe_handle_class(py: Python<'_>) -> PyResult<Option<&Bound<'_, PyAny>>> {
@@ -55,8 +52,10 @@ pub fn install_fast_paths(class: &Bound<'_, pyo3::types::PyType>) -> PyResult<()
 }
 
 thread_local! {
-    /// What one dispatch queues, kept for its capacity (always left empty).
-    static DISPATCHED: std::cell::RefCell<Vec<Ready>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// What one dispatch queues (fired fds, engines' retries), kept for their capacity
+    /// (always left empty).
+    static DISPATCHED: std::cell::RefCell<(Vec<Ready>, Vec<Ready>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     /// The pid of the process whose loop is running on this thread, 0 if none. A child forked
     /// from a callback inherits the parent's value, which is how it knows that loop is not its.
     static RUNNING_HERE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
@@ -65,10 +64,11 @@ thread_local! {
 struct State {
     ready: VecDeque<Ready>,
     timers: Timers,
-    /// Native transports' reads and flushes to try again next turn. They join the ready queue
-    /// at the next I/O step, behind what the callbacks of this turn schedule, as a selector's
-    /// events join asyncio's: a `data_received` runs the callbacks it scheduled before the
-    /// same socket is read again.
+    /// Native engines' reads and flushes to try again this turn (`IoHandle::again`, handed
+    /// over by the dispatch). They join the ready queue behind what the callbacks of the last
+    /// turn scheduled and what this turn's lookups completed, as a selector's events join
+    /// asyncio's: a `data_received` runs the callbacks it scheduled before the same socket
+    /// is read again.
     io_retries: Vec<Ready>,
 }
 
@@ -88,7 +88,8 @@ pub struct LoopCore {
     pool: HandlePool,
     /// The empty context lent to callbacks scheduled from an empty one (see `contexts`).
     pub(crate) spare_context: SpareContext,
-    io: Mutex<Registry>,
+    /// The fd registrations; engines hold handles to them (see `io::IoDriver`).
+    io: IoDriver,
     /// True while the fd registry may have callbacks to queue (see `Registry::pending_flag`).
     io_pending: Arc<AtomicBool>,
     /// The self-pipe's read end (-1 before it exists): watched for signals only, so it alone
@@ -125,13 +126,7 @@ pub struct LoopCore {
     runtime: Option<Runtime>,
 }
 
-/// The error for using a loop in a process forked from the one that made it.
-pub(crate) fn forked_error() -> PyErr {
-    PyRuntimeError::new_err(
-        "this event loop was created in another process and cannot be used after fork(); \
-         create a new one with tokioloop.new_event_loop()",
-    )
-}
+pub(crate) use crate::errors::forked_error;
 
 fn current_thread_ident() -> u64 {
     // SAFETY: pthread_self has no preconditions. CPython's threading.get_ident() is this value.
@@ -142,9 +137,8 @@ impl LoopCore {
     /// The open native transport using `fd`, as Python sees it (asyncio refuses add_reader and
     /// sock_* on such a descriptor).
     pub(crate) fn fd_transport(&self, py: Python<'_>, fd: RawFd) -> Option<Py<PyAny>> {
-        let owner = self.io.lock().owner(py, fd)?;
-        let engine = owner.get();
-        if engine.closing() {
+        let engine = self.io.registry().owner(py, fd)?;
+        if engine.is_closing(py) {
             return None;
         }
         engine.python_transport(py)
@@ -293,13 +287,13 @@ impl LoopCore {
     /// signal arrived since the last look.
     fn io_to_look_at(&self) -> bool {
         self.signal_noted.swap(false, Ordering::Relaxed)
-            || self.io.lock().watches_other_than(self.self_pipe_fd.load(Ordering::Relaxed))
+            || self.io.registry().watches_other_than(self.self_pipe_fd.load(Ordering::Relaxed))
     }
 
     /// The busy turn's look at I/O: a zero-timeout park, skipped when the kernel says the
     /// reactor has nothing waiting.
     fn look_at_io(&self, runtime: &Runtime) {
-        if self.reactor_fd.is_none_or(crate::io::reactor_probe::has_events) {
+        if self.reactor_fd.is_none_or(crate::io::has_events) {
             runtime.block_on(tokio::task::yield_now());
         }
     }
@@ -309,10 +303,12 @@ impl LoopCore {
             return;
         }
         DISPATCHED.with(|cell| {
-            let mut ready = cell.borrow_mut();
-            self.io.lock().dispatch(py, &mut ready);
-            if !ready.is_empty() {
-                self.state.lock().ready.extend(ready.drain(..));
+            let (fired, retries) = &mut *cell.borrow_mut();
+            self.io.registry().dispatch(py, fired, retries);
+            if !fired.is_empty() || !retries.is_empty() {
+                let mut state = self.state.lock();
+                state.ready.extend(fired.drain(..));
+                state.io_retries.extend(retries.drain(..));
             }
         });
     }
@@ -355,56 +351,8 @@ impl LoopCore {
         }
     }
 
-    pub(crate) fn push_ready(&self, item: Ready) {
+    fn push_ready(&self, item: Ready) {
         self.state.lock().ready.push_back(item);
-    }
-
-    /// Queues a native transport's read or flush for the next turn's I/O step (see
-    /// `State::io_retries`).
-    pub(crate) fn retry_io(&self, item: Ready) {
-        self.state.lock().io_retries.push(item);
-    }
-
-    /// Gives a transport's socket to the registry; False if the fd is already watched.
-    pub(crate) fn attach_stream(
-        &self,
-        _py: Python<'_>,
-        fd: RawFd,
-        transport: Py<StreamEngine>,
-    ) -> PyResult<bool> {
-        self.check_open()?;
-        self.check_same_process()?;
-        let runtime = self.runtime()?;
-        let _context = runtime.enter();
-        let attached = self.io.lock().attach_stream(fd, transport);
-        attached.map_err(crate::errors::from_io)
-    }
-
-    /// Turns a transport's interest in one direction on or off.
-    pub(crate) fn watch_stream(&self, py: Python<'_>, fd: RawFd, direction: Direction, on: bool) {
-        let old = self.io.lock().watch_stream(py, fd, direction, on);
-        drop(old);
-    }
-
-    /// See `Registry::settle`.
-    pub(crate) fn settle_callback(&self, fd: RawFd, direction: Direction) {
-        self.io.lock().settle(fd, direction);
-    }
-
-    /// See `Registry::arm`.
-    pub(crate) fn arm_stream(&self, fd: RawFd, direction: Direction) -> bool {
-        self.io.lock().arm(fd, direction)
-    }
-
-    /// See `Registry::rearm`.
-    pub(crate) fn rearm_fd(&self, fd: RawFd, direction: Direction) -> bool {
-        self.io.lock().rearm(fd, direction)
-    }
-
-    /// Deregisters a transport's socket; its references go outside the lock.
-    pub(crate) fn release_stream(&self, fd: RawFd) {
-        let old = self.io.lock().release_stream(fd);
-        drop(old);
     }
 
     fn schedule_timer(
@@ -528,7 +476,7 @@ impl LoopCore {
         let _context = runtime.enter();
         let outcome = this
             .io
-            .lock()
+            .registry()
             .set(py, fd, direction, handle.clone_ref(py), fileobj);
         let outcome = match outcome {
             Ok(outcome) => outcome,
@@ -547,9 +495,8 @@ impl LoopCore {
             Err(engine) => {
                 drop(handle.get().callback.release());
                 let transport = engine
-                    .get()
                     .python_transport(py)
-                    .unwrap_or_else(|| engine.into_any());
+                    .unwrap_or_else(|| engine.object().clone_ref(py));
                 return Err(PyRuntimeError::new_err(format!(
                     "File descriptor {fd} is used by transport {}",
                     transport.bind(py).repr()?
@@ -582,7 +529,7 @@ impl LoopCore {
         if self.closed.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        let removed = self.io.lock().remove(fd, direction, expected, as_selector);
+        let removed = self.io.registry().remove(fd, direction, expected, as_selector);
         let (old, fileobj) = match removed {
             Ok(removed) => removed,
             Err(error) => {
@@ -613,9 +560,10 @@ impl LoopCore {
     #[pyo3(signature = (*_args, **_kwargs))]
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
         let wake = Arc::new(Wake::default());
-        let registry = Registry::new(wake.clone());
         let timers = Timers::new();
         let runtime = runtime::build()?;
+        let io = IoDriver::new(wake.clone(), runtime.handle().clone());
+        let io_pending = io.registry().pending_flag();
         Ok(LoopCore {
             timer_cancel_counter: timers.cancel_counter(),
             state: Mutex::new(State {
@@ -625,10 +573,10 @@ impl LoopCore {
             }),
             pool: HandlePool::default(),
             spare_context: SpareContext::default(),
-            io_pending: registry.pending_flag(),
+            io_pending,
             self_pipe_fd: AtomicI32::new(-1),
             signal_noted: AtomicBool::new(false),
-            io: Mutex::new(registry),
+            io,
             wake,
             stopping: AtomicBool::new(false),
             running: AtomicBool::new(false),
@@ -641,7 +589,7 @@ impl LoopCore {
             abandoned: AtomicBool::new(false),
             time_override: Mutex::new(None),
             time_overridden: AtomicBool::new(false),
-            reactor_fd: crate::io::reactor_probe::find_reactor_fd(&runtime),
+            reactor_fd: crate::io::find_reactor_fd(&runtime),
             runtime: Some(runtime),
         })
     }
@@ -799,6 +747,12 @@ impl LoopCore {
         }
     }
 
+    /// The engines' way to this loop's fd registrations (see `io::IoPort`).
+    #[getter]
+    fn _io_port(&self) -> crate::io::IoPort {
+        crate::io::IoPort(self.io.handle())
+    }
+
     /// Runs turns until `stop()`. The Python wrapper does asyncio's per-run bookkeeping.
     fn _run_native(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
@@ -825,9 +779,10 @@ impl LoopCore {
     /// Python objects they referred to are released. Every later use raises RuntimeError.
     fn _abandon_after_fork(&self) {
         self.abandoned.store(true, Ordering::SeqCst);
+        self.io.mark_abandoned();
         self.running.store(false, Ordering::SeqCst);
         self.thread_ident.store(0, Ordering::Relaxed);
-        let targets = self.io.lock().abandon();
+        let targets = self.io.registry().abandon();
         for target in targets {
             target.release();
         }
@@ -848,11 +803,12 @@ impl LoopCore {
             return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
         }
         self.closed.store(true, Ordering::SeqCst);
+        self.io.mark_closed();
         let (ready, timers) = self.state.lock().take_all();
         let fd_handles = if self.in_other_process() {
-            self.io.lock().abandon()
+            self.io.registry().abandon()
         } else {
-            self.io.lock().drain()
+            self.io.registry().drain()
         };
         let lookups = self.dns.clear();
         release_all(ready, timers, fd_handles);
@@ -864,7 +820,7 @@ impl LoopCore {
     /// Lets socket errors reach `fd`'s reader (datagram sockets); see
     /// `Registry::watch_errors_for`.
     fn _watch_errors(&self, fd: RawFd) {
-        self.io.lock().watch_errors_for(fd);
+        self.io.registry().watch_errors_for(fd);
     }
 
     /// Watches `fd`; returns the handle, which `_remove_reader` can name to remove only it.
@@ -899,13 +855,13 @@ impl LoopCore {
         if self.closed.load(Ordering::Relaxed) {
             return None;
         }
-        self.io.lock().find_fileobj(fileobj)
+        self.io.registry().find_fileobj(fileobj)
     }
 
     /// Drops every callback watching `fd` (cancelling its handle) and the registration
     /// itself: a selector's state after an operation on a closed file object failed.
     fn _forget_fd_callbacks(&self, fd: RawFd) {
-        let targets = self.io.lock().forget_callbacks(fd);
+        let targets = self.io.registry().forget_callbacks(fd);
         for target in targets {
             if let Target::Callback(handle) = &target {
                 handle.get().cancel_now();
@@ -1013,7 +969,7 @@ impl LoopCore {
             let state = self.state.lock();
             (state.ready.len() + state.io_retries.len(), state.timers.live())
         };
-        let (readers, writers) = self.io.lock().counts();
+        let (readers, writers) = self.io.registry().counts();
         let counts = PyDict::new(py);
         counts.set_item("ready", ready)?;
         counts.set_item("timers", timers)?;
@@ -1036,7 +992,7 @@ impl LoopCore {
                 handle.get().callback.traverse(&visit)?;
             }
         }
-        if let Some(io) = self.io.try_lock() {
+        if let Some(io) = self.io.try_registry() {
             io.traverse(&visit)?;
         }
         self.dns.traverse(&visit)?;
@@ -1050,7 +1006,7 @@ impl LoopCore {
 
     fn __clear__(&self) {
         let (ready, timers) = self.state.lock().take_all();
-        let fd_handles = self.io.lock().drain();
+        let fd_handles = self.io.registry().drain();
         let factory = self.task_factory.lock().take();
         release_all(ready, timers, fd_handles);
         drop(factory);
@@ -1091,11 +1047,14 @@ impl Drop for LoopCore {
         if self.in_other_process() {
             // A forked child: the reactor's epoll instance is shared with the parent, and the
             // scheduler may be mid-turn in the parent's copy. Leak both rather than touch them.
-            std::mem::forget(self.io.get_mut().abandon());
+            self.io.mark_closed();
+            std::mem::forget(self.io.registry().abandon());
             std::mem::forget(self.runtime.take());
             return;
         }
-        drop(self.io.get_mut().drain());
+        self.io.mark_closed();
+        let fd_targets = self.io.registry().drain();
+        drop(fd_targets);
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }

@@ -27,10 +27,7 @@ use pyo3::types::{PyBytes, PyString};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
 use crate::errors::{last_errno, os_error};
-use crate::event_loop::LoopCore;
-use crate::io::registry::Direction;
-use crate::io::recv::recvfrom_with;
-use crate::transports::stream::BufferView;
+use crate::io::{recvfrom_with, would_block, BufferView, Direction, IoHandle};
 
 /// asyncio's `max_size` for one datagram read.
 const MAX_DATAGRAM: usize = 256 * 1024;
@@ -43,9 +40,6 @@ const RECENT_ADDRESSES: usize = 16;
 /// asyncio's default write limits for transports (high; low is a quarter).
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 
-fn would_block(errno: i32) -> bool {
-    errno == libc::EAGAIN || errno == libc::EWOULDBLOCK
-}
 
 /// A raw socket address as the kernel gave it.
 #[derive(Clone)]
@@ -176,8 +170,9 @@ struct Inner {
 #[pyclass(frozen, module = "tokioloop._tokioloop")]
 pub struct DatagramEngine {
     fd: RawFd,
-    /// The loop: told when a read found the socket drained (no poll(2) next turn).
-    core: Py<LoopCore>,
+    /// The loop's fd registrations: told when a read found the socket drained (no poll(2)
+    /// next turn). Not traversed: the loop traverses the registry.
+    io: IoHandle,
     /// The Python socket: its `sendto` parses addresses this engine does not know.
     sock: Py<PyAny>,
     /// The Python transport, for the rare paths it implements; dropped at `_detach`.
@@ -292,7 +287,7 @@ impl DatagramEngine {
         let fd: RawFd = sock.call_method0(intern!(sock.py(), "fileno"))?.extract()?;
         Ok(DatagramEngine {
             fd,
-            core: r#loop.cast::<LoopCore>()?.clone().unbind(),
+            io: IoHandle::of(r#loop)?,
             sock: sock.clone().unbind(),
             owner: Mutex::new(Some(owner)),
             inner: Mutex::new(Inner {
@@ -348,7 +343,7 @@ impl DatagramEngine {
             });
             match received {
                 Err(errno) if would_block(errno) => {
-                    this.core.get().settle_callback(this.fd, Direction::Read);
+                    this.io.settle(this.fd, Direction::Read);
                     return Ok(());
                 }
                 Err(libc::EINTR) => continue,
@@ -428,7 +423,7 @@ impl DatagramEngine {
                     this.up(py, intern!(py, "_start_writing"), ())?;
                 }
                 Ok(Some(errno)) => return this.error_received(py, errno),
-                Err(err) if crate::handles::is_fatal(py, &err) => return Err(err),
+                Err(err) if crate::errors::is_fatal(py, &err) => return Err(err),
                 Err(err) => {
                     return this.up(py, intern!(py, "_fatal_error"), (err.into_value(py), "Fatal write error on datagram transport"));
                 }
@@ -475,7 +470,7 @@ impl DatagramEngine {
                     break;
                 }
                 Ok(Some(errno)) => return this.error_received(py, errno),
-                Err(err) if crate::handles::is_fatal(py, &err) => return Err(err),
+                Err(err) if crate::errors::is_fatal(py, &err) => return Err(err),
                 Err(err) => {
                     return this.up(py, intern!(py, "_fatal_error"), (err.into_value(py), "Fatal write error on datagram transport"));
                 }
@@ -576,7 +571,6 @@ impl DatagramEngine {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.sock)?;
-        visit.call(&self.core)?;
         if let Some(owner) = self.owner.try_lock() {
             if let Some(owner) = owner.as_ref() {
                 visit.call(owner)?;

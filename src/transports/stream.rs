@@ -25,17 +25,15 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
-use crate::errors::{last_errno, os_error};
-use crate::event_loop::ready::Ready;
-use crate::event_loop::LoopCore;
-use crate::handles::is_fatal;
-use crate::io::fdio::FdKind;
-use crate::io::recv::{recv_bytes, recv_with, Received, LARGE_READ};
+use crate::errors::{is_fatal, last_errno, os_error};
+use crate::io::{
+    hung_up, level_ready, recv_bytes, recv_with, would_block, BufferView, Direction, Engine, EngineRef, FdKind,
+    IoHandle, Received, LARGE_READ,
+};
 use crate::transports::tls::{as_tls_layer, TlsLayer};
-use crate::io::registry::Direction;
 
 /// asyncio's `max_size` for one socket read.
-const READ_SIZE: usize = crate::io::recv::BUFFER_SIZE;
+const READ_SIZE: usize = crate::io::BUFFER_SIZE;
 /// Linux's IOV_MAX: slices one `sendmsg` may take.
 const MAX_SLICES: usize = 1024;
 /// asyncio's defaults for `set_write_buffer_limits()`.
@@ -81,7 +79,9 @@ pub struct StreamEngine {
     fd: RawFd,
     /// Socket (recv/send) or pipe (read/write): found once, at construction.
     kind: FdKind,
-    core: Py<LoopCore>,
+    /// The socket's registration with the loop (never the loop itself). Not traversed: the
+    /// loop traverses the registry.
+    io: IoHandle,
     /// The Python transport (`tokioloop._transport.SocketTransport`) this is the engine of:
     /// the object protocol callbacks and error reports see. Held while the socket is
     /// registered (as a selector's reader handle holds asyncio's), dropped at detach.
@@ -91,71 +91,33 @@ pub struct StreamEngine {
     inner: Mutex<Inner>,
 }
 
-fn would_block(errno: i32) -> bool {
-    errno == libc::EAGAIN || errno == libc::EWOULDBLOCK
-}
-
-/// A borrowed `Py_buffer` over a bytes-like object, released on drop.
-pub(crate) struct BufferView {
-    view: ffi::Py_buffer,
-}
-
-impl BufferView {
-    pub(crate) fn get(object: &Bound<'_, PyAny>, flags: std::os::raw::c_int) -> PyResult<Self> {
-        let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
-        // SAFETY: PyObject_GetBuffer fills `view` on success (0) and leaves it unused on failure.
-        unsafe {
-            if ffi::PyObject_GetBuffer(object.as_ptr(), view.as_mut_ptr(), flags) < 0 {
-                return Err(PyErr::fetch(object.py()));
-            }
-            Ok(BufferView {
-                view: view.assume_init(),
-            })
-        }
+impl Engine for StreamEngine {
+    fn run(slf: &Bound<'_, Self>, direction: Direction, edge: bool) -> PyResult<()> {
+        Self::run_in_context(slf, direction, edge)
     }
 
-    pub(crate) fn as_ptr(&self) -> *mut u8 {
-        self.view.buf.cast()
+    /// The Python transport, as users see it (None once detached).
+    fn python_transport(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.owner.lock().as_ref().map(|o| o.clone_ref(py))
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.view.len as usize
-    }
-}
-
-impl Drop for BufferView {
-    fn drop(&mut self) {
-        // SAFETY: acquired by PyObject_GetBuffer and released exactly once; the GIL is held
-        // wherever a BufferView lives (it never leaves a method that has `py`).
-        unsafe { ffi::PyBuffer_Release(&mut self.view) };
+    fn is_closing(&self) -> bool {
+        self.inner.lock().closing
     }
 }
 
 impl StreamEngine {
-    fn core(&self, _py: Python<'_>) -> &LoopCore {
-        self.core.get()
-    }
-
+    /// Looks again next turn, as a level-triggered selector would (see `IoHandle::again`).
     fn requeue(slf: &Bound<'_, Self>, direction: Direction) {
-        let this = slf.get();
-        this.core(slf.py())
-            .retry_io(Ready::Stream(slf.clone().unbind(), direction, false));
+        slf.get().io.again(EngineRef::new(slf.clone().unbind()), direction);
     }
 
-    /// The Python transport, as users see it (None once detached).
-    pub fn python_transport(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.owner.lock().as_ref().map(|o| o.clone_ref(py))
-    }
-
-    pub fn closing(&self) -> bool {
-        self.inner.lock().closing
-    }
 
     /// The last syscall showed `direction` drained: wait for the next edge (or retry at once
     /// if tokio still reports it ready, as after a hang-up).
     fn drained(slf: &Bound<'_, Self>, direction: Direction) {
         let this = slf.get();
-        if this.core(slf.py()).rearm_fd(this.fd, direction) {
+        if this.io.rearm(this.fd, direction) {
             Self::requeue(slf, direction);
         }
     }
@@ -203,7 +165,7 @@ impl StreamEngine {
     }
 
     /// The turn's entry: one read or one flush, inside the transport's context.
-    pub fn run(slf: &Bound<'_, Self>, direction: Direction, edge: bool) -> PyResult<()> {
+    fn run_in_context(slf: &Bound<'_, Self>, direction: Direction, edge: bool) -> PyResult<()> {
         let py = slf.py();
         let context = slf.get().context.as_ptr();
         // SAFETY: `context` is a live Context owned by the transport; enter and exit pair up
@@ -249,7 +211,7 @@ impl StreamEngine {
         if buffered {
             // A selector calls get_buffer() only when data (or EOF) is there. An edge says
             // so; a read queued without one must look first.
-            if !edge && !crate::io::registry::level_ready(this.fd, Direction::Read) {
+            if !edge && !level_ready(this.fd, Direction::Read) {
                 Self::drained(slf, Direction::Read);
                 return Ok(());
             }
@@ -453,7 +415,7 @@ impl StreamEngine {
         };
         if empty {
             if !watching_hangup {
-                this.core(py).watch_stream(py, this.fd, Direction::Write, false);
+                this.io.watch(py, this.fd, Direction::Write, false);
             }
             Self::up(slf, intern!(py, "_on_drained"), ())?;
         }
@@ -465,7 +427,7 @@ impl StreamEngine {
         let py = slf.py();
         Self::set_reading(slf, false);
         let this = slf.get();
-        this.core(py).watch_stream(py, this.fd, Direction::Write, false);
+        this.io.watch(py, this.fd, Direction::Write, false);
         Self::up(slf, intern!(py, "_on_peer_closed"), ())
     }
 
@@ -479,21 +441,13 @@ impl StreamEngine {
             }
             inner.reading = on;
         }
-        let core = this.core(py);
-        core.watch_stream(py, this.fd, Direction::Read, on);
+        let io = &this.io;
+        io.watch(py, this.fd, Direction::Read, on);
         // An edge may have come while nobody listened (before the start, or while paused).
-        if on && core.arm_stream(this.fd, Direction::Read) {
+        if on && io.arm(this.fd, Direction::Read) {
             Self::requeue(slf, Direction::Read);
         }
     }
-}
-
-/// Whether `fd` reports a hang-up or an error (a pipe's reader has closed), by `poll(2)`.
-fn hung_up(fd: RawFd) -> bool {
-    let mut entry = libc::pollfd { fd, events: 0, revents: 0 };
-    // SAFETY: one valid pollfd, zero timeout.
-    let n = unsafe { libc::poll(&mut entry, 1, 0) };
-    n > 0 && entry.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
 /// `object.name(arg)` without a bound-method object.
@@ -526,14 +480,14 @@ impl StreamEngine {
     #[new]
     fn new(r#loop: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, owner: Py<PyAny>) -> PyResult<Self> {
         let py = r#loop.py();
-        let core = r#loop.cast::<LoopCore>()?.clone().unbind();
+        let io = IoHandle::of(r#loop)?;
         let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
         // SAFETY: copies the current context; a new reference or NULL with an exception set.
         let context = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? };
         Ok(StreamEngine {
             fd,
             kind: FdKind::of(fd),
-            core,
+            io,
             owner: Mutex::new(Some(owner)),
             context: context.unbind(),
             inner: Mutex::new(Inner {
@@ -662,7 +616,7 @@ impl StreamEngine {
         drop(inner);
         drop(view);
         if start_writing {
-            this.core(py).watch_stream(py, this.fd, Direction::Write, true);
+            this.io.watch(py, this.fd, Direction::Write, true);
             Self::drained(slf, Direction::Write);
         }
         if over_high_water {
@@ -692,13 +646,11 @@ impl StreamEngine {
     /// Registers the socket with the loop's reactor; False if something already watches it.
     fn _attach_io(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let this = slf.get();
-        this.core(slf.py())
-            .attach_stream(slf.py(), this.fd, slf.clone().unbind())
+        this.io.attach(this.fd, EngineRef::new(slf.clone().unbind()))
     }
 
     /// Deregisters the socket (before it is closed) and drops anything still queued.
     fn _detach_io(slf: &Bound<'_, Self>) {
-        let py = slf.py();
         let this = slf.get();
         let queue = {
             let mut inner = this.inner.lock();
@@ -708,7 +660,7 @@ impl StreamEngine {
             std::mem::take(&mut inner.queue)
         };
         drop(queue);
-        this.core(py).release_stream(this.fd);
+        this.io.release(this.fd);
         let owner = this.owner.lock().take();
         drop(owner);
     }
@@ -750,9 +702,9 @@ impl StreamEngine {
             Self::set_reading(slf, true);
             return;
         }
-        let core = this.core(py);
-        core.watch_stream(py, this.fd, Direction::Write, true);
-        if core.arm_stream(this.fd, Direction::Write) {
+        let io = &this.io;
+        io.watch(py, this.fd, Direction::Write, true);
+        if io.arm(this.fd, Direction::Write) {
             Self::requeue(slf, Direction::Write);
         }
     }
@@ -790,7 +742,7 @@ impl StreamEngine {
         };
         let had_data = !queue.is_empty();
         drop(queue);
-        this.core(py).watch_stream(py, this.fd, Direction::Write, false);
+        this.io.watch(py, this.fd, Direction::Write, false);
         had_data
     }
 
@@ -880,7 +832,6 @@ impl StreamEngine {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.core)?;
         visit.call(&self.context)?;
         if let Some(owner) = self.owner.try_lock() {
             if let Some(owner) = owner.as_ref() {

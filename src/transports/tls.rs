@@ -32,7 +32,8 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
-use crate::transports::stream::{BufferView, StreamEngine};
+use crate::io::BufferView;
+use crate::transports::stream::StreamEngine;
 
 /// The states of asyncio's TLS state machine, as `_state_code` shows them to Python.
 const UNWRAPPED: u8 = 0;
