@@ -1,7 +1,7 @@
-//! `StreamEngine`: the native half of a socket stream transport (TCP or Unix).
+//! `StreamEngine`: the native half of a stream transport: TCP or Unix sockets, and pipes.
 //!
-//! What runs per read or write lives here. A read edge from `io::registry` (or a read this
-//! transport queued for itself) makes the turn call [`StreamEngine::run`]: one `recv` into
+//! What runs per read or write lives here. A read edge from the io registry (or a read this
+//! engine asked for again, `IoHandle::again`) makes the turn run it (`io::Engine`): one `recv` into
 //! a per-thread 256 KiB buffer, an exact-size `bytes`, `protocol.data_received` — or, for a
 //! `BufferedProtocol`, `recv` straight into `get_buffer()`. `write()` sends at once when
 //! nothing is queued; what the kernel did not take is queued as references to `bytes`
@@ -14,7 +14,9 @@
 //! what a level-triggered selector would do. Everything that happens once per connection —
 //! close, abort, EOF, error reporting, flow-control calls into the protocol, extra info —
 //! is the Python class `tokioloop._transport.SocketTransport` (an `asyncio.Transport`, whose
-//! engine this is), which these methods call by name. The inner lock is never held while Python code runs or a Python object is dropped.
+//! engine this is), which these methods call by name. The inner lock is never held while
+//! Python code runs or a Python object is dropped. The engine holds an `io::IoHandle`, never
+//! the loop; the TLS layer plugs into its receive path as a [`ReceiveSink`].
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -23,14 +25,13 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyAssertionError, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
-use pyo3::{ffi, intern, PyTraverseError, PyVisit};
+use pyo3::{ffi, intern, PyClass, PyTraverseError, PyVisit};
 
 use crate::errors::{is_fatal, last_errno, os_error};
 use crate::io::{
-    hung_up, level_ready, recv_bytes, recv_with, would_block, BufferView, Direction, Engine, EngineRef, FdKind,
-    IoHandle, Received, LARGE_READ,
+    hung_up, level_ready, recv_bytes, recv_with, would_block, BufferView, Direction, Engine, EngineRef,
+    FdKind, IoHandle, Received, LARGE_READ,
 };
-use crate::transports::tls::{as_tls_layer, TlsLayer};
 
 /// asyncio's `max_size` for one socket read.
 const READ_SIZE: usize = crate::io::BUFFER_SIZE;
@@ -43,8 +44,9 @@ const LOST_WRITES_BEFORE_WARNING: u32 = 5;
 
 struct Inner {
     protocol: Option<Py<PyAny>>,
-    /// The protocol is tokioloop's TLS layer: reads go straight into its incoming BIO.
-    tls: Option<Py<TlsLayer>>,
+    /// A receiver plugged in by the layer above (TLS: its incoming BIO). Used while it is the
+    /// protocol: reads then go straight into it.
+    sink: Option<SinkRef>,
     /// The protocol is a `BufferedProtocol`: reads go into its `get_buffer()`.
     buffered: bool,
     /// `pause_reading()` is in effect.
@@ -91,6 +93,44 @@ pub struct StreamEngine {
     inner: Mutex<Inner>,
 }
 
+/// A protocol that takes its bytes straight from the engine's receive buffer, without a
+/// `bytes` object or a `get_buffer()` call: the TLS layer, whose incoming BIO they go to.
+/// It plugs itself in with [`StreamEngine::plug_sink`]; the engine uses it while it is the
+/// protocol. (So stream.rs does not name the TLS layer: TLS depends on streams, not back.)
+pub(crate) trait ReceiveSink: PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + Sync {
+    /// Takes what one read received. Runs no Python code while the buffer is borrowed
+    /// beyond the call.
+    fn take(&self, py: Python<'_>, data: &[u8]) -> PyResult<()>;
+    /// After `take`: acts on what arrived.
+    fn arrived(slf: &Bound<'_, Self>) -> PyResult<()>;
+}
+
+/// A plugged-in [`ReceiveSink`] with its type erased.
+struct SinkRef {
+    object: Py<PyAny>,
+    take: fn(&Bound<'_, PyAny>, &[u8]) -> PyResult<()>,
+    arrived: fn(&Bound<'_, PyAny>) -> PyResult<()>,
+}
+
+impl SinkRef {
+    fn new<S: ReceiveSink>(sink: Py<S>) -> Self {
+        // SAFETY (both casts): the functions are stored only next to an object of type `S`.
+        SinkRef {
+            object: sink.into_any(),
+            take: |object, data| unsafe { object.cast_unchecked::<S>() }.get().take(object.py(), data),
+            arrived: |object| S::arrived(unsafe { object.cast_unchecked::<S>() }),
+        }
+    }
+
+    fn clone_ref(&self, py: Python<'_>) -> Self {
+        SinkRef {
+            object: self.object.clone_ref(py),
+            take: self.take,
+            arrived: self.arrived,
+        }
+    }
+}
+
 impl Engine for StreamEngine {
     fn run(slf: &Bound<'_, Self>, direction: Direction, edge: bool) -> PyResult<()> {
         Self::run_in_context(slf, direction, edge)
@@ -107,6 +147,21 @@ impl Engine for StreamEngine {
 }
 
 impl StreamEngine {
+    /// Plugs `sink` into the receive path (replacing any other), or with None unplugs
+    /// `plugged` if it is the one plugged in.
+    pub(crate) fn plug_sink<S: ReceiveSink>(&self, sink: Option<Py<S>>, plugged: &Bound<'_, PyAny>) {
+        let old = {
+            let mut inner = self.inner.lock();
+            match sink {
+                Some(sink) => inner.sink.replace(SinkRef::new(sink)),
+                None if inner.sink.as_ref().is_some_and(|old| old.object.is(plugged)) => inner.sink.take(),
+                None => None,
+            }
+        };
+        // Dropped outside the lock: the last reference may run Python code.
+        drop(old);
+    }
+
     /// Looks again next turn, as a level-triggered selector would (see `IoHandle::again`).
     fn requeue(slf: &Bound<'_, Self>, direction: Direction) {
         slf.get().io.again(EngineRef::new(slf.clone().unbind()), direction);
@@ -188,7 +243,7 @@ impl StreamEngine {
     fn on_readable(slf: &Bound<'_, Self>, edge: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (protocol, buffered, expect_large, tls) = {
+        let (protocol, buffered, expect_large, sink) = {
             let inner = this.inner.lock();
             if inner.write_only {
                 drop(inner);
@@ -199,13 +254,17 @@ impl StreamEngine {
                     protocol.clone_ref(py),
                     inner.buffered,
                     inner.last_read_large,
-                    inner.tls.as_ref().map(|t| t.clone_ref(py)),
+                    inner
+                        .sink
+                        .as_ref()
+                        .filter(|sink| sink.object.is(protocol))
+                        .map(|sink| sink.clone_ref(py)),
                 ),
                 _ => return Ok(()),
             }
         };
-        if let Some(tls) = tls {
-            return Self::read_into_tls(slf, tls.bind(py));
+        if let Some(sink) = sink {
+            return Self::read_into_sink(slf, &sink);
         }
         let protocol = protocol.into_bound(py);
         if buffered {
@@ -255,13 +314,14 @@ impl StreamEngine {
         }
     }
 
-    /// A read for the TLS layer: the ciphertext goes from the receive buffer into its
-    /// incoming BIO, then the layer runs (as asyncio's get_buffer/buffer_updated would).
-    fn read_into_tls(slf: &Bound<'_, Self>, layer: &Bound<'_, TlsLayer>) -> PyResult<()> {
+    /// A read for a plugged-in receiver (the TLS layer): the bytes go from the receive buffer
+    /// into it, then it runs (as asyncio's get_buffer/buffer_updated would).
+    fn read_into_sink(slf: &Bound<'_, Self>, sink: &SinkRef) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        let receiver = sink.object.bind(py);
         let failed = "Fatal error: protocol.buffer_updated() call failed.";
-        match recv_with(this.kind, this.fd, READ_SIZE, |data| layer.get().take_ciphertext(py, data)) {
+        match recv_with(this.kind, this.fd, READ_SIZE, |data| (sink.take)(receiver, data)) {
             Err(errno) => Self::read_failed(slf, errno),
             Ok((0, _)) => Self::up(slf, intern!(py, "_on_eof"), ()),
             Ok((_, Err(err))) => Self::fatal(slf, err, failed),
@@ -271,7 +331,7 @@ impl StreamEngine {
                 } else {
                     Self::requeue(slf, Direction::Read);
                 }
-                match TlsLayer::ciphertext_arrived(layer) {
+                match (sink.arrived)(receiver) {
                     Ok(()) => Ok(()),
                     Err(err) => Self::fatal(slf, err, failed),
                 }
@@ -492,7 +552,7 @@ impl StreamEngine {
             context: context.unbind(),
             inner: Mutex::new(Inner {
                 protocol: None,
-                tls: None,
+                sink: None,
                 buffered: false,
                 paused: false,
                 last_read_large: false,
@@ -666,22 +726,19 @@ impl StreamEngine {
     }
 
     fn _set_protocol(&self, protocol: Bound<'_, PyAny>, buffered: bool) -> Option<Py<PyAny>> {
-        let tls = as_tls_layer(&protocol);
         let mut inner = self.inner.lock();
         inner.buffered = buffered;
-        let old_tls = std::mem::replace(&mut inner.tls, tls);
         let old = inner.protocol.replace(protocol.unbind());
         drop(inner);
-        drop(old_tls);
         old
     }
 
     fn _take_protocol(&self) -> Option<Py<PyAny>> {
         let mut inner = self.inner.lock();
-        let tls = inner.tls.take();
+        let sink = inner.sink.take();
         let protocol = inner.protocol.take();
         drop(inner);
-        drop(tls);
+        drop(sink);
         protocol
     }
 
@@ -842,19 +899,19 @@ impl StreamEngine {
             if let Some(protocol) = inner.protocol.as_ref() {
                 visit.call(protocol)?;
             }
-            if let Some(tls) = inner.tls.as_ref() {
-                visit.call(tls)?;
+            if let Some(sink) = inner.sink.as_ref() {
+                visit.call(&sink.object)?;
             }
         }
         Ok(())
     }
 
     fn __clear__(&self) {
-        let (protocol, tls) = {
+        let (protocol, sink) = {
             let mut inner = self.inner.lock();
-            (inner.protocol.take(), inner.tls.take())
+            (inner.protocol.take(), inner.sink.take())
         };
-        drop((protocol, tls));
+        drop((protocol, sink));
         let owner = self.owner.lock().take();
         drop(owner);
     }
