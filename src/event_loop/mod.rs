@@ -308,7 +308,9 @@ impl LoopCore {
             if !fired.is_empty() || !retries.is_empty() {
                 let mut state = self.state.lock();
                 state.ready.extend(fired.drain(..));
-                state.io_retries.extend(retries.drain(..));
+                if !retries.is_empty() {
+                    state.io_retries.extend(retries.drain(..));
+                }
             }
         });
     }

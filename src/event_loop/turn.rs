@@ -184,7 +184,12 @@ pub fn run_handle(slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
 /// Runs one read or flush of a native engine. Its own errors it reports itself; an error
 /// escaping it (from the Python half's error path) goes to the exception handler, as a
 /// failing reader callback's would.
-fn run_engine(slf: &Bound<'_, LoopCore>, engine: &EngineRef, direction: Direction, edge: bool) -> PyResult<()> {
+fn run_engine(
+    slf: &Bound<'_, LoopCore>,
+    engine: &EngineRef,
+    direction: Direction,
+    edge: bool,
+) -> PyResult<()> {
     let py = slf.py();
     match engine.run(py, direction, edge) {
         Ok(()) => Ok(()),

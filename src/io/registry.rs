@@ -649,7 +649,9 @@ impl Registry {
     /// Hot directions are re-checked first; fresh edges then cover the rest, so no target
     /// is queued twice in one turn.
     pub fn dispatch<T: From<Fired>>(&mut self, py: Python<'_>, out: &mut Vec<T>, retries: &mut Vec<T>) {
-        retries.extend(self.retries.drain(..).map(T::from));
+        if !self.retries.is_empty() {
+            retries.extend(self.retries.drain(..).map(T::from));
+        }
         self.round += 1;
         let round = self.round;
         let mut previously_hot = std::mem::take(&mut self.spare_hot);
