@@ -121,7 +121,7 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
         }
         if core.abandoned_by_fork() {
             // A callback forked and this is the child, back in the parent's loop.
-            return Err(super::forked_error());
+            return Err(crate::errors::forked_error());
         }
     }
 }

@@ -1,8 +1,8 @@
 //! `BufferView`: a borrowed `Py_buffer` over a bytes-like object, for the syscalls that read
 //! from or write into Python memory (transports, TLS, `sock_*`). Needs the GIL while alive.
 
-use pyo3::prelude::*;
 use pyo3::ffi;
+use pyo3::prelude::*;
 
 /// A borrowed `Py_buffer` over a bytes-like object, released on drop.
 pub struct BufferView {

@@ -15,7 +15,11 @@ pub fn would_block(errno: i32) -> bool {
 
 /// Zero-timeout `poll(2)` for `events`; the events reported, 0 if none or on failure.
 fn poll_now(fd: RawFd, events: libc::c_short) -> libc::c_short {
-    let mut entry = libc::pollfd { fd, events, revents: 0 };
+    let mut entry = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd, zero timeout; poll only reads the descriptor number.
     let n = unsafe { libc::poll(&mut entry, 1, 0) };
     if n > 0 {

@@ -93,14 +93,22 @@ impl Setup {
     }
 
     fn new_engine(&self, py: Python<'_>) -> Py<FakeEngine> {
-        Py::new(py, FakeEngine { runs: Mutex::new(Vec::new()) }).expect("engine")
+        Py::new(
+            py,
+            FakeEngine {
+                runs: Mutex::new(Vec::new()),
+            },
+        )
+        .expect("engine")
     }
 
     /// Attaches a fake engine to our end and watches reading.
     fn attach_reader(&self, py: Python<'_>) -> Py<FakeEngine> {
         let engine = self.new_engine(py);
         let handle = self.driver.handle();
-        assert!(handle.attach(self.fd(), EngineRef::new(engine.clone_ref(py))).expect("attach"));
+        assert!(handle
+            .attach(self.fd(), EngineRef::new(engine.clone_ref(py)))
+            .expect("attach"));
         handle.watch(py, self.fd(), Direction::Read, true);
         assert!(!handle.arm(self.fd(), Direction::Read), "nothing to read yet");
         engine
@@ -141,7 +149,10 @@ fn an_edge_on_a_watched_fd_dispatches_once() {
         setup.poll_reactor();
         let (fired, _) = setup.dispatch(py);
         assert!(fired.is_empty());
-        assert!(!setup.registry().pending_flag().load(std::sync::atomic::Ordering::Acquire));
+        assert!(!setup
+            .registry()
+            .pending_flag()
+            .load(std::sync::atomic::Ordering::Acquire));
     });
 }
 
@@ -163,7 +174,10 @@ fn rearm_waits_for_the_next_edge_and_reports_one_left_behind() {
         setup.send(b"two");
         setup.poll_reactor();
         assert_eq!(run_all(py, &setup.dispatch(py).0), 1);
-        assert_eq!(runs(&engine), vec![(Direction::Read, true), (Direction::Read, true)]);
+        assert_eq!(
+            runs(&engine),
+            vec![(Direction::Read, true), (Direction::Read, true)]
+        );
     });
 }
 
@@ -189,7 +203,10 @@ fn a_callback_is_level_triggered_until_its_fd_is_drained() {
         assert!(is_callback(&setup.dispatch(py).0), "level, third turn");
         setup.drain();
         assert!(setup.dispatch(py).0.is_empty(), "drained: no more calls");
-        let removed = setup.registry().remove(setup.fd(), Direction::Read, None, false).expect("remove");
+        let removed = setup
+            .registry()
+            .remove(setup.fd(), Direction::Read, None, false)
+            .expect("remove");
         let (handle, fileobj) = removed;
         assert!(handle.is_some() && fileobj.is_none());
     });
@@ -206,7 +223,10 @@ fn watch_off_then_on_looks_at_readiness_that_came_meanwhile() {
         setup.poll_reactor();
         assert!(setup.dispatch(py).0.is_empty(), "not watched: not run");
         handle.watch(py, setup.fd(), Direction::Read, true);
-        assert!(handle.arm(setup.fd(), Direction::Read), "tokio saw it ready: look now");
+        assert!(
+            handle.arm(setup.fd(), Direction::Read),
+            "tokio saw it ready: look now"
+        );
         assert!(runs(&engine).is_empty());
     });
 }
@@ -223,7 +243,9 @@ fn release_while_an_edge_is_pending_runs_nothing() {
         assert!(setup.dispatch(py).0.is_empty());
         // The same fd number, registered again: the old registration's edge is not its.
         let second = setup.new_engine(py);
-        assert!(handle.attach(setup.fd(), EngineRef::new(second.clone_ref(py))).expect("attach"));
+        assert!(handle
+            .attach(setup.fd(), EngineRef::new(second.clone_ref(py)))
+            .expect("attach"));
         assert!(setup.dispatch(py).0.is_empty());
         assert!(runs(&engine).is_empty() && runs(&second).is_empty());
         handle.release(setup.fd());
@@ -237,7 +259,10 @@ fn again_runs_the_engine_next_turn_as_a_retry() {
         let engine = setup.attach_reader(py);
         let handle = setup.driver.handle();
         handle.again(EngineRef::new(engine.clone_ref(py)), Direction::Write);
-        assert!(setup.registry().pending_flag().load(std::sync::atomic::Ordering::Acquire));
+        assert!(setup
+            .registry()
+            .pending_flag()
+            .load(std::sync::atomic::Ordering::Acquire));
         let (fired, retries) = setup.dispatch(py);
         assert!(fired.is_empty(), "a retry is not an edge");
         assert_eq!(run_all(py, &retries), 1);
