@@ -221,7 +221,11 @@ impl Drop for LoopCore {
             // A forked child: the reactor's epoll instance is shared with the parent, and the
             // scheduler may be mid-turn in the parent's copy. Leak both rather than touch them.
             self.io.mark_closed();
-            std::mem::forget(self.io.registry().abandon());
+            // The registry's lock is shared with the handles now (it was the loop's own field,
+            // reached without locking): never wait on it in a child.
+            if let Some(mut registry) = self.io.try_registry() {
+                std::mem::forget(registry.abandon());
+            }
             std::mem::forget(self.runtime.take());
             return;
         }
