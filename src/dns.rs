@@ -21,7 +21,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::event_loop::wake::Wake;
+use crate::io::Wake;
 
 /// One address as libc gave it: (family, type, proto, canonname, address bytes, port,
 /// flowinfo, scope id). The address is the packed IP for AF_INET/AF_INET6.

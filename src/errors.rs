@@ -1,9 +1,11 @@
 //! OS errors as the Python exceptions asyncio would see: `OSError(errno, strerror)`, which
 //! Python itself narrows to the right subclass (ConnectionResetError, BrokenPipeError, ...),
-//! so `exc.errno` is kept. Used by the native transports and the DNS completions.
+//! so `exc.errno` is kept. Used by the native transports and the DNS completions. Also the
+//! loop's error rules that transports share: which exceptions end `run_forever`, and the
+//! error for a loop used after fork().
 
-use pyo3::exceptions::PyOSError;
-use pyo3::PyErr;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit};
+use pyo3::prelude::*;
 
 /// The exception for `errno`, as `socket` methods raise it.
 pub fn os_error(errno: i32) -> PyErr {
@@ -34,4 +36,17 @@ pub fn last_errno() -> i32 {
     std::io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)
+}
+
+/// True for the exceptions that end `run_forever` instead of reaching the exception handler.
+pub fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+}
+
+/// The error for using a loop in a process forked from the one that made it.
+pub fn forked_error() -> PyErr {
+    PyRuntimeError::new_err(
+        "this event loop was created in another process and cannot be used after fork(); \
+         create a new one with tokioloop.new_event_loop()",
+    )
 }

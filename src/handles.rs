@@ -11,7 +11,6 @@ use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::types::PyTuple;
@@ -267,11 +266,6 @@ where
     // object is always allowed, and pyo3's dealloc untracks again harmlessly.
     unsafe { ffi::PyObject_GC_UnTrack(object.as_ptr().cast()) };
     Ok(object)
-}
-
-/// True for the exceptions that end `run_forever` instead of reaching the exception handler.
-pub fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
 }
 
 /// A callback scheduled with `call_soon` or `call_soon_threadsafe`.

@@ -9,7 +9,7 @@
 //! during a park may therefore own, drop or touch a Python object: our wakers, timers and fd
 //! registrations hold only plain Rust data. The hooks are armed by [`ParkGuard`] only for the
 //! duration of our own `block_on` on this thread, because releasing a GIL that is not held is
-//! fatal. Only `event_loop::run` may arm them.
+//! fatal. Only `LoopCore::_run_native` may arm them.
 
 use std::cell::Cell;
 use std::ptr;

@@ -20,10 +20,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use crate::errors::{last_errno, os_error};
 use crate::event_loop::LoopCore;
 use crate::handles::Handle;
-use crate::io::fdio::FdKind;
-use crate::io::recv::{recv_bytes, Received, LARGE_READ};
-use crate::io::registry::Direction;
-use crate::transports::stream::BufferView;
+use crate::io::{recv_bytes, would_block, BufferView, Direction, FdKind, Received, LARGE_READ};
 
 /// The context a wait's retries run in. They run no user code (resolving the future
 /// schedules its callbacks in their own contexts), so one empty Context serves every wait
@@ -42,8 +39,9 @@ thread_local! {
     static LAST_READ_LARGE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-fn would_block(errno: i32) -> bool {
-    errno == libc::EAGAIN || errno == libc::EWOULDBLOCK || errno == libc::EINTR
+/// Nothing to do now: wait for readiness and call again (an interrupted call too).
+fn try_later(errno: i32) -> bool {
+    would_block(errno) || errno == libc::EINTR
 }
 
 /// One non-blocking `recv(fd, n)`: the bytes, `None` if it would block, or the OSError.
@@ -54,7 +52,7 @@ fn recv_once(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyBytes>
             LAST_READ_LARGE.with(|last| last.set(got >= LARGE_READ));
             Ok(Some(data))
         }
-        Received::Failed(errno) if would_block(errno) => Ok(None),
+        Received::Failed(errno) if try_later(errno) => Ok(None),
         Received::Failed(errno) => Err(os_error(errno)),
     }
 }
@@ -79,7 +77,7 @@ fn send_once(fd: RawFd, data: &Bound<'_, PyAny>, start: usize) -> PyResult<(usiz
         return Ok((sent as usize, len));
     }
     let errno = last_errno();
-    if would_block(errno) {
+    if try_later(errno) {
         Ok((0, len))
     } else {
         Err(os_error(errno))

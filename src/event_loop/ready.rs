@@ -1,7 +1,9 @@
-//! The ready queue's element: a handle that is due to run this turn or the next.
+//! The ready queue's element: what is due to run this turn or the next.
 //!
-//! `call_soon` handles and due timers share one FIFO; the enum keeps both without upcasting.
-//! Only `event_loop` builds these, and only the loop thread's turn runs them.
+//! `call_soon` handles, due timers, fd callbacks and native engines' reads and writes share one
+//! FIFO; the enum keeps them without upcasting. Private to `event_loop`: the registry hands its
+//! findings over as `io::Fired`, which becomes a `Ready` here; only the loop thread's turn runs
+//! them.
 //!
 //! From 3.14 a `call_soon_threadsafe` handle is the stdlib's own `events._ThreadSafeHandle`
 //! ([`Ready::Locked`]): its lock makes `cancel()` from another thread wait for a running
@@ -12,15 +14,18 @@ use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::handles::{Callback, Handle, TimerHandle};
-use crate::io::registry::Direction;
-use crate::transports::stream::StreamEngine;
+use crate::io::{Direction, EngineRef, Fired};
 
 pub enum Ready {
     Soon(Py<Handle>),
     Timer(Py<TimerHandle>),
-    /// A native transport's read or write (see `transports::stream`); the flag is true when
-    /// a fresh edge queued it, false when the transport queued itself to look again.
-    Stream(Py<StreamEngine>, Direction, bool),
+    /// A native engine's read or write (see `io::Engine`). `edge` is true when a fresh edge
+    /// queued it, false when the engine asked to look again.
+    Io {
+        engine: EngineRef,
+        direction: Direction,
+        edge: bool,
+    },
     /// An `asyncio.events._ThreadSafeHandle` (3.14+ `call_soon_threadsafe`); run by its `_run`.
     Locked(Py<PyAny>),
 }
@@ -32,7 +37,7 @@ impl Ready {
         match self {
             Ready::Soon(h) => Some(&h.get().callback),
             Ready::Timer(t) => Some(&t.get().callback),
-            Ready::Stream(..) | Ready::Locked(_) => None,
+            Ready::Io { .. } | Ready::Locked(_) => None,
         }
     }
 
@@ -43,7 +48,7 @@ impl Ready {
         match self {
             Ready::Soon(h) => h.get().is_cancelled(),
             Ready::Timer(t) => t.get().is_cancelled(),
-            Ready::Stream(..) => false,
+            Ready::Io { .. } => false,
             Ready::Locked(handle) => handle
                 .bind(py)
                 .getattr(pyo3::intern!(py, "_cancelled"))
@@ -54,7 +59,7 @@ impl Ready {
 
     pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
-            Ready::Stream(transport, ..) => visit.call(transport),
+            Ready::Io { engine, .. } => engine.traverse(visit),
             Ready::Locked(handle) => visit.call(handle),
             _ => match self.callback() {
                 Some(callback) => callback.traverse(visit),
@@ -63,7 +68,7 @@ impl Ready {
         }
     }
 
-    /// Drops the callback's references (close, GC clear); a transport item just goes.
+    /// Drops the callback's references (close, GC clear); an engine item just goes.
     #[inline]
     pub fn release(self) {
         if let Some(callback) = self.callback() {
@@ -101,7 +106,7 @@ impl Ready {
         match self {
             Ready::Soon(h) => h.bind(py).clone().into_any(),
             Ready::Timer(t) => t.bind(py).clone().into_any(),
-            Ready::Stream(s, ..) => s.bind(py).clone().into_any(),
+            Ready::Io { engine, .. } => engine.object().bind(py).clone(),
             Ready::Locked(h) => h.bind(py).clone(),
         }
     }
@@ -116,5 +121,23 @@ impl Ready {
             return Ready::Timer(t.clone().unbind());
         }
         Ready::Locked(obj.clone().unbind())
+    }
+}
+
+impl From<Fired> for Ready {
+    #[inline]
+    fn from(fired: Fired) -> Self {
+        match fired {
+            Fired::Callback(handle) => Ready::Soon(handle),
+            Fired::Engine {
+                engine,
+                direction,
+                edge,
+            } => Ready::Io {
+                engine,
+                direction,
+                edge,
+            },
+        }
     }
 }

@@ -30,7 +30,8 @@ use tokio::time::Sleep;
 use super::ready::Ready;
 use super::LoopCore;
 use crate::clock;
-use crate::handles::is_fatal;
+use crate::io::{Direction, EngineRef};
+use crate::errors::is_fatal;
 
 /// A busy loop lets other Python threads take the GIL every this many turns or this often.
 const BUSY_TURNS_PER_HANDOFF: u32 = 61;
@@ -99,7 +100,11 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
                 continue;
             }
             let outcome = match &item {
-                Ready::Stream(transport, direction, edge) => run_stream(slf, transport, *direction, *edge),
+                Ready::Io {
+                    engine,
+                    direction,
+                    edge,
+                } => run_engine(slf, engine, *direction, *edge),
                 _ if core.debug() => slf
                     .call_method1(intern!(py, "_run_handle_debug"), (item.object(py),))
                     .map(drop),
@@ -116,7 +121,7 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
         }
         if core.abandoned_by_fork() {
             // A callback forked and this is the child, back in the parent's loop.
-            return Err(super::forked_error());
+            return Err(crate::errors::forked_error());
         }
     }
 }
@@ -176,24 +181,23 @@ pub fn run_handle(slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
     }
 }
 
-/// Runs one read or flush of a native transport. Its own errors it reports itself; an error
+/// Runs one read or flush of a native engine. Its own errors it reports itself; an error
 /// escaping it (from the Python half's error path) goes to the exception handler, as a
 /// failing reader callback's would.
-fn run_stream(
+fn run_engine(
     slf: &Bound<'_, LoopCore>,
-    transport: &Py<crate::transports::stream::StreamEngine>,
-    direction: crate::io::registry::Direction,
+    engine: &EngineRef,
+    direction: Direction,
     edge: bool,
 ) -> PyResult<()> {
     let py = slf.py();
-    let transport = transport.bind(py);
-    match crate::transports::stream::StreamEngine::run(transport, direction, edge) {
+    match engine.run(py, direction, edge) {
         Ok(()) => Ok(()),
         Err(err) if is_fatal(py, &err) => Err(err),
         Err(err) => {
-            let shown = match transport.get().python_transport(py) {
-                Some(owner) => owner.into_bound(py),
-                None => transport.clone().into_any(),
+            let shown = match engine.python_transport(py) {
+                Some(owner) => owner,
+                None => engine.object().clone_ref(py),
             };
             slf.call_method1(intern!(py, "_transport_error"), (shown, err.into_value(py)))
                 .map(drop)

@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::errors::last_errno;
-use crate::io::fdio::FdKind;
+use super::fdio::FdKind;
 
 /// The per-thread buffer's size: asyncio's `max_size` for one socket read.
 pub const BUFFER_SIZE: usize = 256 * 1024;

@@ -8,10 +8,11 @@
 //! its tick check makes race-free, since the reactor cannot run while we hold the turn — and
 //! the waker is re-armed for the next edge.
 //!
-//! A native stream transport registers its socket here too, as a [`Target::Stream`]. It keeps
-//! tokio's edge semantics instead: an edge queues the transport's read or write, and the
-//! transport itself re-arms the direction ([`Registry::rearm`]) once its syscall showed the
-//! socket drained — or queues itself again when it did not — so no `poll(2)` is spent on it.
+//! A native transport engine registers its socket here too, as a [`Target::Engine`]. It keeps
+//! tokio's edge semantics instead: an edge queues the engine's read or write, and the engine
+//! itself re-arms the direction ([`Registry::rearm`]) once its syscall showed the socket
+//! drained — or asks to look again next turn ([`Registry::again`]) when it did not — so no
+//! `poll(2)` is spent on it. The registry knows engines only through [`EngineRef`].
 //!
 //! The wakers hold only Rust data (fd, registration id, an `Arc` of notices), so they may fire
 //! while the loop thread is parked without the GIL. The registry is owned by the loop and only
@@ -28,10 +29,9 @@ use pyo3::prelude::*;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use crate::event_loop::ready::Ready;
-use crate::event_loop::wake::Wake;
+use super::fdstate::{error_pending, level_ready};
+use super::{Direction, EngineRef, Wake};
 use crate::handles::Handle;
-use crate::transports::stream::StreamEngine;
 
 /// A descriptor we watch but do not own: the Python side opened it and will close it.
 pub struct Watched(RawFd);
@@ -40,12 +40,6 @@ impl AsRawFd for Watched {
     fn as_raw_fd(&self) -> RawFd {
         self.0
     }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Direction {
-    Read,
-    Write,
 }
 
 /// What the reactor's wakers report: (fd, registration id, direction) that saw an edge.
@@ -80,18 +74,31 @@ impl TaskWake for FdWaker {
 pub enum Target {
     /// An `add_reader`/`add_writer` callback, queued as a handle (level-triggered).
     Callback(Py<Handle>),
-    /// A native transport; its read or write runs natively in the turn (edge-triggered).
-    Stream(Py<StreamEngine>),
-    /// Never a direction's target: a registration's file object (see
-    /// `Registration::fileobj`) on its way out of the registry's lock to be dropped.
+    /// A native engine; its read or write runs natively in the turn (edge-triggered).
+    /// (Also how a registration's owner, or a pending retry, leaves the registry on release.)
+    Engine(EngineRef),
+    /// A registration's file object (see `Registration::fileobj`), only on its way out of the
+    /// registry's lock to be dropped: never a direction's target.
     FileObject(Py<PyAny>),
+}
+
+/// What a dispatch found ready, handed to the loop as new references.
+pub enum Fired {
+    /// An `add_reader`/`add_writer` callback to run.
+    Callback(Py<Handle>),
+    /// An engine's read or write to run; `edge` is false when the engine asked to look again.
+    Engine {
+        engine: EngineRef,
+        direction: Direction,
+        edge: bool,
+    },
 }
 
 impl Target {
     pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         match self {
             Target::Callback(handle) => handle.get().callback.traverse(visit),
-            Target::Stream(transport) => visit.call(transport),
+            Target::Engine(engine) => engine.traverse(visit),
             Target::FileObject(object) => visit.call(object),
         }
     }
@@ -121,8 +128,8 @@ struct Interest1 {
 struct Registration {
     id: u64,
     fd: AsyncFd<Watched>,
-    /// The native transport that owns the descriptor, if one does: no add_reader on it.
-    owner: Option<Py<StreamEngine>>,
+    /// The native engine that owns the descriptor, if one does: no add_reader on it.
+    owner: Option<EngineRef>,
     /// The object the first of the current callbacks was registered with (a socket, or the
     /// int itself; None for the loop's own watches), held as a selector key holds it: after
     /// that object is closed (`fileno() == -1`), remove_reader/remove_writer given it still
@@ -181,6 +188,8 @@ pub struct Registry {
     /// rather than growing fresh vectors every turn.
     spare_hot: Vec<(RawFd, Direction)>,
     spare_edges: Vec<(RawFd, u64, Direction)>,
+    /// Engines that asked to run again next turn (see [`Registry::again`]).
+    retries: Vec<Fired>,
     round: u64,
     next_id: u64,
     notices: Arc<Notices>,
@@ -193,6 +202,7 @@ impl Registry {
             hot: Vec::new(),
             spare_hot: Vec::new(),
             spare_edges: Vec::new(),
+            retries: Vec::new(),
             round: 0,
             next_id: 1,
             notices: Arc::new(Notices {
@@ -266,7 +276,7 @@ impl Registry {
         direction: Direction,
         handle: Py<Handle>,
         fileobj: Option<&Bound<'_, PyAny>>,
-    ) -> std::io::Result<Result<Option<Py<Handle>>, Py<StreamEngine>>> {
+    ) -> std::io::Result<Result<Option<Py<Handle>>, EngineRef>> {
         let existed = self.fds.contains_key(&fd);
         let registration = self.ensure(fd)?;
         if existed
@@ -279,7 +289,7 @@ impl Registry {
             return Err(std::io::Error::from_raw_os_error(libc::EBADF));
         }
         let owner = registration.owner.as_ref().map(|owner| owner.clone_ref(py));
-        if let (Some(Target::Stream(_)), Some(owner)) = (registration.side(direction).target.as_ref(), owner)
+        if let (Some(Target::Engine(_)), Some(owner)) = (registration.side(direction).target.as_ref(), owner)
         {
             return Ok(Err(owner));
         }
@@ -438,15 +448,15 @@ impl Registry {
         out
     }
 
-    /// The native transport that owns `fd`, if any.
-    pub fn owner(&self, py: Python<'_>, fd: RawFd) -> Option<Py<StreamEngine>> {
+    /// The native engine that owns `fd`, if any.
+    pub fn owner(&self, py: Python<'_>, fd: RawFd) -> Option<EngineRef> {
         let owner = self.fds.get(&fd)?.owner.as_ref()?;
         Some(owner.clone_ref(py))
     }
 
-    /// Registers a transport's socket; it then owns `fd` here until [`Registry::release_stream`].
-    /// False if the descriptor is already watched — by callbacks or another transport.
-    pub fn attach_stream(&mut self, fd: RawFd, transport: Py<StreamEngine>) -> std::io::Result<bool> {
+    /// Registers an engine's socket; it then owns `fd` here until [`Registry::release`].
+    /// False if the descriptor is already watched — by callbacks or another engine.
+    pub fn attach(&mut self, fd: RawFd, engine: EngineRef) -> std::io::Result<bool> {
         let registration = self.ensure(fd)?;
         if registration.owner.is_some()
             || registration.read.target.is_some()
@@ -454,13 +464,13 @@ impl Registry {
         {
             return Ok(false);
         }
-        registration.owner = Some(transport);
+        registration.owner = Some(engine);
         Ok(true)
     }
 
-    /// Turns a transport's interest in one direction on or off. The previous target (a clone
-    /// of the transport) comes back so the caller can drop it outside the lock.
-    pub fn watch_stream(
+    /// Turns an engine's interest in one direction on or off. The previous target (a clone
+    /// of the engine) comes back so the caller can drop it outside the lock.
+    pub fn watch(
         &mut self,
         py: Python<'_>,
         fd: RawFd,
@@ -470,7 +480,7 @@ impl Registry {
         let registration = self.fds.get_mut(&fd)?;
         let target = if on {
             let owner = registration.owner.as_ref()?;
-            Some(Target::Stream(owner.clone_ref(py)))
+            Some(Target::Engine(owner.clone_ref(py)))
         } else {
             None
         };
@@ -479,13 +489,14 @@ impl Registry {
         std::mem::replace(&mut side.target, target)
     }
 
-    /// Deregisters a transport's socket (before the transport closes it).
-    pub fn release_stream(&mut self, fd: RawFd) -> Vec<Target> {
+    /// Deregisters an engine's socket (before the engine closes it). A retry it asked for
+    /// stays queued: the engine's run finds its socket released and does nothing.
+    pub fn release(&mut self, fd: RawFd) -> Vec<Target> {
         let mut out = Vec::new();
         if let Some(mut registration) = self.fds.remove(&fd) {
             out.extend(registration.read.target.take());
             out.extend(registration.write.target.take());
-            out.extend(registration.owner.take().map(Target::Stream));
+            out.extend(registration.owner.take().map(Target::Engine));
             out.extend(registration.fileobj.take().map(Target::FileObject));
         }
         out
@@ -554,12 +565,12 @@ impl Registry {
         }
     }
 
-    /// (readers, writers) currently registered, transports included.
     /// True if any fd other than `fd` is registered.
     pub fn watches_other_than(&self, fd: RawFd) -> bool {
         self.fds.len() > usize::from(self.fds.contains_key(&fd))
     }
 
+    /// (readers, writers) currently registered, engines included.
     pub fn counts(&self) -> (usize, usize) {
         let readers = self.fds.values().filter(|r| r.read.target.is_some()).count();
         let writers = self.fds.values().filter(|r| r.write.target.is_some()).count();
@@ -577,10 +588,15 @@ impl Registry {
                 target.traverse(visit)?;
             }
             if let Some(owner) = registration.owner.as_ref() {
-                visit.call(owner)?;
+                owner.traverse(visit)?;
             }
             if let Some(fileobj) = registration.fileobj.as_ref() {
                 visit.call(fileobj)?;
+            }
+        }
+        for retry in &self.retries {
+            if let Fired::Engine { engine, .. } = retry {
+                engine.traverse(visit)?;
             }
         }
         Ok(())
@@ -600,20 +616,42 @@ impl Registry {
     fn take_all(&mut self, dispose: fn(Registration)) -> Vec<Target> {
         let mut targets = Vec::new();
         self.hot.clear();
+        for retry in self.retries.drain(..) {
+            if let Fired::Engine { engine, .. } = retry {
+                targets.push(Target::Engine(engine));
+            }
+        }
         for (_, mut registration) in self.fds.drain() {
             targets.extend(registration.read.target.take());
             targets.extend(registration.write.target.take());
-            targets.extend(registration.owner.take().map(Target::Stream));
+            targets.extend(registration.owner.take().map(Target::Engine));
             targets.extend(registration.fileobj.take().map(Target::FileObject));
             dispose(registration);
         }
         targets
     }
 
-    /// Queues (as new references) the targets of every direction that is ready now.
+    /// Queues `engine`'s run in `direction` for the next dispatch, which hands it over in its
+    /// own list (see [`Registry::dispatch`]). What a level-triggered selector would do for a
+    /// socket whose data or room was not all used: look again next turn, without an edge.
+    pub fn again(&mut self, engine: EngineRef, direction: Direction) {
+        self.retries.push(Fired::Engine {
+            engine,
+            direction,
+            edge: false,
+        });
+        self.notices.pending.store(true, Ordering::Release);
+    }
+
+    /// Queues (as new references) the targets of every direction that is ready now into
+    /// `out`, and the engines' retries ([`Registry::again`]) into `retries`: the loop runs
+    /// those behind what else joins the queue this turn, as asyncio's selector events do.
     /// Hot directions are re-checked first; fresh edges then cover the rest, so no target
     /// is queued twice in one turn.
-    pub fn dispatch(&mut self, py: Python<'_>, out: &mut Vec<Ready>) {
+    pub fn dispatch<T: From<Fired>>(&mut self, py: Python<'_>, out: &mut Vec<T>, retries: &mut Vec<T>) {
+        if !self.retries.is_empty() {
+            retries.extend(self.retries.drain(..).map(T::from));
+        }
         self.round += 1;
         let round = self.round;
         let mut previously_hot = std::mem::take(&mut self.spare_hot);
@@ -641,16 +679,20 @@ impl Registry {
                 }
                 side.checked_round = round;
                 if direction == Direction::Write && side.target.is_none() && side.error_watch {
-                    if socket_error_pending(fd) {
+                    if error_pending(fd) {
                         if let Some(Target::Callback(handle)) = registration.read.target.as_ref() {
-                            out.push(Ready::Soon(handle.clone_ref(py)));
+                            out.push(T::from(Fired::Callback(handle.clone_ref(py))));
                         }
                     }
                     Self::watch_errors(registration);
                     continue;
                 }
-                if let Some(Target::Stream(transport)) = side.target.as_ref() {
-                    out.push(Ready::Stream(transport.clone_ref(py), direction, true));
+                if let Some(Target::Engine(engine)) = side.target.as_ref() {
+                    out.push(T::from(Fired::Engine {
+                        engine: engine.clone_ref(py),
+                        direction,
+                        edge: true,
+                    }));
                 } else if Self::check(py, registration, direction, true, out) {
                     self.hot.push((fd, direction));
                 }
@@ -672,12 +714,12 @@ impl Registry {
     /// Decides one callback direction's readiness this turn and queues its handle if ready.
     /// `fresh`: an edge arrived since the last check, so tokio's readiness is current;
     /// otherwise the direction fired last turn and only `poll(2)` can tell if it still holds.
-    fn check(
+    fn check<T: From<Fired>>(
         py: Python<'_>,
         registration: &mut Registration,
         direction: Direction,
         fresh: bool,
-        out: &mut Vec<Ready>,
+        out: &mut Vec<T>,
     ) -> bool {
         let Registration { fd, read, write, .. } = registration;
         let side = match direction {
@@ -712,7 +754,7 @@ impl Registry {
         };
         side.hot = ready;
         if ready {
-            out.push(Ready::Soon(handle.clone_ref(py)));
+            out.push(T::from(Fired::Callback(handle.clone_ref(py))));
         }
         ready
     }
@@ -725,28 +767,4 @@ fn descriptor_closed(fd: RawFd) -> bool {
     // SAFETY: F_GETFD only reads the descriptor's flags; no memory of ours is involved.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
     flags == -1 && crate::errors::last_errno() == libc::EBADF
-}
-
-/// Zero-timeout `poll(2)`: does the descriptor report an error (POLLERR)?
-fn socket_error_pending(fd: RawFd) -> bool {
-    let mut pfd = libc::pollfd { fd, events: 0, revents: 0 };
-    // SAFETY: one valid pollfd, zero timeout.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & libc::POLLERR != 0
-}
-
-/// Zero-timeout `poll(2)`: is the descriptor ready in `direction` right now?
-pub fn level_ready(fd: RawFd, direction: Direction) -> bool {
-    let events = match direction {
-        Direction::Read => libc::POLLIN,
-        Direction::Write => libc::POLLOUT,
-    };
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout; poll only reads the descriptor number.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & (events | libc::POLLERR | libc::POLLHUP) != 0
 }

@@ -27,11 +27,8 @@ use pyo3::types::{PyBytes, PyString};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
 use crate::errors::{last_errno, os_error};
-use crate::event_loop::LoopCore;
-use crate::io::registry::Direction;
-use crate::io::recv::recvfrom_with;
+use crate::io::{recvfrom_with, would_block, BufferView, Direction, IoHandle};
 use crate::transports::limits::{self, DEFAULT_HIGH_WATER, LOST_WRITES_BEFORE_WARNING};
-use crate::transports::stream::BufferView;
 
 /// asyncio's `max_size` for one datagram read.
 const MAX_DATAGRAM: usize = 256 * 1024;
@@ -40,9 +37,6 @@ const READS_PER_TURN: usize = 32;
 /// Senders whose address objects are kept for reuse.
 const RECENT_ADDRESSES: usize = 16;
 
-fn would_block(errno: i32) -> bool {
-    errno == libc::EAGAIN || errno == libc::EWOULDBLOCK
-}
 
 /// A raw socket address as the kernel gave it.
 #[derive(Clone)]
@@ -173,8 +167,9 @@ struct Inner {
 #[pyclass(frozen, module = "tokioloop._tokioloop")]
 pub struct DatagramEngine {
     fd: RawFd,
-    /// The loop: told when a read found the socket drained (no poll(2) next turn).
-    core: Py<LoopCore>,
+    /// The loop's fd registrations: told when a read found the socket drained (no poll(2)
+    /// next turn). Not traversed: the loop traverses the registry.
+    io: IoHandle,
     /// The Python socket: its `sendto` parses addresses this engine does not know.
     sock: Py<PyAny>,
     /// The Python transport, for the rare paths it implements; dropped at `_detach`.
@@ -289,7 +284,7 @@ impl DatagramEngine {
         let fd: RawFd = sock.call_method0(intern!(sock.py(), "fileno"))?.extract()?;
         Ok(DatagramEngine {
             fd,
-            core: r#loop.cast::<LoopCore>()?.clone().unbind(),
+            io: IoHandle::of(r#loop)?,
             sock: sock.clone().unbind(),
             owner: Mutex::new(Some(owner)),
             inner: Mutex::new(Inner {
@@ -345,7 +340,7 @@ impl DatagramEngine {
             });
             match received {
                 Err(errno) if would_block(errno) => {
-                    this.core.get().settle_callback(this.fd, Direction::Read);
+                    this.io.settle(this.fd, Direction::Read);
                     return Ok(());
                 }
                 Err(libc::EINTR) => continue,
@@ -419,7 +414,7 @@ impl DatagramEngine {
                     this.up(py, intern!(py, "_start_writing"), ())?;
                 }
                 Ok(Some(errno)) => return this.error_received(py, errno),
-                Err(err) if crate::handles::is_fatal(py, &err) => return Err(err),
+                Err(err) if crate::errors::is_fatal(py, &err) => return Err(err),
                 Err(err) => {
                     return this.up(py, intern!(py, "_fatal_error"), (err.into_value(py), "Fatal write error on datagram transport"));
                 }
@@ -466,7 +461,7 @@ impl DatagramEngine {
                     break;
                 }
                 Ok(Some(errno)) => return this.error_received(py, errno),
-                Err(err) if crate::handles::is_fatal(py, &err) => return Err(err),
+                Err(err) if crate::errors::is_fatal(py, &err) => return Err(err),
                 Err(err) => {
                     return this.up(py, intern!(py, "_fatal_error"), (err.into_value(py), "Fatal write error on datagram transport"));
                 }
@@ -572,7 +567,6 @@ impl DatagramEngine {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.sock)?;
-        visit.call(&self.core)?;
         if let Some(owner) = self.owner.try_lock() {
             if let Some(owner) = owner.as_ref() {
                 visit.call(owner)?;

@@ -1,7 +1,7 @@
-//! `StreamEngine`: the native half of a socket stream transport (TCP or Unix).
+//! `StreamEngine`: the native half of a stream transport: TCP or Unix sockets, and pipes.
 //!
-//! What runs per read or write lives here. A read edge from `io::registry` (or a read this
-//! transport queued for itself) makes the turn call [`StreamEngine::run`]: one `recv` into
+//! What runs per read or write lives here. A read edge from the io registry (or a read this
+//! engine asked for again, `IoHandle::again`) makes the turn run it (`io::Engine`): one `recv` into
 //! a per-thread 256 KiB buffer, an exact-size `bytes`, `protocol.data_received` — or, for a
 //! `BufferedProtocol`, `recv` straight into `get_buffer()`. `write()` sends at once when
 //! nothing is queued; what the kernel did not take is queued as references to `bytes`
@@ -14,7 +14,9 @@
 //! what a level-triggered selector would do. Everything that happens once per connection —
 //! close, abort, EOF, error reporting, flow-control calls into the protocol, extra info —
 //! is the Python class `tokioloop._transport.SocketTransport` (an `asyncio.Transport`, whose
-//! engine this is), which these methods call by name. The inner lock is never held while Python code runs or a Python object is dropped.
+//! engine this is), which these methods call by name. The inner lock is never held while
+//! Python code runs or a Python object is dropped. The engine holds an `io::IoHandle`, never
+//! the loop; the TLS layer plugs into its receive path as a [`ReceiveSink`].
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -23,27 +25,25 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyAssertionError, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
-use pyo3::{ffi, intern, PyTraverseError, PyVisit};
+use pyo3::{ffi, intern, PyClass, PyTraverseError, PyVisit};
 
-use crate::errors::{last_errno, os_error};
-use crate::event_loop::ready::Ready;
-use crate::event_loop::LoopCore;
-use crate::handles::is_fatal;
-use crate::io::fdio::FdKind;
-use crate::io::recv::{recv_bytes, recv_with, Received, LARGE_READ};
-use crate::transports::tls::{as_tls_layer, TlsLayer};
-use crate::io::registry::Direction;
+use crate::errors::{is_fatal, last_errno, os_error};
+use crate::io::{
+    hung_up, level_ready, recv_bytes, recv_with, would_block, BufferView, Direction, Engine, EngineRef,
+    FdKind, IoHandle, Received, LARGE_READ,
+};
 use crate::transports::limits::{self, DEFAULT_HIGH_WATER, LOST_WRITES_BEFORE_WARNING};
 
 /// asyncio's `max_size` for one socket read.
-const READ_SIZE: usize = crate::io::recv::BUFFER_SIZE;
+const READ_SIZE: usize = crate::io::BUFFER_SIZE;
 /// Linux's IOV_MAX: slices one `sendmsg` may take.
 const MAX_SLICES: usize = 1024;
 
 struct Inner {
     protocol: Option<Py<PyAny>>,
-    /// The protocol is tokioloop's TLS layer: reads go straight into its incoming BIO.
-    tls: Option<Py<TlsLayer>>,
+    /// A receiver plugged in by the layer above (TLS: its incoming BIO). Used while it is the
+    /// protocol: reads then go straight into it.
+    sink: Option<SinkRef>,
     /// The protocol is a `BufferedProtocol`: reads go into its `get_buffer()`.
     buffered: bool,
     /// `pause_reading()` is in effect.
@@ -78,7 +78,9 @@ pub struct StreamEngine {
     fd: RawFd,
     /// Socket (recv/send) or pipe (read/write): found once, at construction.
     kind: FdKind,
-    core: Py<LoopCore>,
+    /// The socket's registration with the loop (never the loop itself). Not traversed: the
+    /// loop traverses the registry.
+    io: IoHandle,
     /// The Python transport (`tokioloop._transport.SocketTransport`) this is the engine of:
     /// the object protocol callbacks and error reports see. Held while the socket is
     /// registered (as a selector's reader handle holds asyncio's), dropped at detach.
@@ -88,71 +90,86 @@ pub struct StreamEngine {
     inner: Mutex<Inner>,
 }
 
-fn would_block(errno: i32) -> bool {
-    errno == libc::EAGAIN || errno == libc::EWOULDBLOCK
+/// A protocol that takes its bytes straight from the engine's receive buffer, without a
+/// `bytes` object or a `get_buffer()` call: the TLS layer, whose incoming BIO they go to.
+/// It plugs itself in with [`StreamEngine::plug_sink`]; the engine uses it while it is the
+/// protocol. (So stream.rs does not name the TLS layer: TLS depends on streams, not back.)
+pub(crate) trait ReceiveSink: PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + Sync {
+    /// Takes what one read received. Runs no Python code while the buffer is borrowed
+    /// beyond the call.
+    fn take(&self, py: Python<'_>, data: &[u8]) -> PyResult<()>;
+    /// After `take`: acts on what arrived.
+    fn arrived(slf: &Bound<'_, Self>) -> PyResult<()>;
 }
 
-/// A borrowed `Py_buffer` over a bytes-like object, released on drop.
-pub(crate) struct BufferView {
-    view: ffi::Py_buffer,
+/// A plugged-in [`ReceiveSink`] with its type erased.
+struct SinkRef {
+    object: Py<PyAny>,
+    take: fn(&Bound<'_, PyAny>, &[u8]) -> PyResult<()>,
+    arrived: fn(&Bound<'_, PyAny>) -> PyResult<()>,
 }
 
-impl BufferView {
-    pub(crate) fn get(object: &Bound<'_, PyAny>, flags: std::os::raw::c_int) -> PyResult<Self> {
-        let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
-        // SAFETY: PyObject_GetBuffer fills `view` on success (0) and leaves it unused on failure.
-        unsafe {
-            if ffi::PyObject_GetBuffer(object.as_ptr(), view.as_mut_ptr(), flags) < 0 {
-                return Err(PyErr::fetch(object.py()));
-            }
-            Ok(BufferView {
-                view: view.assume_init(),
-            })
+impl SinkRef {
+    fn new<S: ReceiveSink>(sink: Py<S>) -> Self {
+        // SAFETY (both casts): the functions are stored only next to an object of type `S`.
+        SinkRef {
+            object: sink.into_any(),
+            take: |object, data| unsafe { object.cast_unchecked::<S>() }.get().take(object.py(), data),
+            arrived: |object| S::arrived(unsafe { object.cast_unchecked::<S>() }),
         }
     }
 
-    pub(crate) fn as_ptr(&self) -> *mut u8 {
-        self.view.buf.cast()
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.view.len as usize
+    fn clone_ref(&self, py: Python<'_>) -> Self {
+        SinkRef {
+            object: self.object.clone_ref(py),
+            take: self.take,
+            arrived: self.arrived,
+        }
     }
 }
 
-impl Drop for BufferView {
-    fn drop(&mut self) {
-        // SAFETY: acquired by PyObject_GetBuffer and released exactly once; the GIL is held
-        // wherever a BufferView lives (it never leaves a method that has `py`).
-        unsafe { ffi::PyBuffer_Release(&mut self.view) };
+impl Engine for StreamEngine {
+    fn run(slf: &Bound<'_, Self>, direction: Direction, edge: bool) -> PyResult<()> {
+        Self::run_in_context(slf, direction, edge)
+    }
+
+    /// The Python transport, as users see it (None once detached).
+    fn python_transport(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.owner.lock().as_ref().map(|o| o.clone_ref(py))
+    }
+
+    fn is_closing(&self) -> bool {
+        self.inner.lock().closing
     }
 }
 
 impl StreamEngine {
-    fn core(&self, _py: Python<'_>) -> &LoopCore {
-        self.core.get()
+    /// Plugs `sink` into the receive path (replacing any other), or with None unplugs
+    /// `plugged` if it is the one plugged in.
+    pub(crate) fn plug_sink<S: ReceiveSink>(&self, sink: Option<Py<S>>, plugged: &Bound<'_, PyAny>) {
+        let old = {
+            let mut inner = self.inner.lock();
+            match sink {
+                Some(sink) => inner.sink.replace(SinkRef::new(sink)),
+                None if inner.sink.as_ref().is_some_and(|old| old.object.is(plugged)) => inner.sink.take(),
+                None => None,
+            }
+        };
+        // Dropped outside the lock: the last reference may run Python code.
+        drop(old);
     }
 
+    /// Looks again next turn, as a level-triggered selector would (see `IoHandle::again`).
     fn requeue(slf: &Bound<'_, Self>, direction: Direction) {
-        let this = slf.get();
-        this.core(slf.py())
-            .retry_io(Ready::Stream(slf.clone().unbind(), direction, false));
+        slf.get().io.again(EngineRef::new(slf.clone().unbind()), direction);
     }
 
-    /// The Python transport, as users see it (None once detached).
-    pub fn python_transport(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.owner.lock().as_ref().map(|o| o.clone_ref(py))
-    }
-
-    pub fn closing(&self) -> bool {
-        self.inner.lock().closing
-    }
 
     /// The last syscall showed `direction` drained: wait for the next edge (or retry at once
     /// if tokio still reports it ready, as after a hang-up).
     fn drained(slf: &Bound<'_, Self>, direction: Direction) {
         let this = slf.get();
-        if this.core(slf.py()).rearm_fd(this.fd, direction) {
+        if this.io.rearm(this.fd, direction) {
             Self::requeue(slf, direction);
         }
     }
@@ -200,7 +217,7 @@ impl StreamEngine {
     }
 
     /// The turn's entry: one read or one flush, inside the transport's context.
-    pub fn run(slf: &Bound<'_, Self>, direction: Direction, edge: bool) -> PyResult<()> {
+    fn run_in_context(slf: &Bound<'_, Self>, direction: Direction, edge: bool) -> PyResult<()> {
         let py = slf.py();
         let context = slf.get().context.as_ptr();
         // SAFETY: `context` is a live Context owned by the transport; enter and exit pair up
@@ -223,7 +240,7 @@ impl StreamEngine {
     fn on_readable(slf: &Bound<'_, Self>, edge: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (protocol, buffered, expect_large, tls) = {
+        let (protocol, buffered, expect_large, sink) = {
             let inner = this.inner.lock();
             if inner.write_only {
                 drop(inner);
@@ -234,19 +251,23 @@ impl StreamEngine {
                     protocol.clone_ref(py),
                     inner.buffered,
                     inner.last_read_large,
-                    inner.tls.as_ref().map(|t| t.clone_ref(py)),
+                    inner
+                        .sink
+                        .as_ref()
+                        .filter(|sink| sink.object.is(protocol))
+                        .map(|sink| sink.clone_ref(py)),
                 ),
                 _ => return Ok(()),
             }
         };
-        if let Some(tls) = tls {
-            return Self::read_into_tls(slf, tls.bind(py));
+        if let Some(sink) = sink {
+            return Self::read_into_sink(slf, &sink);
         }
         let protocol = protocol.into_bound(py);
         if buffered {
             // A selector calls get_buffer() only when data (or EOF) is there. An edge says
             // so; a read queued without one must look first.
-            if !edge && !crate::io::registry::level_ready(this.fd, Direction::Read) {
+            if !edge && !level_ready(this.fd, Direction::Read) {
                 Self::drained(slf, Direction::Read);
                 return Ok(());
             }
@@ -290,13 +311,14 @@ impl StreamEngine {
         }
     }
 
-    /// A read for the TLS layer: the ciphertext goes from the receive buffer into its
-    /// incoming BIO, then the layer runs (as asyncio's get_buffer/buffer_updated would).
-    fn read_into_tls(slf: &Bound<'_, Self>, layer: &Bound<'_, TlsLayer>) -> PyResult<()> {
+    /// A read for a plugged-in receiver (the TLS layer): the bytes go from the receive buffer
+    /// into it, then it runs (as asyncio's get_buffer/buffer_updated would).
+    fn read_into_sink(slf: &Bound<'_, Self>, sink: &SinkRef) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        let receiver = sink.object.bind(py);
         let failed = "Fatal error: protocol.buffer_updated() call failed.";
-        match recv_with(this.kind, this.fd, READ_SIZE, |data| layer.get().take_ciphertext(py, data)) {
+        match recv_with(this.kind, this.fd, READ_SIZE, |data| (sink.take)(receiver, data)) {
             Err(errno) => Self::read_failed(slf, errno),
             Ok((0, _)) => Self::up(slf, intern!(py, "_on_eof"), ()),
             Ok((_, Err(err))) => Self::fatal(slf, err, failed),
@@ -306,7 +328,7 @@ impl StreamEngine {
                 } else {
                     Self::requeue(slf, Direction::Read);
                 }
-                match TlsLayer::ciphertext_arrived(layer) {
+                match (sink.arrived)(receiver) {
                     Ok(()) => Ok(()),
                     Err(err) => Self::fatal(slf, err, failed),
                 }
@@ -450,7 +472,7 @@ impl StreamEngine {
         };
         if empty {
             if !watching_hangup {
-                this.core(py).watch_stream(py, this.fd, Direction::Write, false);
+                this.io.watch(py, this.fd, Direction::Write, false);
             }
             Self::up(slf, intern!(py, "_on_drained"), ())?;
         }
@@ -462,7 +484,7 @@ impl StreamEngine {
         let py = slf.py();
         Self::set_reading(slf, false);
         let this = slf.get();
-        this.core(py).watch_stream(py, this.fd, Direction::Write, false);
+        this.io.watch(py, this.fd, Direction::Write, false);
         Self::up(slf, intern!(py, "_on_peer_closed"), ())
     }
 
@@ -476,21 +498,13 @@ impl StreamEngine {
             }
             inner.reading = on;
         }
-        let core = this.core(py);
-        core.watch_stream(py, this.fd, Direction::Read, on);
+        let io = &this.io;
+        io.watch(py, this.fd, Direction::Read, on);
         // An edge may have come while nobody listened (before the start, or while paused).
-        if on && core.arm_stream(this.fd, Direction::Read) {
+        if on && io.arm(this.fd, Direction::Read) {
             Self::requeue(slf, Direction::Read);
         }
     }
-}
-
-/// Whether `fd` reports a hang-up or an error (a pipe's reader has closed), by `poll(2)`.
-fn hung_up(fd: RawFd) -> bool {
-    let mut entry = libc::pollfd { fd, events: 0, revents: 0 };
-    // SAFETY: one valid pollfd, zero timeout.
-    let n = unsafe { libc::poll(&mut entry, 1, 0) };
-    n > 0 && entry.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
 /// `object.name(arg)` without a bound-method object.
@@ -523,19 +537,19 @@ impl StreamEngine {
     #[new]
     fn new(r#loop: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, owner: Py<PyAny>) -> PyResult<Self> {
         let py = r#loop.py();
-        let core = r#loop.cast::<LoopCore>()?.clone().unbind();
+        let io = IoHandle::of(r#loop)?;
         let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
         // SAFETY: copies the current context; a new reference or NULL with an exception set.
         let context = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? };
         Ok(StreamEngine {
             fd,
             kind: FdKind::of(fd),
-            core,
+            io,
             owner: Mutex::new(Some(owner)),
             context: context.unbind(),
             inner: Mutex::new(Inner {
                 protocol: None,
-                tls: None,
+                sink: None,
                 buffered: false,
                 paused: false,
                 last_read_large: false,
@@ -656,7 +670,7 @@ impl StreamEngine {
         drop(inner);
         drop(view);
         if start_writing {
-            this.core(py).watch_stream(py, this.fd, Direction::Write, true);
+            this.io.watch(py, this.fd, Direction::Write, true);
             Self::drained(slf, Direction::Write);
         }
         if over_high_water {
@@ -686,13 +700,11 @@ impl StreamEngine {
     /// Registers the socket with the loop's reactor; False if something already watches it.
     fn _attach_io(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let this = slf.get();
-        this.core(slf.py())
-            .attach_stream(slf.py(), this.fd, slf.clone().unbind())
+        this.io.attach(this.fd, EngineRef::new(slf.clone().unbind()))
     }
 
     /// Deregisters the socket (before it is closed) and drops anything still queued.
     fn _detach_io(slf: &Bound<'_, Self>) {
-        let py = slf.py();
         let this = slf.get();
         let queue = {
             let mut inner = this.inner.lock();
@@ -702,28 +714,25 @@ impl StreamEngine {
             std::mem::take(&mut inner.queue)
         };
         drop(queue);
-        this.core(py).release_stream(this.fd);
+        this.io.release(this.fd);
         let owner = this.owner.lock().take();
         drop(owner);
     }
 
     fn _set_protocol(&self, protocol: Bound<'_, PyAny>, buffered: bool) -> Option<Py<PyAny>> {
-        let tls = as_tls_layer(&protocol);
         let mut inner = self.inner.lock();
         inner.buffered = buffered;
-        let old_tls = std::mem::replace(&mut inner.tls, tls);
         let old = inner.protocol.replace(protocol.unbind());
         drop(inner);
-        drop(old_tls);
         old
     }
 
     fn _take_protocol(&self) -> Option<Py<PyAny>> {
         let mut inner = self.inner.lock();
-        let tls = inner.tls.take();
+        let sink = inner.sink.take();
         let protocol = inner.protocol.take();
         drop(inner);
-        drop(tls);
+        drop(sink);
         protocol
     }
 
@@ -744,9 +753,9 @@ impl StreamEngine {
             Self::set_reading(slf, true);
             return;
         }
-        let core = this.core(py);
-        core.watch_stream(py, this.fd, Direction::Write, true);
-        if core.arm_stream(this.fd, Direction::Write) {
+        let io = &this.io;
+        io.watch(py, this.fd, Direction::Write, true);
+        if io.arm(this.fd, Direction::Write) {
             Self::requeue(slf, Direction::Write);
         }
     }
@@ -778,7 +787,7 @@ impl StreamEngine {
         };
         let had_data = !queue.is_empty();
         drop(queue);
-        this.core(py).watch_stream(py, this.fd, Direction::Write, false);
+        this.io.watch(py, this.fd, Direction::Write, false);
         had_data
     }
 
@@ -898,7 +907,6 @@ impl StreamEngine {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.core)?;
         visit.call(&self.context)?;
         if let Some(owner) = self.owner.try_lock() {
             if let Some(owner) = owner.as_ref() {
@@ -909,19 +917,19 @@ impl StreamEngine {
             if let Some(protocol) = inner.protocol.as_ref() {
                 visit.call(protocol)?;
             }
-            if let Some(tls) = inner.tls.as_ref() {
-                visit.call(tls)?;
+            if let Some(sink) = inner.sink.as_ref() {
+                visit.call(&sink.object)?;
             }
         }
         Ok(())
     }
 
     fn __clear__(&self) {
-        let (protocol, tls) = {
+        let (protocol, sink) = {
             let mut inner = self.inner.lock();
-            (inner.protocol.take(), inner.tls.take())
+            (inner.protocol.take(), inner.sink.take())
         };
-        drop((protocol, tls));
+        drop((protocol, sink));
         let owner = self.owner.lock().take();
         drop(owner);
     }

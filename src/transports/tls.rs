@@ -33,10 +33,11 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
+use crate::io::BufferView;
+use crate::transports::stream::{ReceiveSink, StreamEngine};
 use crate::transports::limits::{
     self, LOST_WRITES_BEFORE_WARNING, TLS_INCOMING_HIGH_WATER, TLS_OUTGOING_HIGH_WATER,
 };
-use crate::transports::stream::{BufferView, StreamEngine};
 
 /// The states of asyncio's TLS state machine (`sslproto.SSLProtocolState`). Python reads the
 /// codes (`_state_code`, the class attributes `TlsLayer._UNWRAPPED`...) and moves only
@@ -214,7 +215,7 @@ impl TlsLayer {
 
     /// Ciphertext read from the socket goes into the incoming BIO (called by the socket
     /// transport while it holds its receive buffer; runs no Python code).
-    pub(crate) fn take_ciphertext(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+    fn take_ciphertext(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
         let incoming = match self.inner.lock().incoming.as_ref() {
             Some(incoming) => incoming.clone_ref(py),
             None => return Ok(()),
@@ -224,7 +225,7 @@ impl TlsLayer {
     }
 
     /// After `take_ciphertext`: advance the state machine with what arrived.
-    pub(crate) fn ciphertext_arrived(slf: &Bound<'_, Self>) -> PyResult<()> {
+    fn ciphertext_arrived(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         match slf.get().state() {
             DO_HANDSHAKE => call(slf.as_any(), intern!(py, "_do_handshake"), ()),
@@ -620,8 +621,10 @@ impl TlsLayer {
     }
 
     /// The lower transport (None once the connection is lost). A native socket transport's
-    /// engine is kept too, so records go to its `write` without a method lookup.
-    fn _bind_transport(&self, transport: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    /// engine is kept too, so records go to its `write` without a method lookup, and this
+    /// layer plugs into its receive path (see `stream::ReceiveSink`): ciphertext then goes
+    /// from the socket straight into the incoming BIO.
+    fn _bind_transport(slf: &Bound<'_, Self>, transport: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let lower = match &transport {
             Some(t) => match t.getattr_opt(intern!(t.py(), "_engine"))? {
                 Some(core) => core.cast_into::<StreamEngine>().ok().map(Bound::unbind),
@@ -629,13 +632,21 @@ impl TlsLayer {
             },
             None => None,
         };
+        let py = slf.py();
+        let plugged = lower.as_ref().map(|lower| lower.clone_ref(py));
         let (old_transport, old_lower) = {
-            let mut inner = self.inner.lock();
+            let mut inner = slf.get().inner.lock();
             (
                 std::mem::replace(&mut inner.transport, transport.map(Bound::unbind)),
                 std::mem::replace(&mut inner.lower, lower),
             )
         };
+        if let Some(old_lower) = old_lower.as_ref() {
+            old_lower.get().plug_sink::<TlsLayer>(None, slf.as_any());
+        }
+        if let Some(lower) = plugged {
+            lower.get().plug_sink(Some(slf.clone().unbind()), slf.as_any());
+        }
         drop((old_transport, old_lower));
         Ok(())
     }
@@ -917,6 +928,13 @@ impl TlsLayer {
 }
 
 /// Whether `protocol` is a TLS layer (the socket transport then feeds it natively).
-pub(crate) fn as_tls_layer(protocol: &Bound<'_, PyAny>) -> Option<Py<TlsLayer>> {
-    protocol.cast::<TlsLayer>().ok().map(|layer| layer.clone().unbind())
+
+impl ReceiveSink for TlsLayer {
+    fn take(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        self.take_ciphertext(py, data)
+    }
+
+    fn arrived(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::ciphertext_arrived(slf)
+    }
 }
