@@ -58,7 +58,8 @@ pub(crate) unsafe fn has_weakrefs(object: *mut ffi::PyObject) -> bool {
     // object is never reused.
     unsafe {
         let offset = (*ffi::Py_TYPE(object)).tp_weaklistoffset;
-        offset < 0 || (offset > 0 && !(*object.cast::<u8>().offset(offset).cast::<*mut ffi::PyObject>()).is_null())
+        offset < 0
+            || (offset > 0 && !(*object.cast::<u8>().offset(offset).cast::<*mut ffi::PyObject>()).is_null())
     }
 }
 
@@ -69,7 +70,11 @@ pub(crate) unsafe fn has_weakrefs(object: *mut ffi::PyObject) -> bool {
 unsafe fn is_empty(context: *mut ffi::PyObject) -> bool {
     // SAFETY: per the contract; Context implements the mapping length slot, which cannot fail.
     unsafe {
-        match (*ffi::Py_TYPE(context)).tp_as_mapping.as_ref().and_then(|m| m.mp_length) {
+        match (*ffi::Py_TYPE(context))
+            .tp_as_mapping
+            .as_ref()
+            .and_then(|m| m.mp_length)
+        {
             Some(length) => length(context) == 0,
             None => ffi::PyObject_Length(context) == 0,
         }
@@ -151,7 +156,9 @@ impl ContextSlot {
         }
         // SAFETY: the slot now holds a context; nothing replaces a full slot, and the caller
         // keeps the slot alive while it runs (see `Callback::release`).
-        let context = unsafe { self.slot() }.as_ref().map_or(ptr::null_mut(), |c| c.as_ptr());
+        let context = unsafe { self.slot() }
+            .as_ref()
+            .map_or(ptr::null_mut(), |c| c.as_ptr());
         // SAFETY: GIL held; Enter and Exit are paired on every path, and the call's error is
         // fetched before exiting.
         let outcome = unsafe {

@@ -164,7 +164,9 @@ impl Callback {
         self.invoking.set(true);
         // SAFETY: the function and arguments are owned by `parts`, which nothing releases
         // while `invoking` is set; the GIL is held.
-        let outcome = parts.context.run(py, spare, || unsafe { parts.args.call(function) });
+        let outcome = parts
+            .context
+            .run(py, spare, || unsafe { parts.args.call(function) });
         self.invoking.set(false);
         outcome
     }
@@ -196,7 +198,9 @@ impl Callback {
     }
 
     fn args(&self, py: Python<'_>) -> PyResult<Option<Py<PyTuple>>> {
-        self.parts().map(|p| Ok(p.args.to_tuple(py)?.unbind())).transpose()
+        self.parts()
+            .map(|p| Ok(p.args.to_tuple(py)?.unbind()))
+            .transpose()
     }
 
     fn context(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
@@ -323,18 +327,21 @@ impl Handle {
         self.cancelled.load(Ordering::Relaxed)
     }
 
-    pub fn cancel_now(&self) {
-        self.cancelled.store(true, Ordering::Relaxed);
+    /// `cancel()` as asyncio's remove_reader/add_reader call it on the handle they replace or
+    /// remove: marked cancelled and its callback and arguments let go at once. Keeping them
+    /// kept cycles through the (untracked) handle alive, e.g. a cancelled sock_recv's wait,
+    /// which holds its handle, and with it the whole loop.
+    pub fn cancel_and_release(&self) {
+        if !self.cancelled.swap(true, Ordering::Relaxed) {
+            self.callback.release_on_cancel();
+        }
     }
 }
 
 #[pymethods]
 impl Handle {
     fn cancel(&self) {
-        if self.cancelled.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        self.callback.release_on_cancel();
+        self.cancel_and_release();
     }
 
     fn cancelled(&self) -> bool {
@@ -482,7 +489,8 @@ impl TimerHandle {
         let other = other.get();
         let same_callback = match (self.callback.parts(), other.callback.parts()) {
             (Some(a), Some(b)) => {
-                a.function.bind(py).eq(b.function.bind(py))? && a.args.to_tuple(py)?.eq(b.args.to_tuple(py)?)?
+                a.function.bind(py).eq(b.function.bind(py))?
+                    && a.args.to_tuple(py)?.eq(b.args.to_tuple(py)?)?
             }
             (None, None) => true,
             _ => false,

@@ -3,9 +3,12 @@
 import asyncio
 import gc
 import inspect
+import os
+import socket
 import sys
 import threading
 import warnings
+import weakref
 
 import pytest
 from _stdlib import requires_runner, skip_stdlib_bug
@@ -597,3 +600,53 @@ def test_runner_uses_factory(loop_factory):
     assert type(seen["loop"]) is type(probe)
     assert seen["debug"] is True
     assert seen["loop"].is_closed()
+
+
+def _open_fd_count():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_close_releases_descriptors_while_loop_is_referenced(loop_factory):
+    """close() gives back the loop's own descriptors at once (asyncio closes its selector and
+    self-pipe there), not when the loop object is finally collected."""
+    before = _open_fd_count()
+    loop = loop_factory()
+    loop.run_until_complete(asyncio.sleep(0))
+    assert _open_fd_count() > before
+    loop.close()
+    assert _open_fd_count() == before
+    assert loop.is_closed()  # still referenced, still answering
+
+
+def test_closed_loop_is_collectable_after_cancelled_fd_waits(loop_factory):
+    """Cancelled sock_recv/sock_sendall waits leave nothing that keeps the loop alive: removing
+    a reader lets go of its callback at once, as asyncio's handle.cancel() does."""
+    loop = loop_factory()
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        b.setblocking(False)
+        # Fill a's send buffer, so sock_sendall has to wait too.
+        try:
+            while True:
+                a.send(b"x" * 65536)
+        except BlockingIOError:
+            pass
+
+        async def main():
+            recv = asyncio.ensure_future(loop.sock_recv(a, 10))
+            send = asyncio.ensure_future(loop.sock_sendall(a, b"y" * 65536))
+            await asyncio.sleep(0)
+            for task in (recv, send):
+                task.cancel()
+            await asyncio.gather(recv, send, return_exceptions=True)
+
+        loop.run_until_complete(main())
+    finally:
+        a.close()
+        b.close()
+    loop.close()
+    ref = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert ref() is None

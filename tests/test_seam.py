@@ -37,11 +37,11 @@ NOT_OWNER_CALLS = {
     "_do_read": "TlsLayer's own native method, looked up to reschedule it with call_soon",
 }
 
-# How src/ calls an owner: the engines' ``up``, tls.rs's ``call(slf.as_any(), ..)`` and the
+# How src/ calls an owner: the engines' ``call_owner``, the TLS layer's ``call(slf.as_any(), ..)`` and the
 # turn's ``slf.call_method*`` on the loop. Public names (the loop's ``create_future``) are
 # asyncio's contract, not this seam's: only underscore names are collected.
 OWNER_CALL = re.compile(
-    r"(?:\bup\(\s*(?:py|slf)\s*,|call\(\s*slf\.as_any\(\)\s*,|slf\s*\.call_method\d?\(\s*)"
+    r"(?:\bcall_owner\(\s*(?:py|slf)\s*,|call\(\s*slf\.as_any\(\)\s*,|slf\s*\.call_method\d?\(\s*)"
     r"\s*(?:pyo3::)?intern!\(py,\s*\"(_\w+)\"\)"
 )
 ANY_INTERNED = re.compile(r"intern!\(py,\s*\"(_\w+)\"\)")

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 
 class StreamReadOwner(Protocol):
-    """What a ``StreamEngine`` (``transports/stream.rs``) calls from its read path; a read
+    """What a ``StreamEngine`` (``transports/stream/``) calls from its read path; a read
     pipe's owner (``ReadPipeTransport``, ``_pipes.py``) is only this. Rust calls these from
     the turn, holding no lock; what they raise goes to the loop's ``_transport_error``."""
 
@@ -79,7 +79,7 @@ class DatagramEngineOwner(Protocol):
 
 
 class TlsLayerOwner(Protocol):
-    """The Python subclass of ``TlsLayer`` (``transports/tls.rs``): ``SSLLayer`` (``_tls.py``).
+    """The Python subclass of ``TlsLayer`` (``transports/tls/``): ``SSLLayer`` (``_tls.py``).
     The native read and write paths call these on ``self`` when a step needs the state
     machine kept in Python; they may raise, and ``_fatal_error`` is how they end a connection."""
 

@@ -16,7 +16,7 @@ import contextvars
 import socket
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import Any, ClassVar, Protocol, TypeVar, final
+from typing import Any, ClassVar, Protocol, TypeVar, final, type_check_only
 
 from typing_extensions import Self, disjoint_base
 
@@ -87,8 +87,16 @@ class TimerHandle:
     def _scheduled(self) -> bool: ...
 
 @disjoint_base
+@type_check_only
+class IoPort:
+    """Opaque: how a native engine's constructor, given only the loop, reaches the loop's fd
+    registrations (``LoopCore._io_port``). Not exported by the module."""
+
 class LoopCore:
     """The native base of ``tokioloop.Loop``: scheduling, the turn, fd readiness, DNS."""
+
+    @property
+    def _io_port(self) -> IoPort: ...
 
     def __new__(cls, *_args: Any, **_kwargs: Any) -> Self: ...
     def __setattr__(self, name: str, value: Any, /) -> None: ...

@@ -127,7 +127,7 @@ unsafe fn entry(
                     "{name}() missing 1 required positional argument: 'callback'"
                 )));
             };
-            Ok(schedule(&this, callback, extra, context)?.into_ptr())
+            Ok(schedule(this, callback, extra, context)?.into_ptr())
         }
     })
 }
@@ -164,7 +164,16 @@ unsafe extern "C" fn call_soon(
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     // SAFETY: forwarded from CPython's METH_FASTCALL|METH_KEYWORDS call.
-    unsafe { entry("call_soon", LoopCore::schedule_soon_any, slf, args, nargs, kwnames) }
+    unsafe {
+        entry(
+            "call_soon",
+            LoopCore::schedule_soon_any,
+            slf,
+            args,
+            nargs,
+            kwnames,
+        )
+    }
 }
 
 unsafe extern "C" fn call_soon_threadsafe(
@@ -204,7 +213,10 @@ unsafe extern "C" fn get_debug(slf: *mut ffi::PyObject, _unused: *mut ffi::PyObj
 }
 
 /// `create_future()`: every `await` of a fresh Future in a protocol or library starts here.
-unsafe extern "C" fn create_future(slf: *mut ffi::PyObject, _unused: *mut ffi::PyObject) -> *mut ffi::PyObject {
+unsafe extern "C" fn create_future(
+    slf: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
     // SAFETY: CPython calls this METH_NOARGS method with the GIL held and `slf` a LoopCore
     // (the method descriptor checked it).
     unsafe {
@@ -244,13 +256,17 @@ static METHODS: MethodTable = MethodTable([
     },
     ffi::PyMethodDef {
         ml_name: c"get_debug".as_ptr(),
-        ml_meth: ffi::PyMethodDefPointer { PyCFunction: get_debug },
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: get_debug,
+        },
         ml_flags: ffi::METH_NOARGS,
         ml_doc: c"get_debug()\n--\n\nTrue if the loop is in debug mode.".as_ptr(),
     },
     ffi::PyMethodDef {
         ml_name: c"create_future".as_ptr(),
-        ml_meth: ffi::PyMethodDefPointer { PyCFunction: create_future },
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: create_future,
+        },
         ml_flags: ffi::METH_NOARGS,
         ml_doc: c"create_future()\n--\n\nA new asyncio.Future attached to this loop.".as_ptr(),
     },

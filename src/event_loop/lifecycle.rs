@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
@@ -57,7 +57,7 @@ impl LoopCore {
             time_override: Mutex::new(None),
             time_overridden: AtomicBool::new(false),
             reactor_fd: crate::io::find_reactor_fd(&runtime),
-            runtime: Some(runtime),
+            runtime: RwLock::new(Some(runtime)),
         })
     }
 
@@ -86,10 +86,11 @@ impl LoopCore {
         Ok(())
     }
 
-    pub(super) fn runtime(&self) -> PyResult<&Runtime> {
-        self.runtime
-            .as_ref()
-            .ok_or_else(|| PyRuntimeError::new_err("Event loop is closed"))
+    /// The runtime, until close lets it go. Read-locked by whoever uses it (a run holds it for
+    /// the whole run); close only tries for the write lock, and never while running.
+    pub(super) fn runtime(&self) -> PyResult<MappedRwLockReadGuard<'_, Runtime>> {
+        RwLockReadGuard::try_map(self.runtime.read_recursive(), Option::as_ref)
+            .map_err(|_| PyRuntimeError::new_err("Event loop is closed"))
     }
 
     /// `_run_native`: refuses a closed loop, another process's, a nested or second run.
@@ -109,7 +110,7 @@ impl LoopCore {
         this.thread_ident.store(current_thread_ident(), Ordering::Relaxed);
         let _running = RunningGuard(this, RUNNING_HERE.with(|r| r.replace(pid)));
         let _armed = runtime::ParkGuard::arm();
-        turn::drive(slf, this.runtime()?)
+        turn::drive(slf, &*this.runtime()?)
     }
 
     /// `_abandon_after_fork`: forget, never deregister, what the parent's reactor holds.
@@ -141,6 +142,17 @@ impl LoopCore {
         release_all(ready, timers, fd_handles);
         drop(lookups);
         drop(self.pool.drain(py));
+        // As asyncio's close() closes its selector: the reactor's descriptors go now, not when
+        // the loop object is collected (a closed loop still referenced kept three fds).
+        if let Some(mut slot) = self.runtime.try_write() {
+            if let Some(runtime) = slot.take() {
+                if self.in_other_process() {
+                    std::mem::forget(runtime);
+                } else {
+                    runtime.shutdown_background();
+                }
+            }
+        }
         Ok(())
     }
 
@@ -226,13 +238,13 @@ impl Drop for LoopCore {
             if let Some(mut registry) = self.io.try_registry() {
                 std::mem::forget(registry.abandon());
             }
-            std::mem::forget(self.runtime.take());
+            std::mem::forget(self.runtime.get_mut().take());
             return;
         }
         self.io.mark_closed();
         let fd_targets = self.io.registry().drain();
         drop(fd_targets);
-        if let Some(runtime) = self.runtime.take() {
+        if let Some(runtime) = self.runtime.get_mut().take() {
             runtime.shutdown_background();
         }
     }

@@ -28,7 +28,7 @@ impl LoopCore {
         let port = crate::dns::c_string(port.as_deref())?;
         let future = tasks::new_future(slf.as_any())?;
         this.dns.start(
-            this.runtime()?,
+            &*this.runtime()?,
             this.wake.clone(),
             future.clone().unbind(),
             host,
@@ -56,7 +56,7 @@ impl LoopCore {
         let address = crate::dns::parse_nameinfo_address(py, &host, port, flowinfo, scope_id, tuple_len)?;
         let future = tasks::new_future(slf.as_any())?;
         this.dns.start_nameinfo(
-            this.runtime()?,
+            &*this.runtime()?,
             this.wake.clone(),
             future.clone().unbind(),
             address,

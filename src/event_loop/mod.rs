@@ -29,7 +29,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
@@ -39,9 +39,9 @@ use crate::clock;
 use crate::contexts::SpareContext;
 use crate::handles::{Args, Handle, TimerHandle};
 use crate::io::{Direction, IoDriver, Wake};
+use pool::HandlePool;
 use ready::Ready;
 use timers::Timers;
-use pool::HandlePool;
 
 /// `asyncio.events._ThreadSafeHandle` where the running asyncio has it (3.14+), else None.
 fn threadsafe_handle_class(py: Python<'_>) -> PyResult<Option<&Bound<'_, PyAny>>> {
@@ -130,7 +130,7 @@ pub struct LoopCore {
     /// The runtime's epoll fd, when found: a busy turn asks it whether to park at all (see
     /// `io::reactor_probe`).
     reactor_fd: Option<RawFd>,
-    runtime: Option<Runtime>,
+    runtime: RwLock<Option<Runtime>>,
 }
 
 impl LoopCore {
@@ -176,7 +176,11 @@ impl LoopCore {
         let mut garbage = Vec::new();
         {
             let mut state = self.state.lock();
-            let State { ready, timers, io_retries } = &mut *state;
+            let State {
+                ready,
+                timers,
+                io_retries,
+            } = &mut *state;
             // The transports' retries are this turn's I/O too: behind what is ready, before timers.
             ready.extend(io_retries.drain(..));
             if !timers.is_empty() {
@@ -206,7 +210,6 @@ impl LoopCore {
             self.pool.give(py, handle);
         }
     }
-
 }
 
 #[pymethods]
@@ -297,7 +300,11 @@ impl LoopCore {
 
     /// Instance attributes as usual; a `time` set on the instance also becomes the clock the
     /// native timers are judged by (see `time_override`).
-    fn __setattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyString>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn __setattr__(
+        slf: &Bound<'_, Self>,
+        name: &Bound<'_, PyString>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         Self::set_attribute(slf, name, value)
     }
 
@@ -384,7 +391,15 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         fileobj: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::set_fd_callback(slf, fd, Direction::Read, callback, Args::from_tuple(args), fileobj.as_ref(), None)
+        Self::set_fd_callback(
+            slf,
+            fd,
+            Direction::Read,
+            callback,
+            Args::from_tuple(args),
+            fileobj.as_ref(),
+            None,
+        )
     }
 
     /// Watches `fd`; returns the handle, which `_remove_writer` can name to remove only it.
@@ -396,7 +411,15 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         fileobj: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::set_fd_callback(slf, fd, Direction::Write, callback, Args::from_tuple(args), fileobj.as_ref(), None)
+        Self::set_fd_callback(
+            slf,
+            fd,
+            Direction::Write,
+            callback,
+            Args::from_tuple(args),
+            fileobj.as_ref(),
+            None,
+        )
     }
 
     /// The fd registered by add_reader/add_writer with `fileobj` (by identity), and whether

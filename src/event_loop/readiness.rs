@@ -55,7 +55,7 @@ impl LoopCore {
                 let mut state = self.state.lock();
                 state.ready.extend(fired.drain(..));
                 if !retries.is_empty() {
-                    state.io_retries.extend(retries.drain(..));
+                    state.io_retries.append(retries);
                 }
             }
         });
@@ -96,7 +96,7 @@ impl LoopCore {
             }
         };
         match outcome {
-            Ok(Some(old)) => old.get().cancel_now(),
+            Ok(Some(old)) => old.get().cancel_and_release(),
             Ok(None) => {}
             Err(engine) => {
                 drop(handle.get().callback.release());
@@ -146,7 +146,7 @@ impl LoopCore {
         drop(fileobj);
         match old {
             Some(handle) => {
-                handle.get().cancel_now();
+                handle.get().cancel_and_release();
                 Ok(true)
             }
             None => Ok(false),
@@ -166,7 +166,7 @@ impl LoopCore {
         let targets = self.io.registry().forget_callbacks(fd);
         for target in targets {
             if let Target::Callback(handle) = &target {
-                handle.get().cancel_now();
+                handle.get().cancel_and_release();
             }
             drop(target);
         }

@@ -48,7 +48,10 @@ fn call_with_loop<'py>(
 
 /// `module.name`, read from the module's dict when it is there (the common case: a plain
 /// module attribute, perhaps patched), through getattr otherwise.
-fn module_attribute<'py>(module: &Bound<'py, PyModule>, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
+fn module_attribute<'py>(
+    module: &Bound<'py, PyModule>,
+    name: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyAny>> {
     let py = module.py();
     // SAFETY: GIL held; PyModule_GetDict returns a borrowed reference to the module's dict,
     // and PyDict_GetItemWithError a borrowed value (NULL with or without an error set).
@@ -77,8 +80,12 @@ pub fn new_future<'py>(event_loop: &Bound<'py, PyAny>) -> PyResult<Bound<'py, Py
 
 /// A keyword the running version's `loop.create_task` does not take, refused as Python would.
 fn refuse_keyword(name: &str, since: Option<&str>) -> PyErr {
-    let hint = since.map(|v| format!(" (asyncio has it from Python {v})")).unwrap_or_default();
-    PyTypeError::new_err(format!("create_task() got an unexpected keyword argument '{name}'{hint}"))
+    let hint = since
+        .map(|v| format!(" (asyncio has it from Python {v})"))
+        .unwrap_or_default();
+    PyTypeError::new_err(format!(
+        "create_task() got an unexpected keyword argument '{name}'{hint}"
+    ))
 }
 
 /// What `loop.create_task(coro, **kwargs)` does in the running version's stdlib.

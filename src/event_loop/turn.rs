@@ -15,6 +15,9 @@
 //! inherits a thread that is in no tokio runtime, with every runtime's scheduler core in its
 //! place, so the child can build and run a loop of its own. Entering `block_on` only to wait
 //! costs nothing on the busy path, where no wait happens.
+//!
+//! Python owner: `tokioloop._seam.LoopOwner`, the methods the subclass `Loop` provides and the
+//! turn calls by name.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -30,8 +33,8 @@ use tokio::time::Sleep;
 use super::ready::Ready;
 use super::LoopCore;
 use crate::clock;
-use crate::io::{Direction, EngineRef};
 use crate::errors::is_fatal;
+use crate::io::{Direction, EngineRef};
 
 /// A busy loop lets other Python threads take the GIL every this many turns or this often.
 const BUSY_TURNS_PER_HANDOFF: u32 = 61;
@@ -57,7 +60,7 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
         // A signal's Python handler also runs at the interpreter's next bytecode check, so in
         // a busy loop running Python callbacks a check here every few turns is enough; after
         // a park (below) there is always one.
-        if busy_turns % SIGNAL_CHECK_TURNS == 0 {
+        if busy_turns.is_multiple_of(SIGNAL_CHECK_TURNS) {
             py.check_signals()?;
         }
 
@@ -74,7 +77,7 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
             busy_turns += 1;
             // Reading the clock costs as much as a light turn: look at it every 8th turn.
             if busy_turns >= BUSY_TURNS_PER_HANDOFF
-                || (busy_turns % 8 == 0 && last_handoff.elapsed() >= BUSY_HANDOFF_INTERVAL)
+                || (busy_turns.is_multiple_of(8) && last_handoff.elapsed() >= BUSY_HANDOFF_INTERVAL)
             {
                 if !looked {
                     runtime.block_on(tokio::task::yield_now());

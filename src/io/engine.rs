@@ -3,7 +3,7 @@
 //! reference plus a static table of the engine type's entry points, so neither names a
 //! transport type and an event costs one indirect call, no allocation.
 //!
-//! Implemented by `transports::stream::StreamEngine`; the registry's unit tests use a fake one.
+//! Implemented by the stream engine (in `transports`); the registry's unit tests use a fake one.
 
 use std::marker::PhantomData;
 

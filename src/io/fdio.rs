@@ -22,7 +22,8 @@ impl FdKind {
         let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
         // SAFETY: fstat fills `stat` on success; it is read only then.
         let is_socket = unsafe {
-            libc::fstat(fd, stat.as_mut_ptr()) == 0 && (stat.assume_init().st_mode & libc::S_IFMT) == libc::S_IFSOCK
+            libc::fstat(fd, stat.as_mut_ptr()) == 0
+                && (stat.assume_init().st_mode & libc::S_IFMT) == libc::S_IFSOCK
         };
         if is_socket {
             FdKind::Socket

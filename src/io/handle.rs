@@ -19,8 +19,9 @@ use super::{Direction, EngineRef, Wake};
 
 struct Shared {
     registry: Mutex<Registry>,
-    /// The loop's runtime: registering a descriptor needs its reactor.
-    runtime: tokio::runtime::Handle,
+    /// The loop's runtime: registering a descriptor needs its reactor. Taken at close, so the
+    /// reactor's descriptors (its epoll instance and waker) go with the loop's own runtime.
+    runtime: Mutex<Option<tokio::runtime::Handle>>,
     closed: AtomicBool,
     /// Set in a forked child: the reactor is the parent's.
     abandoned: AtomicBool,
@@ -38,7 +39,7 @@ impl IoDriver {
         IoDriver {
             shared: Arc::new(Shared {
                 registry: Mutex::new(Registry::new(wake)),
-                runtime,
+                runtime: Mutex::new(Some(runtime)),
                 closed: AtomicBool::new(false),
                 abandoned: AtomicBool::new(false),
                 creator_pid: std::process::id(),
@@ -63,9 +64,16 @@ impl IoDriver {
         self.shared.registry.try_lock()
     }
 
-    /// From now on handles refuse to attach (the loop closed or is being dropped).
+    /// From now on handles refuse to attach (the loop closed or is being dropped), and the
+    /// runtime is let go. In a forked child it is forgotten instead: the reactor is shared
+    /// with the parent.
     pub fn mark_closed(&self) {
-        self.shared.closed.store(true, Ordering::SeqCst);
+        let shared = &*self.shared;
+        shared.closed.store(true, Ordering::SeqCst);
+        let runtime = shared.runtime.lock().take();
+        if shared.abandoned.load(Ordering::Relaxed) || std::process::id() != shared.creator_pid {
+            std::mem::forget(runtime);
+        }
     }
 
     /// This is a forked child of the process that made the loop (see `_abandon_after_fork`).
@@ -105,7 +113,10 @@ impl IoHandle {
         if shared.abandoned.load(Ordering::Relaxed) || std::process::id() != shared.creator_pid {
             return Err(crate::errors::forked_error());
         }
-        let _context = shared.runtime.enter();
+        let Some(runtime) = shared.runtime.lock().clone() else {
+            return Err(PyRuntimeError::new_err("Event loop is closed"));
+        };
+        let _context = runtime.enter();
         let attached = shared.registry.lock().attach(fd, engine);
         attached.map_err(crate::errors::from_io)
     }

@@ -31,10 +31,9 @@ pub fn find_reactor_fd(runtime: &Runtime) -> Option<RawFd> {
     let (number, inode) = (probe.as_raw_fd(), inode_of(probe.as_raw_fd())?);
     let _entered = runtime.enter();
     // SAFETY: the AsyncFd owns the probe: dropping it deregisters the probe, then closes it.
-    let registration = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(probe, tokio::io::Interest::READABLE)
-    }
-    .ok()?;
+    let registration =
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(probe, tokio::io::Interest::READABLE) }
+            .ok()?;
     let found = epoll_listing(number, inode);
     drop(registration);
     found

@@ -13,8 +13,8 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::errors::last_errno;
 use super::fdio::FdKind;
+use crate::errors::last_errno;
 
 /// The per-thread buffer's size: asyncio's `max_size` for one socket read.
 pub const BUFFER_SIZE: usize = 256 * 1024;
@@ -47,7 +47,12 @@ pub enum Received {
 /// stream) while the buffer is borrowed: `consume` must not run Python code that could
 /// read from a socket (it may copy the bytes into another object). Returns the count and
 /// what `consume` returned, or the errno.
-pub fn recv_with<R>(kind: FdKind, fd: RawFd, n: usize, consume: impl FnOnce(&[u8]) -> R) -> Result<(usize, R), i32> {
+pub fn recv_with<R>(
+    kind: FdKind,
+    fd: RawFd,
+    n: usize,
+    consume: impl FnOnce(&[u8]) -> R,
+) -> Result<(usize, R), i32> {
     BUFFER.with(|cell| {
         let mut buffer = cell.borrow_mut();
         let n = n.min(BUFFER_SIZE);
@@ -78,7 +83,14 @@ pub fn recvfrom_with<R>(
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         // SAFETY: the buffer has BUFFER_SIZE >= n writable bytes; storage and len are valid.
         let got = unsafe {
-            libc::recvfrom(fd, buffer.as_mut_ptr().cast(), n, 0, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len)
+            libc::recvfrom(
+                fd,
+                buffer.as_mut_ptr().cast(),
+                n,
+                0,
+                (&mut storage as *mut libc::sockaddr_storage).cast(),
+                &mut len,
+            )
         };
         if got < 0 {
             return Err(last_errno());

@@ -111,8 +111,12 @@ impl Target {
     }
 }
 
+/// What `Registry::remove` gives back for the caller to drop outside the lock: the callback's
+/// handle, and the registration's file object when the last callback went.
+pub type Removed = (Option<Py<Handle>>, Option<Py<PyAny>>);
+
 /// One direction of one descriptor: who is told and whether it fired last turn.
-struct Interest1 {
+struct DirectionWatch {
     target: Option<Target>,
     hot: bool,
     /// The dispatch round that last looked at this direction (no double queueing per turn).
@@ -135,8 +139,8 @@ struct Registration {
     /// that object is closed (`fileno() == -1`), remove_reader/remove_writer given it still
     /// find this registration. Cleared when the last callback goes.
     fileobj: Option<Py<PyAny>>,
-    read: Interest1,
-    write: Interest1,
+    read: DirectionWatch,
+    write: DirectionWatch,
 }
 
 impl Registration {
@@ -149,7 +153,7 @@ impl Registration {
             || matches!(self.write.target, Some(Target::Callback(_)))
     }
 
-    fn side(&mut self, direction: Direction) -> &mut Interest1 {
+    fn side(&mut self, direction: Direction) -> &mut DirectionWatch {
         match direction {
             Direction::Read => &mut self.read,
             Direction::Write => &mut self.write,
@@ -243,7 +247,7 @@ impl Registry {
                     notices: self.notices.clone(),
                 }))
             };
-            let side = |direction| Interest1 {
+            let side = |direction| DirectionWatch {
                 target: None,
                 hot: false,
                 checked_round: 0,
@@ -343,7 +347,7 @@ impl Registry {
     }
 
     /// Arms the idle write side's waker so that a socket error reaches the reader (see
-    /// `Interest1::error_watch`): tokio's write readiness is cleared until the waker is stored.
+    /// `DirectionWatch::error_watch`): tokio's write readiness is cleared until the waker is stored.
     fn watch_errors(registration: &mut Registration) {
         let waker = registration.write.waker.clone();
         let mut cx = Context::from_waker(&waker);
@@ -371,7 +375,7 @@ impl Registry {
         direction: Direction,
         expected: Option<&Py<Handle>>,
         as_selector: bool,
-    ) -> std::io::Result<(Option<Py<Handle>>, Option<Py<PyAny>>)> {
+    ) -> std::io::Result<Removed> {
         let Some(registration) = self.fds.get_mut(&fd) else {
             return Ok((None, None));
         };
@@ -470,13 +474,7 @@ impl Registry {
 
     /// Turns an engine's interest in one direction on or off. The previous target (a clone
     /// of the engine) comes back so the caller can drop it outside the lock.
-    pub fn watch(
-        &mut self,
-        py: Python<'_>,
-        fd: RawFd,
-        direction: Direction,
-        on: bool,
-    ) -> Option<Target> {
+    pub fn watch(&mut self, py: Python<'_>, fd: RawFd, direction: Direction, on: bool) -> Option<Target> {
         let registration = self.fds.get_mut(&fd)?;
         let target = if on {
             let owner = registration.owner.as_ref()?;

@@ -15,6 +15,9 @@
 //! with that very object, the usual server pattern) is sent natively. Any other address goes
 //! through the Python socket's own `sendto`, which parses it exactly as asyncio's does
 //! (resolving a host name included). The lock is never held while Python code runs.
+//!
+//! Python owner (the methods called by name): `tokioloop._seam.DatagramEngineOwner`, which
+//! `DatagramTransport` provides.
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -28,7 +31,7 @@ use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
 use crate::errors::{last_errno, os_error};
 use crate::io::{recvfrom_with, would_block, BufferView, Direction, IoHandle};
-use crate::transports::limits::{self, DEFAULT_HIGH_WATER, LOST_WRITES_BEFORE_WARNING};
+use crate::transports::limits::{self, WriteFlow};
 
 /// asyncio's `max_size` for one datagram read.
 const MAX_DATAGRAM: usize = 256 * 1024;
@@ -36,7 +39,6 @@ const MAX_DATAGRAM: usize = 256 * 1024;
 const READS_PER_TURN: usize = 32;
 /// Senders whose address objects are kept for reuse.
 const RECENT_ADDRESSES: usize = 16;
-
 
 /// A raw socket address as the kernel gave it.
 #[derive(Clone)]
@@ -48,7 +50,12 @@ struct RawAddress {
 impl RawAddress {
     fn bytes(&self) -> &[u8] {
         // SAFETY: `storage` is plain data of at least `len` bytes.
-        unsafe { std::slice::from_raw_parts((&self.storage as *const libc::sockaddr_storage).cast::<u8>(), self.len as usize) }
+        unsafe {
+            std::slice::from_raw_parts(
+                (&self.storage as *const libc::sockaddr_storage).cast::<u8>(),
+                self.len as usize,
+            )
+        }
     }
 }
 
@@ -61,24 +68,33 @@ fn address_object(py: Python<'_>, raw: &RawAddress) -> PyResult<Py<PyAny>> {
     match family {
         libc::AF_INET => {
             // SAFETY: the kernel wrote a sockaddr_in for an AF_INET address.
-            let sin = unsafe { &*(&raw.storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let sin =
+                unsafe { &*(&raw.storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             let host = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).to_string();
-            Ok((host, u16::from_be(sin.sin_port)).into_pyobject(py)?.into_any().unbind())
+            Ok((host, u16::from_be(sin.sin_port))
+                .into_pyobject(py)?
+                .into_any()
+                .unbind())
         }
         libc::AF_INET6 => {
             // SAFETY: the kernel wrote a sockaddr_in6 for an AF_INET6 address.
-            let sin6 = unsafe { &*(&raw.storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let sin6 =
+                unsafe { &*(&raw.storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
             let mut host = Ipv6Addr::from(sin6.sin6_addr.s6_addr).to_string();
             if sin6.sin6_scope_id != 0 {
                 host = numeric_host(raw).unwrap_or(host);
             }
             let port = u16::from_be(sin6.sin6_port);
             let flowinfo = u32::from_be(sin6.sin6_flowinfo);
-            Ok((host, port, flowinfo, sin6.sin6_scope_id).into_pyobject(py)?.into_any().unbind())
+            Ok((host, port, flowinfo, sin6.sin6_scope_id)
+                .into_pyobject(py)?
+                .into_any()
+                .unbind())
         }
         libc::AF_UNIX => {
             // SAFETY: the kernel wrote a sockaddr_un for an AF_UNIX address.
-            let sun = unsafe { &*(&raw.storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_un>() };
+            let sun =
+                unsafe { &*(&raw.storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_un>() };
             let offset = std::mem::offset_of!(libc::sockaddr_un, sun_path);
             let path_len = (raw.len as usize).saturating_sub(offset).min(sun.sun_path.len());
             // SAFETY: sun_path is an array of c_char; reinterpreting it as bytes is sound.
@@ -98,7 +114,9 @@ fn address_object(py: Python<'_>, raw: &RawAddress) -> PyResult<Py<PyAny>> {
         }
         _ => {
             // Another family: let the socket module describe it (rare; not on the hot path).
-            Err(PyValueError::new_err(format!("unsupported address family {family}")))
+            Err(PyValueError::new_err(format!(
+                "unsupported address family {family}"
+            )))
         }
     }
 }
@@ -122,7 +140,11 @@ fn numeric_host(raw: &RawAddress) -> Option<String> {
         return None;
     }
     // SAFETY: getnameinfo wrote a NUL-terminated string.
-    Some(unsafe { std::ffi::CStr::from_ptr(host.as_ptr()) }.to_string_lossy().into_owned())
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(host.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 /// The outcome of a send made by the Python socket: Ok(None) if sent, Ok(Some(errno)) for an
@@ -131,7 +153,12 @@ fn os_errno(py: Python<'_>, outcome: PyResult<Bound<'_, PyAny>>) -> PyResult<Opt
     match outcome {
         Ok(_) => Ok(None),
         Err(err) if err.is_instance_of::<pyo3::exceptions::PyOSError>(py) => {
-            match err.value(py).getattr(intern!(py, "errno")).ok().and_then(|e| e.extract::<i32>().ok()) {
+            match err
+                .value(py)
+                .getattr(intern!(py, "errno"))
+                .ok()
+                .and_then(|e| e.extract::<i32>().ok())
+            {
                 Some(errno) => Ok(Some(errno)),
                 None => Err(err),
             }
@@ -156,9 +183,7 @@ struct Inner {
     header: usize,
     /// Empty datagrams are sent (3.13) rather than dropped (3.11/3.12).
     send_empty: bool,
-    high_water: usize,
-    low_water: usize,
-    protocol_paused: bool,
+    flow: WriteFlow,
     /// The latest senders' addresses handed to `datagram_received`, with their raw forms
     /// (most recent last): a server answering a few clients in turn makes each only once.
     recent_addresses: Vec<(RawAddress, Py<PyAny>)>,
@@ -182,7 +207,12 @@ impl DatagramEngine {
         self.owner.lock().as_ref().map(|o| o.clone_ref(py).into_bound(py))
     }
 
-    fn up<'py>(&self, py: Python<'py>, name: &Bound<'py, PyString>, args: impl pyo3::call::PyCallArgs<'py>) -> PyResult<()> {
+    fn call_owner<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, PyString>,
+        args: impl pyo3::call::PyCallArgs<'py>,
+    ) -> PyResult<()> {
         match self.owner(py) {
             Some(owner) => owner.call_method1(name, args).map(drop),
             None => Ok(()),
@@ -190,7 +220,11 @@ impl DatagramEngine {
     }
 
     fn protocol<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        self.inner.lock().protocol.as_ref().map(|p| p.clone_ref(py).into_bound(py))
+        self.inner
+            .lock()
+            .protocol
+            .as_ref()
+            .map(|p| p.clone_ref(py).into_bound(py))
     }
 
     /// An OSError the socket reported goes to `protocol.error_received`.
@@ -205,13 +239,21 @@ impl DatagramEngine {
 
     /// The address object for `raw`, reusing a recent sender's.
     fn address_for(&self, py: Python<'_>, raw: RawAddress) -> PyResult<Py<PyAny>> {
-        if let Some((_, object)) = self.inner.lock().recent_addresses.iter().rev().find(|(known, _)| known.bytes() == raw.bytes()) {
+        if let Some((_, object)) = self
+            .inner
+            .lock()
+            .recent_addresses
+            .iter()
+            .rev()
+            .find(|(known, _)| known.bytes() == raw.bytes())
+        {
             return Ok(object.clone_ref(py));
         }
         let object = address_object(py, &raw)?;
         let evicted = {
             let mut inner = self.inner.lock();
-            let evicted = (inner.recent_addresses.len() >= RECENT_ADDRESSES).then(|| inner.recent_addresses.remove(0));
+            let evicted =
+                (inner.recent_addresses.len() >= RECENT_ADDRESSES).then(|| inner.recent_addresses.remove(0));
             inner.recent_addresses.push((raw, object.clone_ref(py)));
             evicted
         };
@@ -221,7 +263,14 @@ impl DatagramEngine {
 
     /// One send of `data` to `addr` (None: the connected peer). Ok(None) if it went out,
     /// Ok(Some(errno)) if the kernel refused it with an OS error.
-    fn send_one(&self, py: Python<'_>, data: &[u8], data_object: &Bound<'_, PyAny>, addr: Option<&Bound<'_, PyAny>>, peer_connected: bool) -> PyResult<Option<i32>> {
+    fn send_one(
+        &self,
+        py: Python<'_>,
+        data: &[u8],
+        data_object: &Bound<'_, PyAny>,
+        addr: Option<&Bound<'_, PyAny>>,
+        peer_connected: bool,
+    ) -> PyResult<Option<i32>> {
         let known = match addr {
             Some(addr) if !peer_connected => {
                 let inner = self.inner.lock();
@@ -254,11 +303,21 @@ impl DatagramEngine {
             }
             (Some(addr), None) => {
                 // An address we did not make: the socket module parses it, as in asyncio.
-                return os_errno(py, self.sock.bind(py).call_method1(intern!(py, "sendto"), (data_object, addr)));
+                return os_errno(
+                    py,
+                    self.sock
+                        .bind(py)
+                        .call_method1(intern!(py, "sendto"), (data_object, addr)),
+                );
             }
             (None, _) => {
                 // Unconnected and no address: the socket module answers as asyncio's would.
-                return os_errno(py, self.sock.bind(py).call_method1(intern!(py, "send"), (data_object,)));
+                return os_errno(
+                    py,
+                    self.sock
+                        .bind(py)
+                        .call_method1(intern!(py, "send"), (data_object,)),
+                );
             }
         };
         if n < 0 {
@@ -298,9 +357,7 @@ impl DatagramEngine {
                 queued: 0,
                 header,
                 send_empty,
-                high_water: DEFAULT_HIGH_WATER,
-                low_water: limits::low_water_for(DEFAULT_HIGH_WATER),
-                protocol_paused: false,
+                flow: WriteFlow::new(),
                 recent_addresses: Vec::new(),
             }),
         })
@@ -336,7 +393,13 @@ impl DatagramEngine {
                 }
             };
             let received = recvfrom_with(this.fd, MAX_DATAGRAM, |data, storage, len| {
-                (PyBytes::new(py, data).unbind(), RawAddress { storage: *storage, len })
+                (
+                    PyBytes::new(py, data).unbind(),
+                    RawAddress {
+                        storage: *storage,
+                        len,
+                    },
+                )
             });
             match received {
                 Err(errno) if would_block(errno) => {
@@ -349,10 +412,16 @@ impl DatagramEngine {
                     let address = match this.address_for(py, raw) {
                         Ok(address) => address,
                         Err(err) => {
-                            return this.up(py, intern!(py, "_fatal_error"), (err.into_value(py), "Fatal read error on datagram transport"));
+                            return this.call_owner(
+                                py,
+                                intern!(py, "_fatal_error"),
+                                (err.into_value(py), "Fatal read error on datagram transport"),
+                            );
                         }
                     };
-                    protocol.bind(py).call_method1(intern!(py, "datagram_received"), (data, address))?;
+                    protocol
+                        .bind(py)
+                        .call_method1(intern!(py, "datagram_received"), (data, address))?;
                 }
             }
         }
@@ -361,7 +430,11 @@ impl DatagramEngine {
 
     /// The transport's `sendto(data, addr=None)`, with asyncio's checks and order.
     #[pyo3(signature = (data, addr=None))]
-    fn sendto(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>, addr: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    fn sendto(
+        slf: &Bound<'_, Self>,
+        data: &Bound<'_, PyAny>,
+        addr: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         if !limits::is_bytes_like(data) {
@@ -373,7 +446,11 @@ impl DatagramEngine {
         let view = BufferView::get(data, ffi::PyBUF_SIMPLE)?;
         let (address, peer_connected, send_empty) = {
             let inner = this.inner.lock();
-            (inner.address.as_ref().map(|a| a.clone_ref(py)), inner.peer_connected, inner.send_empty)
+            (
+                inner.address.as_ref().map(|a| a.clone_ref(py)),
+                inner.peer_connected,
+                inner.send_empty,
+            )
         };
         if view.len() == 0 && !send_empty {
             return Ok(());
@@ -393,15 +470,10 @@ impl DatagramEngine {
         {
             let mut inner = this.inner.lock();
             if inner.conn_lost > 0 && inner.address.is_some() {
-                let warn = inner.conn_lost >= LOST_WRITES_BEFORE_WARNING;
+                let lost = inner.conn_lost;
                 inner.conn_lost += 1;
                 drop(inner);
-                if warn {
-                    py.import("asyncio.log")?
-                        .getattr(intern!(py, "logger"))?
-                        .call_method1(intern!(py, "warning"), ("socket.send() raised exception.",))?;
-                }
-                return Ok(());
+                return limits::drop_lost_write(py, lost, "socket.send() raised exception.");
             }
         }
         // SAFETY: the view covers `len` readable bytes while it lives.
@@ -411,12 +483,16 @@ impl DatagramEngine {
             match this.send_one(py, bytes, data, addr.as_ref(), peer_connected) {
                 Ok(None) => return Ok(()),
                 Ok(Some(errno)) if would_block(errno) || errno == libc::EINTR => {
-                    this.up(py, intern!(py, "_start_writing"), ())?;
+                    this.call_owner(py, intern!(py, "_start_writing"), ())?;
                 }
                 Ok(Some(errno)) => return this.error_received(py, errno),
                 Err(err) if crate::errors::is_fatal(py, &err) => return Err(err),
                 Err(err) => {
-                    return this.up(py, intern!(py, "_fatal_error"), (err.into_value(py), "Fatal write error on datagram transport"));
+                    return this.call_owner(
+                        py,
+                        intern!(py, "_fatal_error"),
+                        (err.into_value(py), "Fatal write error on datagram transport"),
+                    );
                 }
             }
         }
@@ -429,10 +505,10 @@ impl DatagramEngine {
             let mut inner = this.inner.lock();
             inner.queued += bytes.len() + inner.header;
             inner.queue.push_back((chunk, addr.map(Bound::unbind)));
-            !inner.protocol_paused && inner.queued > inner.high_water
+            inner.flow.crosses_high(inner.queued)
         };
         if over {
-            this.up(py, intern!(py, "_maybe_pause_protocol"), ())?;
+            this.call_owner(py, intern!(py, "_maybe_pause_protocol"), ())?;
         }
         Ok(())
     }
@@ -444,14 +520,22 @@ impl DatagramEngine {
         loop {
             let (front, peer_connected) = {
                 let mut inner = this.inner.lock();
-                let Some(front) = inner.queue.pop_front() else { break };
+                let Some(front) = inner.queue.pop_front() else {
+                    break;
+                };
                 let size = front.0.bind(py).as_bytes().len() + inner.header;
                 inner.queued -= size.min(inner.queued);
                 (front, inner.peer_connected)
             };
             let (data, addr) = front;
             let bound = data.bind(py);
-            let outcome = this.send_one(py, bound.as_bytes(), bound.as_any(), addr.as_ref().map(|a| a.bind(py)), peer_connected);
+            let outcome = this.send_one(
+                py,
+                bound.as_bytes(),
+                bound.as_any(),
+                addr.as_ref().map(|a| a.bind(py)),
+                peer_connected,
+            );
             match outcome {
                 Ok(None) => {}
                 Ok(Some(errno)) if would_block(errno) || errno == libc::EINTR => {
@@ -463,14 +547,18 @@ impl DatagramEngine {
                 Ok(Some(errno)) => return this.error_received(py, errno),
                 Err(err) if crate::errors::is_fatal(py, &err) => return Err(err),
                 Err(err) => {
-                    return this.up(py, intern!(py, "_fatal_error"), (err.into_value(py), "Fatal write error on datagram transport"));
+                    return this.call_owner(
+                        py,
+                        intern!(py, "_fatal_error"),
+                        (err.into_value(py), "Fatal write error on datagram transport"),
+                    );
                 }
             }
         }
-        this.up(py, intern!(py, "_maybe_resume_protocol"), ())?;
+        this.call_owner(py, intern!(py, "_maybe_resume_protocol"), ())?;
         let empty = this.inner.lock().queue.is_empty();
         if empty {
-            this.up(py, intern!(py, "_on_drained"), ())?;
+            this.call_owner(py, intern!(py, "_on_drained"), ())?;
         }
         Ok(())
     }
@@ -494,7 +582,11 @@ impl DatagramEngine {
     fn _detach(&self) {
         let (owner, protocol, last) = {
             let mut inner = self.inner.lock();
-            (self.owner.lock().take(), inner.protocol.take(), std::mem::take(&mut inner.recent_addresses))
+            (
+                self.owner.lock().take(),
+                inner.protocol.take(),
+                std::mem::take(&mut inner.recent_addresses),
+            )
         };
         drop((owner, protocol, last));
         self._clear_queue();
@@ -532,37 +624,31 @@ impl DatagramEngine {
 
     #[getter]
     fn _protocol_paused(&self) -> bool {
-        self.inner.lock().protocol_paused
+        self.inner.lock().flow.is_paused()
     }
 
     /// True once, when the queue has grown above the high-water mark: the protocol is now
     /// marked paused and the caller tells it `pause_writing()`.
     fn _pause_protocol_if_over(&self) -> bool {
-        let mut inner = self.inner.lock();
-        let pause = !inner.protocol_paused && inner.queued > inner.high_water;
-        inner.protocol_paused |= pause;
-        pause
+        let inner = &mut *self.inner.lock();
+        inner.flow.pause_if_over(inner.queued)
     }
 
     /// True once, when a paused protocol's queue has drained to the low-water mark: the
     /// protocol is now marked resumed and the caller tells it `resume_writing()`.
     fn _resume_protocol_if_under(&self) -> bool {
-        let mut inner = self.inner.lock();
-        let resume = inner.protocol_paused && inner.queued <= inner.low_water;
-        inner.protocol_paused &= !resume;
-        resume
+        let inner = &mut *self.inner.lock();
+        inner.flow.resume_if_under(inner.queued)
     }
 
     /// New write limits, already checked by the Python side's water-mark rule.
     fn _set_write_limits(&self, high: usize, low: usize) {
-        let mut inner = self.inner.lock();
-        inner.high_water = high;
-        inner.low_water = low;
+        self.inner.lock().flow.set_limits(high, low);
     }
 
+    /// `(low, high)`.
     fn _write_limits(&self) -> (usize, usize) {
-        let inner = self.inner.lock();
-        (inner.low_water, inner.high_water)
+        self.inner.lock().flow.limits()
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

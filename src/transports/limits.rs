@@ -23,6 +23,76 @@ pub(crate) const fn low_water_for(high: usize) -> usize {
     high / 4
 }
 
+/// asyncio's rule for a write after the connection was lost: it is dropped and counted, and
+/// from the `LOST_WRITES_BEFORE_WARNING`th on each one logs `message` (the transport kind's
+/// own words) on asyncio's logger. Call with the engine's lock released: logging runs Python.
+pub(crate) fn drop_lost_write(py: Python<'_>, conn_lost: u32, message: &str) -> PyResult<()> {
+    if conn_lost >= LOST_WRITES_BEFORE_WARNING {
+        py.import("asyncio.log")?
+            .getattr(pyo3::intern!(py, "logger"))?
+            .call_method1(pyo3::intern!(py, "warning"), (message,))?;
+    }
+    Ok(())
+}
+
+/// A transport's write flow control, as asyncio's `_FlowControlMixin` keeps it: the marks and
+/// whether the protocol was told to pause. The engines keep one under their lock, beside the
+/// byte count it is asked about; the water-mark rule itself (defaults, `high >= low >= 0`) is
+/// checked on the Python side, which reports asyncio's exact ValueError.
+pub(crate) struct WriteFlow {
+    high: usize,
+    low: usize,
+    paused: bool,
+}
+
+impl WriteFlow {
+    pub(crate) const fn new() -> Self {
+        WriteFlow {
+            high: DEFAULT_HIGH_WATER,
+            low: low_water_for(DEFAULT_HIGH_WATER),
+            paused: false,
+        }
+    }
+
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Above the high mark with the protocol not yet paused: the owner must be asked.
+    pub(crate) fn crosses_high(&self, queued: usize) -> bool {
+        !self.paused && queued > self.high
+    }
+
+    /// Paused and at or below the low mark: the owner must be asked to resume.
+    pub(crate) fn crosses_low(&self, queued: usize) -> bool {
+        self.paused && queued <= self.low
+    }
+
+    /// Marks the protocol paused if `queued` crossed the high mark; true when it did.
+    pub(crate) fn pause_if_over(&mut self, queued: usize) -> bool {
+        let pause = self.crosses_high(queued);
+        self.paused |= pause;
+        pause
+    }
+
+    /// Marks the protocol resumed if `queued` fell to the low mark; true when it did.
+    pub(crate) fn resume_if_under(&mut self, queued: usize) -> bool {
+        let resume = self.crosses_low(queued);
+        self.paused &= !resume;
+        resume
+    }
+
+    pub(crate) fn set_limits(&mut self, high: usize, low: usize) {
+        self.high = high;
+        self.low = low;
+    }
+
+    /// `(low, high)`, in asyncio's `get_write_buffer_limits()` order.
+    pub(crate) fn limits(&self) -> (usize, usize) {
+        (self.low, self.high)
+    }
+}
+
 /// Whether `data` is one of the three types asyncio's `write()` accepts (bytes, bytearray,
 /// memoryview); each caller raises its own asyncio's error when it is not.
 pub(crate) fn is_bytes_like(data: &Bound<'_, PyAny>) -> bool {

@@ -1,9 +1,12 @@
-//! Native transports. A transport owns the hot path of a connection — the read into a
-//! per-thread buffer, the protocol call, the direct send and the queued `writev` — while its
-//! Python subclass (`tokioloop._transport`) keeps what runs once per connection: setup,
-//! close/abort, error reporting, extra info. The engines depend on `io` only: each holds an
-//! `io::IoHandle` and implements `io::Engine`; the io registry hands their readiness to the
-//! turn in `event_loop`, which runs them without naming them. tls depends on stream, not back.
+//! Native transports. An engine owns the hot path of a connection (the read into a
+//! per-thread buffer, the protocol call, the direct send and the queued `sendmsg`), while its
+//! Python owner (`tokioloop._transport`, `_pipes`, `_datagram`, `_tls`) keeps what runs once
+//! per connection: setup, close/abort, error reporting, extra info. The engines depend on `io`
+//! only, never on the loop: the stream engine holds an `io::IoHandle` and implements
+//! `io::Engine`, so the registry hands its readiness to the turn, which runs it without naming
+//! it; the datagram engine is driven by ordinary fd callbacks and uses its handle only to
+//! settle them; the TLS layer holds no handle: it rides on a stream engine (tls depends on
+//! stream, not back). `limits` holds asyncio's constants that they share.
 
 pub mod datagram;
 mod limits;

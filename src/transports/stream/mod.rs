@@ -17,6 +17,10 @@
 //! engine this is), which these methods call by name. The inner lock is never held while
 //! Python code runs or a Python object is dropped. The engine holds an `io::IoHandle`, never
 //! the loop; the TLS layer plugs into its receive path as a [`ReceiveSink`].
+//!
+//! Python owner (the methods called by name): `tokioloop._seam.StreamEngineOwner`, which
+//! `SocketTransport` provides; a read pipe's owner provides its `StreamReadOwner` part, a write
+//! pipe's `WritePipeOwner`. The read path is `read.rs`, the write path `write.rs`.
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -32,7 +36,10 @@ use crate::io::{
     hung_up, level_ready, recv_bytes, recv_with, would_block, BufferView, Direction, Engine, EngineRef,
     FdKind, IoHandle, Received, LARGE_READ,
 };
-use crate::transports::limits::{self, DEFAULT_HIGH_WATER, LOST_WRITES_BEFORE_WARNING};
+use crate::transports::limits::{self, WriteFlow, DEFAULT_HIGH_WATER};
+
+mod read;
+mod write;
 
 /// asyncio's `max_size` for one socket read.
 const READ_SIZE: usize = crate::io::BUFFER_SIZE;
@@ -62,9 +69,7 @@ struct Inner {
     /// A write pipe: readiness to read (or, on a pipe, a hang-up) means the reader has gone.
     write_only: bool,
     /// `pause_writing()` was called on the protocol and `resume_writing()` not yet.
-    protocol_paused: bool,
-    high_water: usize,
-    low_water: usize,
+    flow: WriteFlow,
     /// A sendfile owns the socket: write() is refused.
     sendfile_active: bool,
     queue: VecDeque<Py<PyBytes>>,
@@ -93,7 +98,7 @@ pub struct StreamEngine {
 /// A protocol that takes its bytes straight from the engine's receive buffer, without a
 /// `bytes` object or a `get_buffer()` call: the TLS layer, whose incoming BIO they go to.
 /// It plugs itself in with [`StreamEngine::plug_sink`]; the engine uses it while it is the
-/// protocol. (So stream.rs does not name the TLS layer: TLS depends on streams, not back.)
+/// protocol. (So the stream engine does not name the TLS layer: TLS depends on streams, not back.)
 pub(crate) trait ReceiveSink: PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + Sync {
     /// Takes what one read received. Runs no Python code while the buffer is borrowed
     /// beyond the call.
@@ -114,7 +119,11 @@ impl SinkRef {
         // SAFETY (both casts): the functions are stored only next to an object of type `S`.
         SinkRef {
             object: sink.into_any(),
-            take: |object, data| unsafe { object.cast_unchecked::<S>() }.get().take(object.py(), data),
+            take: |object, data| {
+                unsafe { object.cast_unchecked::<S>() }
+                    .get()
+                    .take(object.py(), data)
+            },
             arrived: |object| S::arrived(unsafe { object.cast_unchecked::<S>() }),
         }
     }
@@ -161,9 +170,10 @@ impl StreamEngine {
 
     /// Looks again next turn, as a level-triggered selector would (see `IoHandle::again`).
     fn requeue(slf: &Bound<'_, Self>, direction: Direction) {
-        slf.get().io.again(EngineRef::new(slf.clone().unbind()), direction);
+        slf.get()
+            .io
+            .again(EngineRef::new(slf.clone().unbind()), direction);
     }
-
 
     /// The last syscall showed `direction` drained: wait for the next edge (or retry at once
     /// if tokio still reports it ready, as after a hang-up).
@@ -181,7 +191,7 @@ impl StreamEngine {
     }
 
     /// Calls `owner.name(*args)`; nothing if the transport is already detached.
-    fn up<'py>(
+    fn call_owner<'py>(
         slf: &Bound<'py, Self>,
         name: &Bound<'py, PyString>,
         args: impl pyo3::call::PyCallArgs<'py>,
@@ -213,7 +223,7 @@ impl StreamEngine {
         if is_fatal(py, &err) {
             return Err(err);
         }
-        Self::up(slf, intern!(py, "_fatal_error"), (err.into_value(py), message))
+        Self::call_owner(slf, intern!(py, "_fatal_error"), (err.into_value(py), message))
     }
 
     /// The turn's entry: one read or one flush, inside the transport's context.
@@ -237,255 +247,13 @@ impl StreamEngine {
         outcome
     }
 
-    fn on_readable(slf: &Bound<'_, Self>, edge: bool) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let (protocol, buffered, expect_large, sink) = {
-            let inner = this.inner.lock();
-            if inner.write_only {
-                drop(inner);
-                return Self::peer_closed(slf);
-            }
-            match inner.protocol.as_ref() {
-                Some(protocol) if inner.reading && inner.conn_lost == 0 => (
-                    protocol.clone_ref(py),
-                    inner.buffered,
-                    inner.last_read_large,
-                    inner
-                        .sink
-                        .as_ref()
-                        .filter(|sink| sink.object.is(protocol))
-                        .map(|sink| sink.clone_ref(py)),
-                ),
-                _ => return Ok(()),
-            }
-        };
-        if let Some(sink) = sink {
-            return Self::read_into_sink(slf, &sink);
-        }
-        let protocol = protocol.into_bound(py);
-        if buffered {
-            // A selector calls get_buffer() only when data (or EOF) is there. An edge says
-            // so; a read queued without one must look first.
-            if !edge && !level_ready(this.fd, Direction::Read) {
-                Self::drained(slf, Direction::Read);
-                return Ok(());
-            }
-            return Self::read_into_protocol(slf, &protocol);
-        }
-        let received = match recv_bytes(py, this.kind, this.fd, READ_SIZE, 0, expect_large)? {
-            Received::Data(data, n, filled) => {
-                this.inner.lock().last_read_large = n >= LARGE_READ;
-                Ok((filled, (n > 0).then_some(data)))
-            }
-            Received::Failed(errno) => Err(errno),
-        };
-        match received {
-            Err(errno) => Self::read_failed(slf, errno),
-            Ok((_, None)) => Self::up(slf, intern!(py, "_on_eof"), ()),
-            Ok((filled, Some(data))) => {
-                let data = data.into_bound(py);
-                if !filled {
-                    Self::drained(slf, Direction::Read);
-                } else {
-                    Self::requeue(slf, Direction::Read);
-                }
-                match call_method_one(&protocol, intern!(py, "data_received"), data.as_any()) {
-                    Ok(()) => Ok(()),
-                    Err(err) => Self::fatal(slf, err, "Fatal error: protocol.data_received() call failed."),
-                }
-            }
-        }
-    }
-
-    /// A failed `recv`: drained (wait for the next edge), interrupted (retry) or fatal.
-    fn read_failed(slf: &Bound<'_, Self>, errno: i32) -> PyResult<()> {
-        if would_block(errno) {
-            Self::drained(slf, Direction::Read);
-            Ok(())
-        } else if errno == libc::EINTR {
-            Self::requeue(slf, Direction::Read);
-            Ok(())
-        } else {
-            Self::fatal(slf, os_error(errno), slf.get().read_error_message())
-        }
-    }
-
-    /// A read for a plugged-in receiver (the TLS layer): the bytes go from the receive buffer
-    /// into it, then it runs (as asyncio's get_buffer/buffer_updated would).
-    fn read_into_sink(slf: &Bound<'_, Self>, sink: &SinkRef) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let receiver = sink.object.bind(py);
-        let failed = "Fatal error: protocol.buffer_updated() call failed.";
-        match recv_with(this.kind, this.fd, READ_SIZE, |data| (sink.take)(receiver, data)) {
-            Err(errno) => Self::read_failed(slf, errno),
-            Ok((0, _)) => Self::up(slf, intern!(py, "_on_eof"), ()),
-            Ok((_, Err(err))) => Self::fatal(slf, err, failed),
-            Ok((n, Ok(()))) => {
-                if n < READ_SIZE {
-                    Self::drained(slf, Direction::Read);
-                } else {
-                    Self::requeue(slf, Direction::Read);
-                }
-                match (sink.arrived)(receiver) {
-                    Ok(()) => Ok(()),
-                    Err(err) => Self::fatal(slf, err, failed),
-                }
-            }
-        }
-    }
-
-    fn read_into_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let view = protocol
-            .call_method1(intern!(py, "get_buffer"), (-1,))
-            .and_then(|buffer| {
-                let view = BufferView::get(&buffer, ffi::PyBUF_WRITABLE)?;
-                if view.len() == 0 {
-                    return Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer"));
-                }
-                Ok(view)
-            });
-        let view = match view {
-            Ok(view) => view,
-            Err(err) => return Self::fatal(slf, err, "Fatal error: protocol.get_buffer() call failed."),
-        };
-        // SAFETY: `view` is a writable, contiguous buffer of view.len() bytes, held until drop.
-        let n = unsafe { this.kind.read(this.fd, view.as_ptr(), view.len(), 0) };
-        let capacity = view.len();
-        drop(view);
-        if n < 0 {
-            return Self::read_failed(slf, last_errno());
-        }
-        if n == 0 {
-            return Self::up(slf, intern!(py, "_on_eof"), ());
-        }
-        if (n as usize) < capacity {
-            Self::drained(slf, Direction::Read);
-        } else {
-            Self::requeue(slf, Direction::Read);
-        }
-        match protocol.call_method1(intern!(py, "buffer_updated"), (n as usize,)) {
-            Ok(_) => Ok(()),
-            Err(err) => Self::fatal(slf, err, "Fatal error: protocol.buffer_updated() call failed."),
-        }
-    }
-
-    fn on_writable(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let mut sent_objects = Vec::new();
-        let (result, more_queued, queued) = {
-            let mut inner = this.inner.lock();
-            if inner.conn_lost > 0 {
-                return Ok(());
-            }
-            if inner.queue.is_empty() {
-                let watching_hangup = inner.write_only && this.kind == FdKind::Pipe;
-                drop(inner);
-                if !watching_hangup {
-                    return Ok(());
-                }
-                if hung_up(this.fd) {
-                    return Self::peer_closed(slf);
-                }
-                Self::drained(slf, Direction::Write);
-                return Ok(());
-            }
-            let mut slices: Vec<libc::iovec> = Vec::with_capacity(inner.queue.len().min(MAX_SLICES));
-            let mut offered = 0usize;
-            for (index, chunk) in inner.queue.iter().take(MAX_SLICES).enumerate() {
-                let skip = if index == 0 { inner.head } else { 0 };
-                // SAFETY: `chunk` is a live bytes object kept in the queue for the whole call.
-                let (base, len) = unsafe {
-                    let object = chunk.as_ptr();
-                    (
-                        ffi::PyBytes_AsString(object).cast::<u8>(),
-                        ffi::PyBytes_Size(object) as usize,
-                    )
-                };
-                slices.push(libc::iovec {
-                    // SAFETY: skip < len (fully sent chunks leave the queue).
-                    iov_base: unsafe { base.add(skip) }.cast(),
-                    iov_len: len - skip,
-                });
-                offered += len - skip;
-            }
-            // SAFETY: every iovec points into a bytes object the queue holds during the call.
-            let n = unsafe { this.kind.write_vectored(this.fd, &mut slices) };
-            if n < 0 {
-                (Err(last_errno()), true, inner.queued)
-            } else {
-                let mut left = n as usize;
-                inner.queued -= left;
-                while left > 0 {
-                    let Some(front) = inner.queue.front() else { break };
-                    // SAFETY: a live bytes object owned by the queue.
-                    let size = unsafe { ffi::PyBytes_Size(front.as_ptr()) } as usize - inner.head;
-                    if left >= size {
-                        left -= size;
-                        inner.head = 0;
-                        sent_objects.extend(inner.queue.pop_front());
-                    } else {
-                        inner.head += left;
-                        left = 0;
-                    }
-                }
-                (Ok(n as usize == offered), !inner.queue.is_empty(), inner.queued)
-            }
-        };
-        drop(sent_objects);
-        match result {
-            Err(errno) if would_block(errno) => {
-                Self::drained(slf, Direction::Write);
-                return Ok(());
-            }
-            Err(libc::EINTR) => {
-                Self::requeue(slf, Direction::Write);
-                return Ok(());
-            }
-            Err(errno) => {
-                let err = os_error(errno);
-                return Self::up(slf, intern!(py, "_on_write_error"), (err.into_value(py),));
-            }
-            Ok(took_all_offered) if more_queued => {
-                if took_all_offered {
-                    Self::requeue(slf, Direction::Write);
-                } else {
-                    Self::drained(slf, Direction::Write);
-                }
-            }
-            Ok(_) => {}
-        }
-        let resume = {
-            let inner = this.inner.lock();
-            inner.protocol_paused && queued <= inner.low_water
-        };
-        if resume {
-            Self::up(slf, intern!(py, "_maybe_resume_protocol"), ())?;
-        }
-        let (empty, watching_hangup) = {
-            let inner = this.inner.lock();
-            (inner.queue.is_empty(), inner.write_only && this.kind == FdKind::Pipe)
-        };
-        if empty {
-            if !watching_hangup {
-                this.io.watch(py, this.fd, Direction::Write, false);
-            }
-            Self::up(slf, intern!(py, "_on_drained"), ())?;
-        }
-        Ok(())
-    }
-
     /// A write pipe's reader has gone: the Python transport closes (asyncio's `_read_ready`).
     fn peer_closed(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         Self::set_reading(slf, false);
         let this = slf.get();
         this.io.watch(py, this.fd, Direction::Write, false);
-        Self::up(slf, intern!(py, "_on_peer_closed"), ())
+        Self::call_owner(slf, intern!(py, "_on_peer_closed"), ())
     }
 
     fn set_reading(slf: &Bound<'_, Self>, on: bool) {
@@ -559,9 +327,7 @@ impl StreamEngine {
                 eof_requested: false,
                 pipe_mode: false,
                 write_only: false,
-                protocol_paused: false,
-                high_water: DEFAULT_HIGH_WATER,
-                low_water: limits::low_water_for(DEFAULT_HIGH_WATER),
+                flow: WriteFlow::new(),
                 sendfile_active: false,
                 queue: VecDeque::new(),
                 head: 0,
@@ -574,109 +340,7 @@ impl StreamEngine {
     /// otherwise queued and flushed when the socket is writable. (Also the TLS layer's way
     /// to send its records, called directly.)
     pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        // SAFETY: a type check on a live object.
-        let is_bytes = unsafe { ffi::PyBytes_Check(data.as_ptr()) } != 0;
-        if !is_bytes && !limits::is_bytes_like(data) {
-            if this.inner.lock().pipe_mode {
-                // asyncio's pipe transports check the type with `assert`.
-                return Err(PyAssertionError::new_err(data.repr()?.unbind()));
-            }
-            // The running version's wording: 3.14 names the three accepted types.
-            let accepted = if py.version_info() >= (3, 14) {
-                "a bytes, bytearray, or memoryview object"
-            } else {
-                "a bytes-like object"
-            };
-            return Err(PyTypeError::new_err(format!(
-                "data argument must be {accepted}, not {}",
-                data.get_type().name()?.repr()?
-            )));
-        }
-        let view = BufferView::get(data, ffi::PyBUF_SIMPLE)?;
-        let len = view.len();
-        let mut inner = this.inner.lock();
-        let pipe_mode = inner.pipe_mode;
-        if pipe_mode && len > 0 && (inner.closing || inner.conn_lost > 0) {
-            let warn = inner.conn_lost >= LOST_WRITES_BEFORE_WARNING;
-            inner.conn_lost += 1;
-            drop(inner);
-            if warn {
-                let message = "pipe closed by peer or os.write(pipe, data) raised exception.";
-                py.import("asyncio.log")?
-                    .getattr(intern!(py, "logger"))?
-                    .call_method1(intern!(py, "warning"), (message,))?;
-            }
-            return Ok(());
-        }
-        if inner.eof_requested {
-            return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
-        }
-        if inner.sendfile_active {
-            return Err(PyRuntimeError::new_err(
-                "unable to write; sendfile is in progress",
-            ));
-        }
-        if len == 0 {
-            return Ok(());
-        }
-        if inner.conn_lost > 0 {
-            let warn = inner.conn_lost >= LOST_WRITES_BEFORE_WARNING;
-            inner.conn_lost += 1;
-            drop(inner);
-            if warn {
-                py.import("asyncio.log")?
-                    .getattr(intern!(py, "logger"))?
-                    .call_method1(intern!(py, "warning"), ("socket.send() raised exception.",))?;
-            }
-            return Ok(());
-        }
-        let mut offset = 0;
-        let start_writing = inner.queue.is_empty();
-        if start_writing {
-            // SAFETY: `view` covers `len` readable bytes for the duration of the call.
-            let n = unsafe { this.kind.write(this.fd, view.as_ptr(), len) };
-            if n < 0 {
-                let errno = last_errno();
-                if !would_block(errno) && errno != libc::EINTR {
-                    if pipe_mode {
-                        inner.conn_lost += 1;
-                    }
-                    drop(inner);
-                    drop(view);
-                    return Self::fatal(slf, os_error(errno), Self::write_error_message(pipe_mode));
-                }
-            } else if n as usize == len {
-                return Ok(());
-            } else {
-                offset = n as usize;
-            }
-        }
-        let chunk = if is_bytes {
-            inner.head = if start_writing { offset } else { inner.head };
-            data.cast::<PyBytes>()?.clone().unbind()
-        } else {
-            // SAFETY: offset <= len; the view is alive. The caller may reuse its buffer: copy.
-            let rest = unsafe { std::slice::from_raw_parts(view.as_ptr().add(offset), len - offset) };
-            if start_writing {
-                inner.head = 0;
-            }
-            PyBytes::new(py, rest).unbind()
-        };
-        inner.queue.push_back(chunk);
-        inner.queued += len - offset;
-        let over_high_water = !inner.protocol_paused && inner.queued > inner.high_water;
-        drop(inner);
-        drop(view);
-        if start_writing {
-            this.io.watch(py, this.fd, Direction::Write, true);
-            Self::drained(slf, Direction::Write);
-        }
-        if over_high_water {
-            Self::up(slf, intern!(py, "_maybe_pause_protocol"), ())?;
-        }
-        Ok(())
+        Self::send_or_queue(slf, data)
     }
 
     /// Bytes queued and not yet taken by the kernel.
@@ -868,37 +532,31 @@ impl StreamEngine {
 
     #[getter]
     fn _protocol_paused(&self) -> bool {
-        self.inner.lock().protocol_paused
+        self.inner.lock().flow.is_paused()
     }
 
     /// True once, when the queue has grown above the high-water mark: the protocol is now
     /// marked paused and the caller tells it `pause_writing()`.
     fn _pause_protocol_if_over(&self) -> bool {
-        let mut inner = self.inner.lock();
-        let pause = !inner.protocol_paused && inner.queued > inner.high_water;
-        inner.protocol_paused |= pause;
-        pause
+        let inner = &mut *self.inner.lock();
+        inner.flow.pause_if_over(inner.queued)
     }
 
     /// True once, when a paused protocol's queue has drained to the low-water mark: the
     /// protocol is now marked resumed and the caller tells it `resume_writing()`.
     fn _resume_protocol_if_under(&self) -> bool {
-        let mut inner = self.inner.lock();
-        let resume = inner.protocol_paused && inner.queued <= inner.low_water;
-        inner.protocol_paused &= !resume;
-        resume
+        let inner = &mut *self.inner.lock();
+        inner.flow.resume_if_under(inner.queued)
     }
 
     /// New write limits, already checked by the Python side's water-mark rule.
     fn _set_write_limits(&self, high: usize, low: usize) {
-        let mut inner = self.inner.lock();
-        inner.high_water = high;
-        inner.low_water = low;
+        self.inner.lock().flow.set_limits(high, low);
     }
 
+    /// `(low, high)`.
     fn _write_limits(&self) -> (usize, usize) {
-        let inner = self.inner.lock();
-        (inner.low_water, inner.high_water)
+        self.inner.lock().flow.limits()
     }
 
     /// A sendfile takes the socket over (`write()` is refused) or hands it back.
