@@ -92,6 +92,7 @@ class IoPort:
     """Opaque: how a native engine's constructor, given only the loop, reaches the loop's fd
     registrations (``LoopCore._io_port``). Not exported by the module."""
 
+@disjoint_base
 class LoopCore:
     """The native base of ``tokioloop.Loop``: scheduling, the turn, fd readiness, DNS."""
 
