@@ -281,6 +281,15 @@ def reliability(session: nox.Session) -> None:
         args = ["tests/reliability/test_differential.py"]
     # -s: the figures are printed by the harnesses, and belong in CI's log.
     session.run("python", "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", *args, env=env)
+    if session.posargs or session.python != RELIABILITY_EVERYTHING_ON:
+        return
+    # The panic points (src/fault.rs) exist only in a build with the cargo feature
+    # fault-points: its own target dir, so the normal build above stays warm.
+    fault_env = {**env, "CARGO_TARGET_DIR": str(ROOT / "target" / "fault"),
+                 "MATURIN_PEP517_ARGS": "--features fault-points", "TOKIOLOOP_FAULT_POINTS": "1"}
+    session.install("--no-deps", "--force-reinstall", ".", env=fault_env)
+    session.run("python", "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                "tests/reliability/test_panics.py", env=fault_env)
 
 
 # --- wheels -------------------------------------------------------------------------------

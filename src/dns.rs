@@ -34,6 +34,9 @@ enum Outcome {
     Errno(i32),
     /// getnameinfo's (host, service).
     Name(String, String),
+    /// The lookup panicked; the future gets a `PanicException` with this message instead of
+    /// waiting forever (tokio would swallow the panic on its blocking thread).
+    Panicked(String),
 }
 
 /// A socket address as getnameinfo(3) takes it.
@@ -104,7 +107,11 @@ impl Lookups {
         self.waiting.lock().insert(id, future);
         let completions = self.completions.clone();
         runtime.spawn_blocking(move || {
-            let outcome = work();
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::fault_point!("dns_worker");
+                work()
+            }))
+            .unwrap_or_else(|panic| Outcome::Panicked(crate::errors::panic_message(&*panic)));
             completions.answers.lock().push((id, outcome));
             completions.pending.store(true, Ordering::Release);
             wake.notify();
@@ -178,6 +185,7 @@ fn to_python(py: Python<'_>, outcome: Outcome) -> PyResult<Bound<'_, PyAny>> {
         }
         Outcome::Errno(errno) => Err(crate::errors::os_error(errno)),
         Outcome::Name(host, service) => Ok((host, service).into_pyobject(py)?.into_any()),
+        Outcome::Panicked(message) => Err(pyo3::panic::PanicException::new_err(message)),
     }
 }
 

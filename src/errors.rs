@@ -50,3 +50,13 @@ pub fn forked_error() -> PyErr {
          create a new one with tokioloop.new_event_loop()",
     )
 }
+
+/// A panic's message, as pyo3 puts it into the `PanicException` it raises: the `&str` or
+/// `String` the panic carried, or a generic text.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic in tokioloop".to_owned())
+}

@@ -341,6 +341,7 @@ impl Handle {
 #[pymethods]
 impl Handle {
     fn cancel(&self) {
+        crate::fault_point!("handle_cancel");
         self.cancel_and_release();
     }
 
@@ -419,6 +420,7 @@ impl TimerHandle {
 #[pymethods]
 impl TimerHandle {
     fn cancel(&self) {
+        crate::fault_point!("timer_cancel");
         if self.cancelled.swap(true, Ordering::Relaxed) || !self.scheduled.load(Ordering::Relaxed) {
             return;
         }

@@ -7,6 +7,7 @@ mod contexts;
 mod dns;
 mod errors;
 mod event_loop;
+mod fault;
 mod fs;
 mod handles;
 mod io;
@@ -34,5 +35,7 @@ fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fs::_path_stat, m)?)?;
     m.add_function(wrap_pyfunction!(fs::_path_unlink, m)?)?;
     m.add("_SENDFILE_AVAILABLE", fs::SENDFILE_AVAILABLE)?;
+    #[cfg(feature = "fault-points")]
+    m.add_function(wrap_pyfunction!(fault::_arm_fault_point, m)?)?;
     Ok(())
 }

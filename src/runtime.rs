@@ -26,6 +26,7 @@ thread_local! {
 
 fn release_gil_for_park() {
     if ARMED.with(Cell::get) {
+        crate::fault_point!("park_hook");
         // SAFETY: armed means this thread holds the GIL (see ParkGuard) and nothing Python runs
         // until the matching unpark hook restores the saved state.
         let state = unsafe { ffi::PyEval_SaveThread() };

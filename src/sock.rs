@@ -190,6 +190,7 @@ impl SockWait {
 impl SockWait {
     /// The readiness callback: one more try.
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        crate::fault_point!("sock_wait");
         if self
             .future
             .bind(py)

@@ -149,12 +149,7 @@ fn guarded(py: Python<'_>, body: impl FnOnce() -> PyResult<*mut ffi::PyObject>) 
 }
 
 fn panic_error(payload: Box<dyn Any + Send>) -> PyErr {
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic in tokioloop".to_owned());
-    PanicException::new_err(message)
+    PanicException::new_err(crate::errors::panic_message(&*payload))
 }
 
 unsafe extern "C" fn call_soon(
@@ -222,7 +217,10 @@ unsafe extern "C" fn create_future(
     unsafe {
         let py = Python::assume_attached();
         let this = Bound::from_borrowed_ptr(py, slf);
-        guarded(py, || Ok(super::tasks::new_future(&this)?.into_ptr()))
+        guarded(py, || {
+            crate::fault_point!("create_future");
+            Ok(super::tasks::new_future(&this)?.into_ptr())
+        })
     }
 }
 

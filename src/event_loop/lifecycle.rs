@@ -227,6 +227,7 @@ fn release_all(ready: VecDeque<Ready>, timers: Vec<Py<TimerHandle>>, fd_targets:
 
 impl Drop for LoopCore {
     fn drop(&mut self) {
+        crate::fault_point!("loop_drop");
         // Registrations deregister through the runtime's reactor: drop them first. Then let
         // the runtime go without blocking — this may run inside another loop's block_on.
         if self.in_other_process() {

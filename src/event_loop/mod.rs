@@ -350,6 +350,7 @@ impl LoopCore {
 
     /// Runs turns until `stop()`. The Python wrapper does asyncio's per-run bookkeeping.
     fn _run_native(slf: &Bound<'_, Self>) -> PyResult<()> {
+        crate::fault_point!("run");
         Self::run_native(slf)
     }
 

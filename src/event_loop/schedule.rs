@@ -131,6 +131,7 @@ impl LoopCore {
         args: Args,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
+        crate::fault_point!("call_soon");
         Ok(Self::schedule_ready(slf, callback, args, context, false)?.into_any())
     }
 
@@ -144,6 +145,7 @@ impl LoopCore {
         args: Args,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
+        crate::fault_point!("call_soon_threadsafe");
         let py = slf.py();
         let Some(class) = threadsafe_handle_class(py)? else {
             return Ok(Self::schedule_ready(slf, callback, args, context, true)?.into_any());

@@ -435,6 +435,7 @@ impl DatagramEngine {
         data: &Bound<'_, PyAny>,
         addr: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        crate::fault_point!("datagram_sendto");
         let py = slf.py();
         let this = slf.get();
         if !limits::is_bytes_like(data) {

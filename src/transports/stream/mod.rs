@@ -340,6 +340,7 @@ impl StreamEngine {
     /// otherwise queued and flushed when the socket is writable. (Also the TLS layer's way
     /// to send its records, called directly.)
     pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        crate::fault_point!("stream_write");
         Self::send_or_queue(slf, data)
     }
 

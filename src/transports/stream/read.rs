@@ -7,6 +7,7 @@ use super::*;
 
 impl StreamEngine {
     pub(super) fn on_readable(slf: &Bound<'_, Self>, edge: bool) -> PyResult<()> {
+        crate::fault_point!("stream_read");
         let py = slf.py();
         let this = slf.get();
         let (protocol, buffered, expect_large, sink) = {

@@ -287,6 +287,7 @@ impl TlsLayer {
 
     /// The application transport's `write`: asyncio's type check and `_write_appdata`.
     fn _app_write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        crate::fault_point!("tls_app_write");
         if !limits::is_bytes_like(data) {
             return Err(PyTypeError::new_err(format!(
                 "data: expecting a bytes-like instance, got {}",
