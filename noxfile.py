@@ -558,7 +558,7 @@ def lint(session: nox.Session) -> None:
     """The gates, every one run even when an earlier one fails, so one run shows them all:
     ``cargo fmt --check`` (rustfmt.toml's 110 columns), ``cargo clippy --all-targets -- -D
     warnings``, the Rust unit tests (``cargo test --lib``, pyo3 linked against this session's
-    CPython) and ``mypy.stubtest`` of ``_tokioloop.pyi`` against the extension built and
+    CPython), the loom model of the wake-up and ``mypy.stubtest`` of ``_tokioloop.pyi`` against the extension built and
     installed in this venv, with ``.mypy-stubtest-allowlist``. Fails if any gate failed."""
     failed = []
 
@@ -577,6 +577,11 @@ def lint(session: nox.Session) -> None:
     gate("clippy", "cargo", "clippy", "--locked", "--all-targets", "--", "-D", "warnings",
          env=rust_env)
     gate("cargo test", "cargo", "test", "--locked", "--lib", env={**rust_env, "PYO3_PYTHON": python})
+    # The loom model of the loop's wake-up (src/io/wake.rs), under loom's atomics: its own
+    # target dir, since the cfg changes every crate's build.
+    gate("loom", "cargo", "test", "--locked", "--release", "--lib", "loom",
+         env={"CARGO_TARGET_DIR": str(ROOT / "target" / "loom"), "PYO3_PYTHON": python,
+              "RUSTFLAGS": "--cfg tokioloop_loom"})
 
     try:
         session.install(".", "mypy>=2,<3", env={"CARGO_TARGET_DIR": str(TARGET)})

@@ -113,7 +113,7 @@ impl Lookups {
             }))
             .unwrap_or_else(|panic| Outcome::Panicked(crate::errors::panic_message(&*panic)));
             completions.answers.lock().push((id, outcome));
-            completions.pending.store(true, Ordering::Release);
+            completions.pending.store(true, Ordering::SeqCst);
             wake.notify();
         });
     }

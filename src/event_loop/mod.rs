@@ -141,8 +141,10 @@ impl LoopCore {
 
     fn has_work(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
-            || self.io_pending.load(Ordering::Acquire)
-            || self.dns.completions.pending.load(Ordering::Acquire)
+            // SeqCst, as the flags' stores: with `idle` (wake.rs) this is a Dekker handshake,
+            // which only SeqCst's single total order makes safe.
+            || self.io_pending.load(Ordering::SeqCst)
+            || self.dns.completions.pending.load(Ordering::SeqCst)
             || {
                 let state = self.state.lock();
                 !state.ready.is_empty() || !state.io_retries.is_empty()

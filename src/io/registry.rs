@@ -65,7 +65,7 @@ impl TaskWake for FdWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.notices.edges.lock().push((self.fd, self.id, self.direction));
-        self.notices.pending.store(true, Ordering::Release);
+        self.notices.pending.store(true, Ordering::SeqCst);
         self.notices.wake.notify();
     }
 }
@@ -316,7 +316,7 @@ impl Registry {
             // Our error watch cleared tokio's write readiness: only poll(2) knows it now.
             registration.side(direction).hot = true;
             self.hot.push((fd, direction));
-            self.notices.pending.store(true, Ordering::Release);
+            self.notices.pending.store(true, Ordering::SeqCst);
             return Ok(Ok(old));
         }
         // Readiness may predate this callback. If tokio has not seen the direction ready,
@@ -330,7 +330,7 @@ impl Registry {
         if seen_ready {
             registration.side(direction).hot = true;
             self.hot.push((fd, direction));
-            self.notices.pending.store(true, Ordering::Release);
+            self.notices.pending.store(true, Ordering::SeqCst);
         }
         Ok(Ok(old))
     }
@@ -557,7 +557,7 @@ impl Registry {
             let side = registration.side(direction);
             if still_ready && !side.hot {
                 self.hot.push((fd, direction));
-                self.notices.pending.store(true, Ordering::Release);
+                self.notices.pending.store(true, Ordering::SeqCst);
             }
             registration.side(direction).hot = still_ready;
         }
@@ -638,7 +638,7 @@ impl Registry {
             direction,
             edge: false,
         });
-        self.notices.pending.store(true, Ordering::Release);
+        self.notices.pending.store(true, Ordering::SeqCst);
     }
 
     /// Queues (as new references) the targets of every direction that is ready now into
