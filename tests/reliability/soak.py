@@ -92,6 +92,8 @@ MALLOC_BUDGET = 64 * KIB  # per 100k ops
 RSS_FRACTION = 0.05
 RSS_SLACK = 2 * MIB
 THROUGHPUT_FLOOR = 0.90
+KINDS = ("tcp", "tcp-churn", "tls", "tls-handshake", "udp", "subprocess", "timers",
+         "threadsafe", "getaddrinfo", "sendfile")
 
 
 # -- process counters ------------------------------------------------------------------------
@@ -228,8 +230,9 @@ class UdpClient(asyncio.DatagramProtocol):
 
 
 class Soak:
-    def __init__(self, loop, seed, scale, certs_dir, data_file):
+    def __init__(self, loop, seed, scale, certs_dir, data_file, kinds=KINDS):
         self.loop = loop
+        self.kinds = set(kinds)
         self.rng = random.Random(seed)
         self.scale = scale
         self.ops = collections.Counter()
@@ -273,6 +276,8 @@ class Soak:
 
     def driver(self, kind, period, unit, *args):
         """Run ``unit(*args)`` every ``period`` s of load (scaled), one at a time."""
+        if kind not in self.kinds:
+            return
         async def run():
             period_s = period / self.scale
             await asyncio.sleep(self.rng.random() * period_s)  # spread the drivers out
@@ -362,7 +367,7 @@ class Soak:
             self.driver("timers", 0.02, self.timers)
         self.driver("getaddrinfo", 0.1, self.getaddrinfo)
         self.driver("sendfile", 10.0, self.sendfile)
-        for tid in range(2):
+        for tid in range(2 if "threadsafe" in self.kinds else 0):
             t = threading.Thread(target=self.ts_thread, args=(tid,), name=f"soak-ts{tid}")
             t.start()
             self.ts_threads.append(t)
@@ -690,7 +695,7 @@ async def checkpoint(soak, load_s, reference, log):
 
 
 async def soak_main(loop, args, certs_dir, data_file, log):
-    soak = Soak(loop, args.seed, args.scale, certs_dir, data_file)
+    soak = Soak(loop, args.seed, args.scale, certs_dir, data_file, args.kinds.split(","))
     before = {"fds": fd_count(), "threads": thread_count()}
     await soak.start()
     total = args.minutes * 60
@@ -853,7 +858,7 @@ def figure(result, oracle=None):
 
 
 def run_loops(loops, minutes, seed, *, scale=1.0, checkpoint_every=60.0, sequential=False,
-              timeout=None, echo=print):
+              timeout=None, kinds=KINDS):
     """Run the soak for each loop in its own child process; return {loop: result}."""
     env = dict(os.environ, MALLOC_ARENA_MAX="2", PYTHONUNBUFFERED="1")
     procs = {}
@@ -862,7 +867,7 @@ def run_loops(loops, minutes, seed, *, scale=1.0, checkpoint_every=60.0, sequent
     def start(kind):
         argv = [sys.executable, os.path.abspath(__file__), "--child", "--loop", kind,
                 "--minutes", str(minutes), "--seed", str(seed), "--scale", str(scale),
-                "--checkpoint-every", str(checkpoint_every)]
+                "--checkpoint-every", str(checkpoint_every), "--kinds", ",".join(kinds)]
         return subprocess.Popen(argv, stdout=subprocess.PIPE, env=env, text=True)
 
     def finish(kind, proc):
@@ -905,6 +910,9 @@ def main(argv=None):
     p.add_argument("--scale", type=float, default=1.0, help="load multiplier (default 1)")
     p.add_argument("--checkpoint-every", type=float, default=60.0,
                    help="seconds of load between quiescent checkpoints after warm-up")
+    p.add_argument("--kinds", default=",".join(KINDS),
+                   help="comma-separated load kinds to run, for narrowing a finding down "
+                        "(default: all of them)")
     p.add_argument("--sequential", action="store_true", help="one loop after the other")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -917,7 +925,8 @@ def main(argv=None):
     loops = [k.strip() for k in args.loop.split(",") if k.strip()]
     print(f"soak: seed {args.seed}, {args.minutes:g} min, loops {loops}", flush=True)
     results = run_loops(loops, args.minutes, args.seed, scale=args.scale,
-                        checkpoint_every=args.checkpoint_every, sequential=args.sequential)
+                        checkpoint_every=args.checkpoint_every, sequential=args.sequential,
+                        kinds=args.kinds.split(","))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f)
