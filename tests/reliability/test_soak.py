@@ -9,7 +9,7 @@ as ``reliability figure:`` lines. Runs only with ``TOKIOLOOP_RELIABILITY=1``; ab
 of wall time, one core's worth of CPU at most (the load is paced, not flat out).
 
 The seed is fixed (``TOKIOLOOP_SOAK_SEED`` overrides it) so a failure replays with
-    python tests/reliability/soak.py --minutes 3 --checkpoint-every 40 --seed SEED
+    python tests/reliability/soak.py --minutes 3 --checkpoint-every 30 --seed SEED
 """
 
 import os
@@ -31,7 +31,7 @@ pytestmark = [
 
 SEED = int(os.environ.get("TOKIOLOOP_SOAK_SEED", "20201"))
 MINUTES = 3
-CHECKPOINT_EVERY = 40
+CHECKPOINT_EVERY = 30
 
 
 def test_soak_tokioloop_against_asyncio(capsys):
