@@ -8,9 +8,9 @@ its children, zombies included (``_proc.child_pids``). After teardown it collect
 waits up to ``SETTLE`` seconds for each to return to the starting set: a closed executor's
 threads and a just-killed child take a moment to go, and that is not a leak.
 
-What is left after that is listed in the terminal summary (``--leaks=report``, the default
-until the leaks it found are fixed), also fails the session (``--leaks=fail``) or is not looked
-at (``--leaks=off``). The check runs after pytest has dropped the test's fixture values, so an
+What is left after that is listed in the terminal summary and fails the session
+(``--leaks=fail``, the default), is only listed (``--leaks=report``) or is not looked at
+(``--leaks=off``). The check runs after pytest has dropped the test's fixture values, so an
 object the test merely still references at teardown is not counted; it cannot fail the test
 itself, which pytest has reported by then. A descriptor is named by what it
 points at and a thread by its ``comm``, so the report says what leaked, not just how much.
@@ -31,7 +31,7 @@ SETTLE = 2.0  # seconds to wait for threads, fds and children to go after teardo
 
 def pytest_addoption(parser):
     parser.addoption(
-        "--leaks", choices=("fail", "report", "off"), default="report",
+        "--leaks", choices=("fail", "report", "off"), default="fail",
         help="per-test fd/thread/child accounting: fail a leaking test, report it, or skip",
     )
 
