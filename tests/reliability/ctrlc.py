@@ -1,0 +1,748 @@
+"""Ctrl+C under load: random-time SIGINT trials against a child running ``asyncio.Runner``.
+
+Contract
+--------
+The parent spawns a child (this file with ``--child``) that runs ``asyncio.Runner(loop_factory=...)``
+sessions over one workload, and sends it exactly one SIGINT per trial at a random moment. The child
+writes one JSON line per session saying what it saw, with ``CLOCK_MONOTONIC`` timestamps (the clock
+is system-wide, so the parent's send time and the child's times are comparable):
+
+* ``cancel``: when ``main()`` saw ``CancelledError``;
+* ``exit``: when ``KeyboardInterrupt`` had left the Runner (after ``Runner.close()``);
+* ``finally``: whether ``main()``'s ``finally`` ran; ``where``: where KeyboardInterrupt came out
+  (``run``, ``close``, ``early`` = before ``main()`` started, or absent).
+
+Shapes:
+
+* ``in-process``: one child runs many Runner sessions; per trial the parent waits for ``READY``
+  (the workload is running), sleeps U(0, ``--max-delay``) and sends SIGINT.
+* ``fresh``: one child per trial, one session; the parent sends SIGINT at U(0, 1.25 x the median
+  spawn-to-READY time seen so far), so some signals land in interpreter start-up, ``import``,
+  loop creation, Runner set-up or workload set-up, and the rest in the running workload.
+
+Workloads (``--workload``): ``idle`` (a long sleep), ``busy`` (10k ready callbacks every turn),
+``tcp`` (echo at full rate over 4 connections), ``tls`` (back-to-back TLS handshakes, 4 clients),
+``executor`` (``run_in_executor`` of 20 ms blocking sleeps), ``subprocess`` (spawn and wait for
+short-lived children), ``sendall`` (a 64 MiB ``sock_sendall`` to a reader thread that drains
+slowly). ``--load N`` busy processes (default 2, one per core here) spin for the whole run.
+
+A trial is a **miss** when (1) the child did not exit the Runner within ``--deadline`` (1 s) plus
+the longest single callback the child measured, after the signal; (2) it crashed: killed by a
+signal other than an early SIGINT, or stderr shows ``Fatal Python error``, ``PanicException``,
+``panicked at``, ``SystemError`` or ``Segmentation fault``; (3) the signal was swallowed: no
+KeyboardInterrupt came out although ``main()`` had started; (4) ``main()`` started but its
+``finally`` did not run; (5) the exit status or the child's report was unexpected (an exception
+other than KeyboardInterrupt, a traceback on stderr, no report). KeyboardInterrupt surfacing from
+``Runner.close()`` is not a miss when (2)-(4) hold: asyncio has the same window. A signal that lands
+before ``main()`` started (import, loop creation) must still end the child with KeyboardInterrupt.
+
+The figure line::
+
+    reliability figure: ctrlc LOOP WORKLOAD: M/N misses (in-process A, fresh B), exit latency
+    p50 X ms p99 Y ms max Z ms, cancel latency p50 ...
+
+Latency is *reported*; the only bound on it is the miss deadline above (1 s: Ctrl+C that takes a
+second under full load is what a user calls ignored; asyncio's own p99 here is tens of ms).
+
+Usage::
+
+    python tests/reliability/ctrlc.py --help
+    # CI form (what test_ctrlc.py runs per loop and workload):
+    python tests/reliability/ctrlc.py --loop tokioloop --workload all --trials 40 --fresh 8
+    # long form (issue 20): 1000 trials per workload and loop, asyncio and uvloop alongside
+    python tests/reliability/ctrlc.py --loop tokioloop,asyncio,uvloop --workload all \\
+        --trials 1000 --fresh 100
+
+Exit status 0 when every loop scored 0 misses, 1 otherwise. Only 127.0.0.1 is used.
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+WORKLOADS = ("idle", "busy", "tcp", "tls", "executor", "subprocess", "sendall")
+LOOPS = ("tokioloop", "asyncio", "uvloop")
+CRASH_MARKERS = ("Fatal Python error", "PanicException", "panicked at", "SystemError",
+                 "Segmentation fault", "core dumped")
+HANG_TIMEOUT = 15.0  # after this the child is declared hung, its stacks dumped, and killed
+READY_TIMEOUT = 60.0
+
+
+def now():
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+# --------------------------------------------------------------------------------------------
+# Child side
+# --------------------------------------------------------------------------------------------
+
+_state = {"phase": "start"}
+
+
+def _emit(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _loop_factory(kind):
+    if kind == "tokioloop":
+        import tokioloop
+        return tokioloop.new_event_loop
+    if kind == "uvloop":
+        import uvloop
+        return uvloop.new_event_loop
+    import asyncio
+    return asyncio.new_event_loop
+
+
+class _Busy:
+    """10k callbacks ready on every turn; each re-schedules itself. One of them (``spin``) burns
+    about 1 ms of CPU so that 'the longest callback' is a real, measured figure."""
+
+    def __init__(self, loop, width=10_000):
+        self.loop = loop
+        self.width = width
+        self.stopped = False
+        self.maxcb = 0.0
+        self.turns = 0
+
+    def start(self):
+        for _ in range(self.width - 1):
+            self.loop.call_soon(self.tick)
+        self.loop.call_soon(self.spin)
+
+    def tick(self):
+        if not self.stopped:
+            self.loop.call_soon(self.tick)
+
+    def spin(self):
+        t0 = time.perf_counter()
+        end = t0 + 0.001
+        while time.perf_counter() < end:
+            pass
+        self.turns += 1
+        self.maxcb = max(self.maxcb, time.perf_counter() - t0)
+        if not self.stopped:
+            self.loop.call_soon(self.spin)
+
+
+async def _workload(name, certdir, ready, cleanups):
+    """Start ``name``, call ``ready()`` once it runs, then await forever (until cancelled).
+    ``cleanups`` collects callables/coroutines main's finally runs to stop it."""
+    import asyncio
+    import socket
+    import threading
+
+    loop = asyncio.get_running_loop()
+    if name == "idle":
+        ready()
+        await asyncio.sleep(3600)
+    elif name == "busy":
+        busy = _Busy(loop)
+        cleanups.append(lambda: setattr(busy, "stopped", True))
+        _state["busy"] = busy
+        busy.start()
+        await asyncio.sleep(0)
+        ready()
+        await loop.create_future()
+    elif name == "tcp":
+        class Echo(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def data_received(self, data):
+                self.transport.write(data)
+
+        class Pump(asyncio.Protocol):
+            chunk = b"x" * 65536
+
+            def connection_made(self, transport):
+                self.transport = transport
+                transport.write(self.chunk * 4)
+
+            def data_received(self, data):
+                self.transport.write(data)
+
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        cleanups.append(server.close)
+        port = server.sockets[0].getsockname()[1]
+        for _ in range(4):
+            tr, _ = await loop.create_connection(Pump, "127.0.0.1", port)
+            cleanups.append(tr.abort)
+        ready()
+        await loop.create_future()
+    elif name == "tls":
+        import ssl
+        sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        sctx.load_cert_chain(os.path.join(certdir, "cert.pem"), os.path.join(certdir, "key.pem"))
+        cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        cctx.load_verify_locations(os.path.join(certdir, "cert.pem"))
+
+        async def handle(reader, writer):
+            try:
+                writer.write(await reader.readexactly(1))
+                await writer.drain()
+            except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=sctx)
+        cleanups.append(server.close)
+        port = server.sockets[0].getsockname()[1]
+
+        async def client():
+            while True:
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", port, ssl=cctx, server_hostname="127.0.0.1")
+                try:
+                    writer.write(b"!")
+                    assert await reader.readexactly(1) == b"!"
+                finally:
+                    writer.transport.abort()
+
+        tasks = [asyncio.ensure_future(client()) for _ in range(4)]
+        cleanups.extend(t.cancel for t in tasks)
+        ready()
+        await asyncio.gather(*tasks)
+    elif name == "executor":
+        ready()
+        while True:
+            await loop.run_in_executor(None, time.sleep, 0.02)
+    elif name == "subprocess":
+        ready()
+        while True:
+            proc = await asyncio.create_subprocess_exec("/bin/sleep", "0.03")
+            cleanups.append(proc.wait)  # cleanups run last-first: kill, then wait
+            cleanups.append(lambda p=proc: p.returncode is None and p.kill())
+            await proc.wait()
+            del cleanups[-2:]
+    elif name == "sendall":
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(1)
+        wsock = socket.socket()
+        wsock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        wsock.connect(lsock.getsockname())
+        rsock, _ = lsock.accept()
+        lsock.close()
+        rsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        wsock.setblocking(False)
+
+        def slow_reader():
+            try:
+                while rsock.recv(16384):
+                    time.sleep(0.001)
+            except OSError:
+                pass
+
+        reader = threading.Thread(target=slow_reader, daemon=True)
+        reader.start()
+
+        def stop():
+            # Shut the reader's side down (not just close ours: a loop may still hold the
+            # writer's fd), so its recv returns at once whatever the loop did with wsock.
+            try:
+                rsock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            reader.join(5)
+            rsock.close()
+            wsock.close()
+
+        cleanups.append(stop)
+        payload = b"s" * (64 << 20)
+        ready()
+        while True:
+            await loop.sock_sendall(wsock, payload)
+    else:
+        raise ValueError(name)
+
+
+def _session(index, kind, workload, certdir):
+    import asyncio
+    rec = {"i": index, "main_started": False, "ready": False, "cancel": None,
+           "finally": False, "where": None, "error": None}
+
+    async def main():
+        rec["main_started"] = True
+        cleanups = []
+
+        def ready():
+            rec["ready"] = True
+            _emit({"ready": index})
+
+        try:
+            await _workload(workload, certdir, ready, cleanups)
+        except asyncio.CancelledError:
+            rec["cancel"] = now()
+            raise
+        finally:
+            for step in reversed(cleanups):
+                res = step()
+                if asyncio.iscoroutine(res):
+                    await res
+            rec["finally"] = True
+
+    _state["phase"] = "runner"
+    factory = _loop_factory(kind)
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            _state["phase"] = "run"
+            try:
+                runner.run(main())
+            except KeyboardInterrupt:
+                rec["where"] = "run" if rec["main_started"] else "early"
+            _state["phase"] = "close"
+    except KeyboardInterrupt:
+        rec["where"] = rec["where"] or ("close" if _state["phase"] == "close" else "early")
+    except BaseException as exc:  # reported, then the parent counts a miss
+        rec["error"] = repr(exc)
+    rec["exit"] = now()
+    busy = _state.pop("busy", None)
+    rec["maxcb"] = busy.maxcb if busy else 0.0
+    return rec
+
+
+def child_main(args):
+    import faulthandler
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    rec = None
+    try:
+        _state["phase"] = "import"
+        import asyncio  # noqa: F401  (timed in the window the fresh shape aims at)
+        _loop_factory(args.loop)
+        _emit({"started": True})
+        for index in range(args.sessions):
+            rec = None
+            rec = _session(index, args.loop, args.workload, args.certdir)
+            _emit({"result": rec})
+    except KeyboardInterrupt:
+        _emit({"result": {"i": -1, "where": "early", "phase": _state["phase"], "exit": now(),
+                          "main_started": False, "finally": False, "cancel": None,
+                          "error": None, "maxcb": 0.0}})
+    _emit({"done": True})
+
+
+# --------------------------------------------------------------------------------------------
+# Parent side
+# --------------------------------------------------------------------------------------------
+
+def make_cert(directory):
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj",
+         "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+        cwd=directory, check=True, capture_output=True, timeout=60)
+
+
+class CpuLoad:
+    """``n`` processes spinning in a Python loop for as long as the context lasts."""
+
+    def __init__(self, n):
+        self.n = n
+        self.procs = []
+
+    def __enter__(self):
+        for _ in range(self.n):
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL))
+        return self
+
+    def __exit__(self, *exc):
+        for proc in self.procs:
+            proc.kill()
+        for proc in self.procs:
+            proc.wait()
+        self.procs = []
+
+
+class Child:
+    """One child process and a line reader over its stdout (stderr goes to a temp file)."""
+
+    def __init__(self, loop, workload, sessions, certdir):
+        self.err = tempfile.TemporaryFile()
+        self.spawned = now()
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--child", "--loop", loop,
+             "--workload", workload, "--sessions", str(sessions), "--certdir", certdir],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.err,
+            env=_child_env())
+        self.buf = b""
+
+    def line(self, timeout):
+        """The next stdout line as a dict; None on timeout; {"eof": True} at EOF."""
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return {"eof": True}
+            self.buf += chunk
+        raw, self.buf = self.buf.split(b"\n", 1)
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return {"garbage": raw.decode(errors="replace")}
+
+    def finish(self, timeout=HANG_TIMEOUT):
+        """Wait for exit (killing after ``timeout``); return (returncode, stderr text, killed)."""
+        killed = False
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            killed = True
+            self.dump_and_kill()
+        self.proc.stdout.close()
+        self.err.seek(0)
+        text = self.err.read().decode(errors="replace")
+        self.err.close()
+        return self.proc.returncode, text, killed
+
+    def dump_and_kill(self):
+        try:
+            self.proc.send_signal(signal.SIGUSR1)  # faulthandler: all stacks to stderr
+            time.sleep(0.5)
+        except ProcessLookupError:
+            pass
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _child_env():
+    env = dict(os.environ)
+    for var in ("PYTHONASYNCIODEBUG", "PYTHONDEVMODE", "PYTHONWARNINGS"):
+        env.pop(var, None)
+    return env
+
+
+# CPython's own start-up: a SIGINT while ``site`` is imported is fatal by design (init_import_site
+# fails, exit status 1), before any code of ours or of the loop under test has run.
+_STARTUP_FATAL = "Fatal Python error: init_import_site"
+
+
+# A race asyncio shares (CPython's selector loop has it in _sock_connect_cb, _sock_recv, ...): a
+# reader/writer callback checks ``fut.done()``, does the syscall, then ``fut.set_result()``; when
+# SIGINT arrives in between, Runner's handler cancels main and with it ``fut``, and set_result
+# raises InvalidStateError, which the loop logs ("Exception in callback"). Counted and reported
+# separately ("shared races"), not a miss: the same trials on asyncio can log it too.
+_SHARED_RACE = re.compile(
+    r"Exception in callback [^\n]*\nhandle: [^\n]*\nTraceback \(most recent call last\):\n"
+    r"(?:[ \t][^\n]*\n)*asyncio\.exceptions\.InvalidStateError: invalid state\n?")
+
+
+def stderr_problems(text, early_sigint_ok=False):
+    """What in child stderr makes a miss: crash markers or any traceback. With
+    ``early_sigint_ok`` (the child had not started our code), a traceback ending in
+    KeyboardInterrupt is the expected outcome, and so is CPython's start-up fatal error."""
+    lines = text.rstrip().splitlines()
+    ends_in_kbi = lines[-1:] == ["KeyboardInterrupt"]
+    if early_sigint_ok and ends_in_kbi and lines and lines[0].startswith(_STARTUP_FATAL):
+        return [m for m in CRASH_MARKERS if m in "\n".join(lines[1:])]
+    problems = [m for m in CRASH_MARKERS if m in text]
+    if "Traceback" in text and not (early_sigint_ok and ends_in_kbi):
+        problems.append("traceback")
+    return problems
+
+
+class Tally:
+    def __init__(self, loop, workload):
+        self.loop = loop
+        self.workload = workload
+        self.trials = {"in-process": 0, "fresh": 0}
+        self.misses = []          # (shape, reason, detail)
+        self.exit_lat = []
+        self.cancel_lat = []
+        self.where = {}
+        self.maxcb = 0.0
+        self.shared_races = []  # logged stderr blocks of the race asyncio shares
+
+    def strip_shared(self, err):
+        """Take the shared-race blocks out of child stderr ``err`` (counted); return the rest."""
+        self.shared_races.extend(_SHARED_RACE.findall(err))
+        return _SHARED_RACE.sub("", err)
+
+    def add(self, shape, t_sig, rec, reason=None, detail=""):
+        self.trials[shape] += 1
+        if rec is not None:
+            where = rec.get("where") or "none"
+            self.where[where] = self.where.get(where, 0) + 1
+            if rec.get("exit") is not None and t_sig is not None:
+                self.exit_lat.append(rec["exit"] - t_sig)
+            if rec.get("cancel") is not None and t_sig is not None:
+                self.cancel_lat.append(rec["cancel"] - t_sig)
+            self.maxcb = max(self.maxcb, rec.get("maxcb") or 0.0)
+        if reason:
+            self.misses.append((shape, reason, detail))
+
+    def add_child_problem(self, shape, reason, detail):
+        """A problem seen only when a child ended (stderr, exit status): one miss, no trial."""
+        self.misses.append((shape, reason, detail))
+
+    @property
+    def total(self):
+        return sum(self.trials.values())
+
+    def figure(self):
+        def pct(values):
+            if not values:
+                return "n/a"
+            s = sorted(values)
+            p50 = statistics.median(s) * 1e3
+            p99 = s[min(len(s) - 1, int(round(0.99 * (len(s) - 1))))] * 1e3
+            return f"p50 {p50:.1f} ms p99 {p99:.1f} ms max {s[-1] * 1e3:.1f} ms"
+        where = ", ".join(f"{k} {v}" for k, v in sorted(self.where.items()))
+        return (f"reliability figure: ctrlc {self.loop} {self.workload}: "
+                f"{len(self.misses)}/{self.total} misses "
+                f"(in-process {self.trials['in-process']}, fresh {self.trials['fresh']}), "
+                f"exit latency {pct(self.exit_lat)}, cancel latency {pct(self.cancel_lat)}; "
+                f"KeyboardInterrupt from: {where}; "
+                f"shared-with-asyncio races logged: {len(self.shared_races)}")
+
+
+def classify(rec, t_sig, deadline, maxcb):
+    """The miss reason for one trial's child report, or None."""
+    if rec.get("error"):
+        return "unexpected exception", rec["error"]
+    started = rec.get("main_started")
+    if started and not rec.get("finally"):
+        return "finally not run", ""
+    if not rec.get("where"):
+        return "swallowed", "no KeyboardInterrupt"
+    if rec.get("exit") is not None and rec["exit"] - t_sig > deadline + maxcb:
+        return "slow exit", f"{(rec['exit'] - t_sig) * 1e3:.0f} ms"
+    return None
+
+
+def run_in_process(tally, trials, sessions, max_delay, deadline, certdir, rng, log):
+    done = 0
+    while done < trials:
+        batch = min(sessions, trials - done)
+        child = Child(tally.loop, tally.workload, batch, certdir)
+        first = child.line(READY_TIMEOUT)
+        if not first or first.get("started") is not True:
+            rc, err, _ = child.finish()
+            tally.add("in-process", None, None, "child failed to start",
+                      f"{first} rc={rc} {err[-400:]}")
+            done += 1
+            continue
+        alive = True
+        for _ in range(batch):
+            msg = child.line(READY_TIMEOUT)
+            if not msg or "ready" not in msg:
+                tally.add("in-process", None, None, "no READY", f"{msg}")
+                done += 1
+                alive = False
+                break
+            time.sleep(rng.uniform(0, max_delay))
+            t_sig = now()
+            child.proc.send_signal(signal.SIGINT)
+            msg = child.line(HANG_TIMEOUT)
+            done += 1
+            if msg is None:
+                child.dump_and_kill()
+                tally.add("in-process", t_sig, None, "no exit (hang)",
+                          f"no report within {HANG_TIMEOUT} s")
+                alive = False
+                break
+            if "result" not in msg:
+                tally.add("in-process", t_sig, None, "no report", f"{msg}")
+                alive = False
+                break
+            rec = msg["result"]
+            reason = classify(rec, t_sig, deadline, rec.get("maxcb") or 0.0)
+            if not reason and rec.get("where") == "early":
+                reason = ("swallowed", "main did not start although READY was printed")
+            tally.add("in-process", t_sig, rec, *(reason or (None,)))
+            if reason:
+                log(f"  miss: {tally.loop} {tally.workload} in-process: {reason}")
+        if alive:
+            msg = child.line(HANG_TIMEOUT)
+            if not msg or not msg.get("done"):
+                tally.add_child_problem("in-process", "no DONE", f"{msg}")
+        rc, err, killed = child.finish()
+        err = tally.strip_shared(err)
+        problems = stderr_problems(err)
+        if rc != 0 and not killed and alive:
+            tally.add_child_problem("in-process", "exit status", f"rc={rc} {err[-600:]}")
+        elif problems:
+            tally.add_child_problem("in-process", "crash/stderr: " + ",".join(problems),
+                                    err[-1500:])
+        if killed or problems or rc != 0:
+            log(f"  child ended badly: rc={rc} killed={killed} stderr tail:\n{err[-1500:]}")
+
+
+def run_fresh(tally, trials, deadline, certdir, rng, log):
+    ready_times = []
+    for n in range(trials):
+        # The first trial fires right after READY and measures spawn-to-READY; later ones fire
+        # at U(0, 1.5 x the median of that), so about a third land in the running workload.
+        horizon = 1.5 * statistics.median(ready_times) if ready_times else READY_TIMEOUT
+        delay = rng.uniform(0, horizon) if ready_times else READY_TIMEOUT
+        child = Child(tally.loop, tally.workload, 1, certdir)
+        target = child.spawned + delay
+        # Read whatever the child says until the moment to fire, noting READY's time.
+        seen = []
+        while True:
+            left = target - now()
+            if left <= 0:
+                break
+            msg = child.line(left)
+            if msg is None:
+                break
+            seen.append(msg)
+            if "ready" in msg:
+                ready_times.append(now() - child.spawned)
+                if not n:
+                    break
+            if "eof" in msg:
+                break
+        t_sig = now()
+        try:
+            child.proc.send_signal(signal.SIGINT)
+        except ProcessLookupError:
+            pass
+        rec = None
+        reason = None
+        while True:
+            msg = child.line(HANG_TIMEOUT)
+            if msg is None:
+                reason = ("no exit (hang)", f"no report within {HANG_TIMEOUT} s")
+                child.dump_and_kill()
+                break
+            seen.append(msg)
+            if "ready" in msg and not any("ready" in m for m in seen[:-1]):
+                ready_times.append(now() - child.spawned)
+            if "result" in msg:
+                rec = msg["result"]
+            if "eof" in msg or "done" in msg:
+                break
+        rc, err, killed = child.finish()
+        err = tally.strip_shared(err)
+        got_ready = any("ready" in m for m in seen)
+        if reason is None and not killed:
+            if rec is None:
+                # No report: only a SIGINT before the child's Python code could catch it is fine.
+                if got_ready:
+                    reason = ("no report", f"rc={rc}")
+                elif rc not in (-signal.SIGINT, 1, 130):
+                    reason = ("exit status", f"rc={rc}")
+                elif stderr_problems(err, early_sigint_ok=True):
+                    reason = ("crash/stderr", err[-1500:])
+                elif rc == 1 and "KeyboardInterrupt" not in err:
+                    reason = ("exit status", f"rc=1 without KeyboardInterrupt: {err[-600:]}")
+                if reason is None:
+                    rec = {"where": "early", "exit": None, "maxcb": 0.0}
+            else:
+                reason = classify(rec, t_sig, deadline, rec.get("maxcb") or 0.0)
+                if reason is None and rc != 0:
+                    reason = ("exit status", f"rc={rc}")
+                problems = stderr_problems(err)
+                if reason is None and problems:
+                    reason = ("crash/stderr: " + ",".join(problems), err[-1500:])
+        elif reason is None:
+            reason = ("no exit (hang)", "child did not exit")
+        tally.add("fresh", t_sig, rec, *(reason or (None,)))
+        if reason:
+            log(f"  miss: {tally.loop} {tally.workload} fresh: {reason[0]} {reason[1][:2000]}")
+
+
+def run_trials(loop, workload, trials, fresh, *, sessions=100, max_delay=0.1, deadline=1.0,
+               seed=None, certdir=None, log=print):
+    """Run ``trials`` in-process and ``fresh`` fresh-process trials; return the Tally.
+    The caller provides the CPU load (``CpuLoad``) and, for ``tls``, ``certdir`` (``make_cert``)."""
+    rng = random.Random(seed)
+    tally = Tally(loop, workload)
+    if trials:
+        run_in_process(tally, trials, sessions, max_delay, deadline, certdir or "", rng, log)
+    if fresh:
+        run_fresh(tally, fresh, deadline, certdir or "", rng, log)
+    return tally
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(
+        description="Random-time SIGINT trials against asyncio.Runner under CPU load "
+                    "(issue 20 item 5). Prints one 'reliability figure:' line per loop and "
+                    "workload; exit status 1 if any trial missed.")
+    p.add_argument("--loop", default="tokioloop",
+                   help="comma-separated: " + ",".join(LOOPS) + " (default tokioloop)")
+    p.add_argument("--workload", default="all",
+                   help="comma-separated: " + ",".join(WORKLOADS) + ", or all (default)")
+    p.add_argument("--trials", type=int, default=100,
+                   help="in-process trials per loop and workload (default 100)")
+    p.add_argument("--fresh", type=int, default=None,
+                   help="fresh-process trials per loop and workload (default trials/10)")
+    p.add_argument("--sessions", type=int, default=100,
+                   help="Runner sessions per in-process child (default 100)")
+    p.add_argument("--max-delay", type=float, default=0.1,
+                   help="in-process: SIGINT at U(0, this) s after READY (default 0.1)")
+    p.add_argument("--deadline", type=float, default=1.0,
+                   help="miss if the Runner is not left this many s (+ the longest callback) "
+                        "after SIGINT (default 1.0)")
+    p.add_argument("--load", type=int, default=2, help="busy processes (default 2)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--certdir", default="", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        args.sessions = args.sessions
+        return args
+    args.loops = [x for x in args.loop.split(",") if x]
+    args.workloads = list(WORKLOADS) if args.workload == "all" else args.workload.split(",")
+    for x in args.loops:
+        if x not in LOOPS:
+            p.error(f"unknown loop {x!r}")
+    for x in args.workloads:
+        if x not in WORKLOADS:
+            p.error(f"unknown workload {x!r}")
+    if args.fresh is None:
+        args.fresh = max(1, args.trials // 10)
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
+    if args.child:
+        child_main(args)
+        return 0
+    if sys.version_info < (3, 11):
+        print("ctrlc: asyncio.Runner(loop_factory=...) needs Python 3.11+", file=sys.stderr)
+        return 2
+    seed = args.seed if args.seed is not None else random.randrange(1 << 32)
+    print(f"ctrlc: seed {seed}, load {args.load}, loops {args.loops}, workloads "
+          f"{args.workloads}, {args.trials} in-process + {args.fresh} fresh trials each",
+          flush=True)
+    bad = 0
+    with tempfile.TemporaryDirectory() as certdir, CpuLoad(args.load):
+        make_cert(certdir)
+        for workload in args.workloads:
+            for loop in args.loops:
+                tally = run_trials(loop, workload, args.trials, args.fresh,
+                                   sessions=args.sessions, max_delay=args.max_delay,
+                                   deadline=args.deadline, seed=seed, certdir=certdir,
+                                   log=lambda s: print(s, flush=True))
+                print(tally.figure(), flush=True)
+                for shape, reason, detail in tally.misses[:5]:
+                    print(f"  {shape}: {reason}: {detail[:300]}", flush=True)
+                bad += bool(tally.misses)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
