@@ -62,6 +62,7 @@ import os
 import random
 import re
 import select
+import shutil
 import signal
 import statistics
 import subprocess
@@ -279,7 +280,15 @@ def _session(index, kind, workload, certdir):
 
         def ready():
             rec["ready"] = True
-            _emit({"ready": index})
+            # For a hang's diagnosis: the wakeup fd CPython writes signal numbers to, and the
+            # loop's self-pipe ends where it has them (tokioloop, asyncio). Read before the
+            # parent may signal, so swapping the wakeup fd out and back races nothing.
+            wakeup = signal.set_wakeup_fd(-1)
+            signal.set_wakeup_fd(wakeup)
+            loop = asyncio.get_running_loop()
+            pipe = [getattr(getattr(loop, name, None), "fileno", lambda: None)()
+                    for name in ("_ssock", "_csock")]
+            _emit({"ready": index, "wakeup_fd": wakeup, "self_pipe": pipe})
 
         try:
             await _workload(workload, certdir, ready, cleanups)
@@ -313,9 +322,27 @@ def _session(index, kind, workload, certdir):
     return rec
 
 
+def _probe(signum, frame):
+    """SIGUSR2 (sent only to a hung child): report the signal plumbing. That this runs at all
+    says the loop still wakes for signals; what it says tells why SIGINT did nothing."""
+    import asyncio
+    wakeup = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup)
+    loop = asyncio._get_running_loop()
+    info = {"sigint_handler": repr(signal.getsignal(signal.SIGINT)), "wakeup_fd": wakeup,
+            "loop": repr(loop), "phase": _state["phase"]}
+    if loop is not None:
+        info["self_pipe"] = [getattr(getattr(loop, n, None), "fileno", lambda: None)()
+                             for n in ("_ssock", "_csock")]
+        info["tasks"] = [repr(t) + f" cancelling={t.cancelling()}"
+                         for t in asyncio.all_tasks(loop)]
+    _emit({"probe": info})
+
+
 def child_main(args):
     import faulthandler
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    signal.signal(signal.SIGUSR2, _probe)
     rec = None
     try:
         _state["phase"] = "import"
@@ -345,6 +372,16 @@ def make_cert(directory):
         cwd=directory, check=True, capture_output=True, timeout=60)
 
 
+# Spin until the parent is gone (so a killed run leaves no spinner behind).
+_SPIN = """
+import os, sys
+parent = int(sys.argv[1])
+while os.getppid() == parent:
+    for _ in range(200_000):
+        pass
+"""
+
+
 class CpuLoad:
     """``n`` processes spinning in a Python loop for as long as the context lasts."""
 
@@ -355,7 +392,7 @@ class CpuLoad:
     def __enter__(self):
         for _ in range(self.n):
             self.procs.append(subprocess.Popen(
-                [sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL))
+                [sys.executable, "-c", _SPIN, str(os.getpid())], stdin=subprocess.DEVNULL))
         return self
 
     def __exit__(self, *exc):
@@ -378,6 +415,7 @@ class Child:
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.err,
             env=_child_env())
         self.buf = b""
+        self.last_ready = {}
 
     def line(self, timeout):
         """The next stdout line as a dict; None on timeout; {"eof": True} at EOF."""
@@ -396,7 +434,10 @@ class Child:
             self.buf += chunk
         raw, self.buf = self.buf.split(b"\n", 1)
         try:
-            return json.loads(raw)
+            msg = json.loads(raw)
+            if "ready" in msg:
+                self.last_ready = msg
+            return msg
         except ValueError:
             return {"garbage": raw.decode(errors="replace")}
 
@@ -415,13 +456,74 @@ class Child:
         return self.proc.returncode, text, killed
 
     def dump_and_kill(self):
+        """A hung child: say what it was doing, then kill it. Returns the diagnosis: process
+        state and CPU used over 0.5 s (parked or spinning), the native stacks (gdb, if
+        installed), whether a second SIGINT released it, and Python stacks (faulthandler,
+        in the child's stderr)."""
+        notes = []
+        pid = self.proc.pid
         try:
+            before = _cpu_ticks(pid)
+            time.sleep(0.5)
+            state, after = _proc_state(pid), _cpu_ticks(pid)
+            notes.append(f"state {state}, {after - before} CPU ticks in 0.5 s")
+        except OSError:
+            pass
+        notes.append(f"at READY: wakeup fd {self.last_ready.get('wakeup_fd')}, self-pipe "
+                     f"(read, write) {self.last_ready.get('self_pipe')}")
+        notes.append("epoll registrations: " + _epoll_fds(pid))
+        if os.environ.get("CTRLC_GDB", "1") != "0" and shutil.which("gdb"):
+            try:
+                out = subprocess.run(
+                    ["gdb", "-p", str(pid), "-batch", "-nx", "-ex", "thread apply all bt 25"],
+                    capture_output=True, text=True, timeout=60).stdout
+                keep = [ln for ln in out.splitlines() if ln.startswith(("#", "Thread"))]
+                notes.append("native stacks:\n" + "\n".join(keep[:120]))
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        try:
+            self.proc.send_signal(signal.SIGINT)
+            msg = self.line(3.0)
+            notes.append(f"second SIGINT -> {msg}")
+            if msg is None:
+                self.proc.send_signal(signal.SIGUSR2)
+                notes.append(f"SIGUSR2 probe -> {self.line(3.0)}")
             self.proc.send_signal(signal.SIGUSR1)  # faulthandler: all stacks to stderr
             time.sleep(0.5)
         except ProcessLookupError:
             pass
         self.proc.kill()
         self.proc.wait()
+        return "; ".join(notes)
+
+
+def _cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _proc_state(pid):
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()[0].decode()
+
+
+def _epoll_fds(pid):
+    """Each epoll fd of ``pid`` and the fds registered in it, with their event masks."""
+    out = []
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{name}") != "anon_inode:[eventpoll]":
+                    continue
+                with open(f"/proc/{pid}/fdinfo/{name}") as f:
+                    regs = [" ".join(ln.split()[:4]) for ln in f if ln.startswith("tfd:")]
+                out.append(f"epfd {name}: " + ", ".join(regs))
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return "; ".join(out) or "none found"
 
 
 def _child_env():
@@ -555,9 +657,10 @@ def run_in_process(tally, trials, sessions, max_delay, deadline, certdir, rng, l
             msg = child.line(HANG_TIMEOUT)
             done += 1
             if msg is None:
-                child.dump_and_kill()
+                diagnosis = child.dump_and_kill()
                 tally.add("in-process", t_sig, None, "no exit (hang)",
-                          f"no report within {HANG_TIMEOUT} s")
+                          f"no report within {HANG_TIMEOUT} s; {diagnosis}")
+                log(f"  miss: {tally.loop} {tally.workload} in-process: hang: {diagnosis}")
                 alive = False
                 break
             if "result" not in msg:
@@ -622,8 +725,8 @@ def run_fresh(tally, trials, deadline, certdir, rng, log):
         while True:
             msg = child.line(HANG_TIMEOUT)
             if msg is None:
-                reason = ("no exit (hang)", f"no report within {HANG_TIMEOUT} s")
-                child.dump_and_kill()
+                diagnosis = child.dump_and_kill()
+                reason = ("no exit (hang)", f"no report within {HANG_TIMEOUT} s; {diagnosis}")
                 break
             seen.append(msg)
             if "ready" in msg and not any("ready" in m for m in seen[:-1]):
