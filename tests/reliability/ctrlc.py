@@ -36,6 +36,13 @@ other than KeyboardInterrupt, a traceback on stderr, no report). KeyboardInterru
 ``Runner.close()`` is not a miss when (2)-(4) hold: asyncio has the same window. A signal that lands
 before ``main()`` started (import, loop creation) must still end the child with KeyboardInterrupt.
 
+A hung child (no report ``HANG_TIMEOUT`` s after the signal) is diagnosed before it is killed:
+its state and CPU use (parked or spinning), its epoll registrations, native stacks (gdb, when
+installed; ``CTRLC_GDB=0`` skips), whether a second SIGINT releases it, a SIGUSR2 probe of the
+signal plumbing (SIGINT's Python handler, the wakeup fd, the loop's self-pipe, its tasks: an
+answer means the loop still wakes for signals) and faulthandler's Python stacks.
+``CTRLC_READY_PROBE=1`` also reports the wakeup fd at each READY (it swaps the fd out and back).
+
 The figure line::
 
     reliability figure: ctrlc LOOP WORKLOAD: M/N misses (in-process A, fresh B), exit latency
@@ -74,6 +81,9 @@ WORKLOADS = ("idle", "busy", "tcp", "tls", "executor", "subprocess", "sendall")
 LOOPS = ("tokioloop", "asyncio", "uvloop")
 CRASH_MARKERS = ("Fatal Python error", "PanicException", "panicked at", "SystemError",
                  "Segmentation fault", "core dumped")
+# Read the wakeup fd at READY (by swapping it out and back): off by default, since with it
+# the tokioloop idle hang found on 2026-12-07 no longer showed (0/3000 against ~1.5 %).
+READY_PROBE = os.environ.get("CTRLC_READY_PROBE") == "1"
 HANG_TIMEOUT = 15.0  # after this the child is declared hung, its stacks dumped, and killed
 READY_TIMEOUT = 60.0
 
@@ -283,6 +293,9 @@ def _session(index, kind, workload, certdir):
             # For a hang's diagnosis: the wakeup fd CPython writes signal numbers to, and the
             # loop's self-pipe ends where it has them (tokioloop, asyncio). Read before the
             # parent may signal, so swapping the wakeup fd out and back races nothing.
+            if not READY_PROBE:
+                _emit({"ready": index})
+                return
             wakeup = signal.set_wakeup_fd(-1)
             signal.set_wakeup_fd(wakeup)
             loop = asyncio.get_running_loop()
@@ -343,6 +356,10 @@ def child_main(args):
     import faulthandler
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     signal.signal(signal.SIGUSR2, _probe)
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        # A harness error, never the loop's: the parent failed to give us a catchable SIGINT.
+        _emit({"harness_error": f"SIGINT handler at start: {signal.getsignal(signal.SIGINT)!r}"})
+        return
     rec = None
     try:
         _state["phase"] = "import"
@@ -403,10 +420,24 @@ class CpuLoad:
         self.procs = []
 
 
+def sigint_catchable_by_children():
+    """Make sure children start with SIGINT at its default disposition.
+
+    A process started in the background by a shell without job control (``cmd &`` in a script,
+    nohup, some CI runners) inherits SIGINT *ignored*; exec keeps an ignored signal ignored, so
+    every child would too, CPython would not install ``default_int_handler`` in it, Runner would
+    install no handler, and every trial would "hang" whatever the loop. (The first long runs hit
+    exactly this.) Restoring Python's default handler here makes exec reset SIGINT to SIG_DFL in
+    the children. Main thread only, which is where the harness and pytest run."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 class Child:
     """One child process and a line reader over its stdout (stderr goes to a temp file)."""
 
     def __init__(self, loop, workload, sessions, certdir):
+        sigint_catchable_by_children()
         self.err = tempfile.TemporaryFile()
         self.spawned = now()
         self.proc = subprocess.Popen(
@@ -637,6 +668,9 @@ def run_in_process(tally, trials, sessions, max_delay, deadline, certdir, rng, l
         batch = min(sessions, trials - done)
         child = Child(tally.loop, tally.workload, batch, certdir)
         first = child.line(READY_TIMEOUT)
+        if first and "harness_error" in first:
+            child.finish()
+            raise RuntimeError(f"ctrlc harness: {first['harness_error']}")
         if not first or first.get("started") is not True:
             rc, err, _ = child.finish()
             tally.add("in-process", None, None, "child failed to start",
