@@ -500,16 +500,19 @@ class Child:
             notes.append(f"state {state}, {after - before} CPU ticks in 0.5 s")
         except OSError:
             pass
-        notes.append(f"at READY: wakeup fd {self.last_ready.get('wakeup_fd')}, self-pipe "
-                     f"(read, write) {self.last_ready.get('self_pipe')}")
+        notes.append(f"READY seen: {bool(self.last_ready)}")
+        if READY_PROBE:
+            notes.append(f"at READY: wakeup fd {self.last_ready.get('wakeup_fd')}, self-pipe "
+                         f"(read, write) {self.last_ready.get('self_pipe')}")
         notes.append("epoll registrations: " + _epoll_fds(pid))
+        stacks = None
         if os.environ.get("CTRLC_GDB", "1") != "0" and shutil.which("gdb"):
             try:
                 out = subprocess.run(
                     ["gdb", "-p", str(pid), "-batch", "-nx", "-ex", "thread apply all bt 25"],
                     capture_output=True, text=True, timeout=60).stdout
                 keep = [ln for ln in out.splitlines() if ln.startswith(("#", "Thread"))]
-                notes.append("native stacks:\n" + "\n".join(keep[:120]))
+                stacks = "native stacks:\n" + "\n".join(ln[:160] for ln in keep[:60])
             except (OSError, subprocess.TimeoutExpired):
                 pass
         try:
@@ -525,6 +528,8 @@ class Child:
             pass
         self.proc.kill()
         self.proc.wait()
+        if stacks:
+            notes.append(stacks)
         return "; ".join(notes)
 
 
@@ -564,9 +569,10 @@ def _child_env():
     return env
 
 
-# CPython's own start-up: a SIGINT while ``site`` is imported is fatal by design (init_import_site
-# fails, exit status 1), before any code of ours or of the loop under test has run.
-_STARTUP_FATAL = "Fatal Python error: init_import_site"
+# CPython's own start-up: a SIGINT while the interpreter initialises (``site``, the standard
+# streams) is fatal by design ("Fatal Python error: init_...", exit status 1), before any code of
+# ours or of the loop under test has run.
+_STARTUP_FATAL = "Fatal Python error: init_"  # init_import_site, init_sys_streams, ...
 
 
 # A race asyncio shares (CPython's selector loop has it in _sock_connect_cb, _sock_recv, ...): a
@@ -771,6 +777,8 @@ def run_fresh(tally, trials, deadline, certdir, rng, log):
                 break
         rc, err, killed = child.finish()
         err = tally.strip_shared(err)
+        if reason and reason[0].startswith("no exit"):
+            reason = (reason[0], f"{reason[1]}\nmessages: {seen}\nchild stderr:\n{err[-3000:]}")
         got_ready = any("ready" in m for m in seen)
         if reason is None and not killed:
             if rec is None:
@@ -796,7 +804,7 @@ def run_fresh(tally, trials, deadline, certdir, rng, log):
             reason = ("no exit (hang)", "child did not exit")
         tally.add("fresh", t_sig, rec, *(reason or (None,)))
         if reason:
-            log(f"  miss: {tally.loop} {tally.workload} fresh: {reason[0]} {reason[1][:2000]}")
+            log(f"  miss: {tally.loop} {tally.workload} fresh: {reason[0]} {reason[1][:8000]}")
 
 
 def run_trials(loop, workload, trials, fresh, *, sessions=100, max_delay=0.1, deadline=1.0,

@@ -34,8 +34,8 @@ pytestmark = [
                        reason="asyncio.Runner(loop_factory=...) needs Python 3.11+"),
 ]
 
-IN_PROCESS = 40
-FRESH = 8
+IN_PROCESS = 30
+FRESH = 6
 LOAD = 2  # busy processes: one per core of the CI machine
 
 
