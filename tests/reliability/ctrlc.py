@@ -603,9 +603,13 @@ def stderr_problems(text, early_sigint_ok=False):
     ``early_sigint_ok`` (the child had not started our code), a traceback ending in
     KeyboardInterrupt is the expected outcome, and so is CPython's start-up fatal error."""
     lines = text.rstrip().splitlines()
-    ends_in_kbi = lines[-1:] == ["KeyboardInterrupt"]
-    if early_sigint_ok and ends_in_kbi and lines and lines[0].startswith(_STARTUP_FATAL):
-        return [m for m in CRASH_MARKERS if m in "\n".join(lines[1:])]
+    ends_in_kbi = bool(lines) and lines[-1].startswith("KeyboardInterrupt")
+    if early_sigint_ok and ends_in_kbi and all(
+            ln.startswith(("  File \"<frozen ", "    ")) for ln in lines if ln.startswith(" ")):
+        # Start-up: every frame is CPython's frozen bootstrap ("Fatal Python error: init_...",
+        # "failed to set __main__.__loader__"): the signal came before any of our code.
+        return [m for m in CRASH_MARKERS if m in "\n".join(
+            ln for ln in lines if not ln.startswith(_STARTUP_FATAL))]
     problems = [m for m in CRASH_MARKERS if m in text]
     if "Traceback" in text and not (early_sigint_ok and ends_in_kbi):
         problems.append("traceback")
