@@ -605,9 +605,11 @@ def stderr_problems(text, early_sigint_ok=False):
     lines = text.rstrip().splitlines()
     ends_in_kbi = bool(lines) and lines[-1].startswith("KeyboardInterrupt")
     if early_sigint_ok and ends_in_kbi and all(
-            ln.startswith(("  File \"<frozen ", "    ")) for ln in lines if ln.startswith(" ")):
-        # Start-up: every frame is CPython's frozen bootstrap ("Fatal Python error: init_...",
-        # "failed to set __main__.__loader__"): the signal came before any of our code.
+            ln.startswith(("  File \"<frozen ", "  File \"<string>\"", "    "))
+            for ln in lines if ln.startswith(" ")):
+        # Start-up: every frame is CPython's frozen bootstrap, or a .pth line site runs
+        # ("<string>"): "Fatal Python error: init_...", "failed to set __main__.__loader__".
+        # The signal came before any of our code.
         return [m for m in CRASH_MARKERS if m in "\n".join(
             ln for ln in lines if not ln.startswith(_STARTUP_FATAL))]
     problems = [m for m in CRASH_MARKERS if m in text]
