@@ -587,15 +587,22 @@ _SHARED_RACE = re.compile(
     r"(?:[ \t][^\n]*\n)*asyncio\.exceptions\.InvalidStateError: invalid state\n?")
 
 
-# CPython drops a KeyboardInterrupt raised inside a weakref callback (it is "unraisable"): a SIGINT
-# landing while an import's module-lock weakref callback runs (frozen importlib) is printed as
-# "Exception ignored in: <function _get_module_lock.<locals>.cb ...>" and is lost. Only the fresh
-# shape, whose signals land in start-up imports, meets it; the child then waits for a signal that
-# will not come. Counted and reported ("lost in CPython's import machinery"), not a miss, when
-# every frame of the ignored traceback is CPython's frozen bootstrap code.
-_CPYTHON_SWALLOWED = re.compile(
-    r"Exception ignored in: [^\n]*\nTraceback \(most recent call last\):\n"
-    r"(?:  File \"<frozen [^>]*>\"[^\n]*\n(?:    [^\n]*\n)?)+KeyboardInterrupt[^\n]*\n?")
+# CPython itself drops some start-up KeyboardInterrupts: raised inside an import's module-lock
+# weakref callback it is "unraisable" ("Exception ignored in: <function
+# _get_module_lock.<locals>.cb ...>"); raised while the interpreter checks whether argv[0] is a
+# zip ("Failed checking if argv[0] is an import path entry") it is printed and the script runs
+# anyway. Only the fresh shape, whose signals land in start-up, meets these; the child then waits
+# for a signal that was consumed. Counted and reported ("lost in CPython's start-up"), not a miss,
+# when a second SIGINT ends the session normally and every traceback frame on stderr is CPython's
+# frozen bootstrap code (``cpython_dropped``).
+def cpython_dropped(err):
+    """True if child stderr ``err`` shows only a KeyboardInterrupt CPython's frozen start-up
+    code reported and dropped (faulthandler's dump, which follows, is ignored)."""
+    text = err.split("Current thread 0x")[0].split("\nThread 0x")[0]
+    frames = [ln for ln in text.splitlines() if ln.startswith("  File ")]
+    return (bool(frames) and all(ln.startswith("  File \"<frozen ") for ln in frames)
+            and any(ln.startswith("KeyboardInterrupt") for ln in text.splitlines())
+            and not any(m in text for m in CRASH_MARKERS))
 
 
 def stderr_problems(text, early_sigint_ok=False):
@@ -629,7 +636,7 @@ class Tally:
         self.where = {}
         self.maxcb = 0.0
         self.shared_races = []  # logged stderr blocks of the race asyncio shares
-        self.cpython_lost = 0  # fresh trials whose SIGINT CPython's import machinery dropped
+        self.cpython_lost = 0  # fresh trials whose SIGINT CPython's start-up dropped
 
     def strip_shared(self, err):
         """Take the shared-race blocks out of child stderr ``err`` (counted); return the rest."""
@@ -672,7 +679,7 @@ class Tally:
                 f"exit latency {pct(self.exit_lat)}, cancel latency {pct(self.cancel_lat)}; "
                 f"KeyboardInterrupt from: {where}; "
                 f"shared-with-asyncio races logged: {len(self.shared_races)}; "
-                f"signals lost in CPython's import machinery: {self.cpython_lost}")
+                f"signals dropped by CPython's start-up: {self.cpython_lost}")
 
 
 def classify(rec, t_sig, deadline, maxcb):
@@ -799,14 +806,12 @@ def run_fresh(tally, trials, deadline, certdir, rng, log):
         rc, err, killed = child.finish()
         err = tally.strip_shared(err)
         if (reason and reason[0].startswith("no exit") and child.released
-                and "result" in child.released and _CPYTHON_SWALLOWED.search(err)
-                and not stderr_problems(_CPYTHON_SWALLOWED.sub("", err).split(
-                    "Current thread")[0])):
+                and "result" in child.released and cpython_dropped(err)):
             # The first SIGINT was dropped by CPython before our code ran; the second one
             # (sent by the diagnosis) ended the session normally.
             tally.cpython_lost += 1
-            log(f"  note: {tally.loop} {tally.workload} fresh: SIGINT lost in CPython's import "
-                f"machinery (unraisable KeyboardInterrupt); a second SIGINT ended it normally")
+            log(f"  note: {tally.loop} {tally.workload} fresh: SIGINT dropped by CPython's "
+                f"start-up; a second SIGINT ended the session normally:\n{err[:600]}")
             tally.add("fresh", t_sig, None)
             continue
         if reason and reason[0].startswith("no exit"):
