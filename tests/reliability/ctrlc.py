@@ -36,6 +36,16 @@ other than KeyboardInterrupt, a traceback on stderr, no report). KeyboardInterru
 ``Runner.close()`` is not a miss when (2)-(4) hold: asyncio has the same window. A signal that lands
 before ``main()`` started (import, loop creation) must still end the child with KeyboardInterrupt.
 
+Counted and printed apart, never misses, because they are CPython's and asyncio has them too:
+* start-up: a SIGINT during interpreter initialisation ("Fatal Python error: init_...", "failed to
+  set __main__.__loader__", a traceback of frozen bootstrap frames ending in KeyboardInterrupt) is
+  the expected early outcome; one CPython reports and then drops (an importlib module-lock weakref
+  callback, zipimport's argv[0] check) leaves the child running: if a second SIGINT then ends the
+  session normally, the trial counts under "dropped by CPython's start-up";
+* "shared-with-asyncio races": a reader/writer callback that saw its future pending, did the
+  syscall, then found it cancelled by Runner's SIGINT handler, so set_result raised
+  InvalidStateError, which the loop logged (see ``_SHARED_RACE``).
+
 A hung child (no report ``HANG_TIMEOUT`` s after the signal) is diagnosed before it is killed:
 its state and CPU use (parked or spinning), its epoll registrations, native stacks (gdb, when
 installed; ``CTRLC_GDB=0`` skips), whether a second SIGINT releases it, a SIGUSR2 probe of the
