@@ -621,11 +621,12 @@ def stderr_problems(text, early_sigint_ok=False):
     KeyboardInterrupt is the expected outcome, and so is CPython's start-up fatal error."""
     lines = text.rstrip().splitlines()
     ends_in_kbi = bool(lines) and lines[-1].startswith("KeyboardInterrupt")
-    if early_sigint_ok and ends_in_kbi and all(
+    if early_sigint_ok and ends_in_kbi and (lines[0].startswith(_STARTUP_FATAL) or all(
             ln.startswith(("  File \"<frozen ", "  File \"<string>\"", "    "))
-            for ln in lines if ln.startswith(" ")):
-        # Start-up: every frame is CPython's frozen bootstrap, or a .pth line site runs
-        # ("<string>"): "Fatal Python error: init_...", "failed to set __main__.__loader__".
+            for ln in lines if ln.startswith(" "))):
+        # Start-up: CPython says its initialisation failed ("Fatal Python error: init_...",
+        # whatever site's .pth files were running), or every frame is CPython's frozen
+        # bootstrap or a .pth line ("<string>"): "failed to set __main__.__loader__".
         # The signal came before any of our code.
         return [m for m in CRASH_MARKERS if m in "\n".join(
             ln for ln in lines if not ln.startswith(_STARTUP_FATAL))]
