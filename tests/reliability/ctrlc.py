@@ -592,8 +592,13 @@ _STARTUP_FATAL = "Fatal Python error: init_"  # init_import_site, init_sys_strea
 # SIGINT arrives in between, Runner's handler cancels main and with it ``fut``, and set_result
 # raises InvalidStateError, which the loop logs ("Exception in callback"). Counted and reported
 # separately ("shared races"), not a miss: the same trials on asyncio can log it too.
+# The TLS layer has the same shape (asyncio's sslproto ``_wakeup_waiter`` checks
+# ``waiter.cancelled()`` then sets the result; tokioloop's _tls.py copies it): a SIGINT between the
+# two makes the transport report "Fatal error: protocol.buffer_updated() call failed." instead.
 _SHARED_RACE = re.compile(
-    r"Exception in callback [^\n]*\nhandle: [^\n]*\nTraceback \(most recent call last\):\n"
+    r"(?:Exception in callback [^\n]*\nhandle: [^\n]*\n"
+    r"|Fatal error: protocol\.[^\n]*\nprotocol: [^\n]*\ntransport: [^\n]*\n)"
+    r"Traceback \(most recent call last\):\n"
     r"(?:[ \t][^\n]*\n)*asyncio\.exceptions\.InvalidStateError: invalid state\n?")
 
 
