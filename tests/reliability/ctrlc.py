@@ -899,7 +899,6 @@ def parse(argv):
     p.add_argument("--certdir", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        args.sessions = args.sessions
         return args
     args.loops = [x for x in args.loop.split(",") if x]
     args.workloads = list(WORKLOADS) if args.workload == "all" else args.workload.split(",")
