@@ -44,7 +44,10 @@ Counted and printed apart, never misses, because they are CPython's and asyncio 
   session normally, the trial counts under "dropped by CPython's start-up";
 * "shared-with-asyncio races": a reader/writer callback that saw its future pending, did the
   syscall, then found it cancelled by Runner's SIGINT handler, so set_result raised
-  InvalidStateError, which the loop logged (see ``_SHARED_RACE``).
+  InvalidStateError, which the loop logged (see ``_SHARED_RACE``);
+* "CPython-logged errors": a stderr traceback whose frames are all the stdlib's (seen: asyncio's
+  ``BaseEventLoop.__del__`` raising AttributeError on a loop whose ``__init__`` the signal cut
+  short). A frame in tokioloop, uvloop, site-packages or this harness makes it a miss.
 
 A hung child (no report ``HANG_TIMEOUT`` s after the signal) is diagnosed before it is killed:
 its state and CPU use (parked or spinning), its epoll registrations, native stacks (gdb, when
@@ -84,6 +87,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 
@@ -636,9 +640,24 @@ def stderr_problems(text, early_sigint_ok=False):
         return [m for m in CRASH_MARKERS if m in "\n".join(
             ln for ln in lines if not ln.startswith(_STARTUP_FATAL))]
     problems = [m for m in CRASH_MARKERS if m in text]
-    if "Traceback" in text and not (early_sigint_ok and ends_in_kbi):
+    if "Traceback" in text and not (early_sigint_ok and ends_in_kbi) and not stdlib_only(text):
         problems.append("traceback")
     return problems
+
+
+_STDLIB = sysconfig.get_paths()["stdlib"]
+
+
+def stdlib_only(text):
+    """True if every traceback frame in ``text`` is CPython's own (stdlib, frozen, ``<string>``):
+    an error the stdlib itself logged, e.g. asyncio's ``BaseEventLoop.__del__`` tripping over a
+    loop whose ``__init__`` a KeyboardInterrupt cut short (AttributeError: no
+    ``_signal_handlers``). Counted under "CPython-logged errors", not a miss: the stdlib loop is
+    the oracle, and frames in tokioloop, uvloop or this harness still make a miss."""
+    frames = [ln for ln in text.splitlines() if ln.startswith("  File ")]
+    return bool(frames) and all(
+        ln.startswith(("  File \"<frozen ", "  File \"<string>\"", f"  File \"{_STDLIB}/"))
+        and "site-packages" not in ln for ln in frames)
 
 
 class Tally:
@@ -653,11 +672,16 @@ class Tally:
         self.maxcb = 0.0
         self.shared_races = []  # logged stderr blocks of the race asyncio shares
         self.cpython_lost = 0  # fresh trials whose SIGINT CPython's start-up dropped
+        self.cpython_logged = 0  # children whose stderr held stdlib-only tracebacks
 
     def strip_shared(self, err):
-        """Take the shared-race blocks out of child stderr ``err`` (counted); return the rest."""
+        """Take the shared-race blocks out of child stderr ``err`` (counted); return the rest.
+        Also counts stderr tracebacks made of stdlib frames only (``stdlib_only``)."""
         self.shared_races.extend(_SHARED_RACE.findall(err))
-        return _SHARED_RACE.sub("", err)
+        rest = _SHARED_RACE.sub("", err)
+        if "Traceback" in rest and stdlib_only(rest.split("Current thread 0x")[0]):
+            self.cpython_logged += 1
+        return rest
 
     def add(self, shape, t_sig, rec, reason=None, detail=""):
         self.trials[shape] += 1
@@ -695,7 +719,8 @@ class Tally:
                 f"exit latency {pct(self.exit_lat)}, cancel latency {pct(self.cancel_lat)}; "
                 f"KeyboardInterrupt from: {where}; "
                 f"shared-with-asyncio races logged: {len(self.shared_races)}; "
-                f"signals dropped by CPython's start-up: {self.cpython_lost}")
+                f"signals dropped by CPython's start-up: {self.cpython_lost}; "
+                f"CPython-logged errors: {self.cpython_logged}")
 
 
 def classify(rec, t_sig, deadline, maxcb):
