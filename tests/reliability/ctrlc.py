@@ -679,8 +679,10 @@ class Tally:
         Also counts stderr tracebacks made of stdlib frames only (``stdlib_only``)."""
         self.shared_races.extend(_SHARED_RACE.findall(err))
         rest = _SHARED_RACE.sub("", err)
-        if "Traceback" in rest and stdlib_only(rest.split("Current thread 0x")[0]):
-            self.cpython_logged += 1
+        head = rest.split("Current thread 0x")[0]
+        if ("Traceback" in head and stdlib_only(head) and not any(
+                ln.startswith("KeyboardInterrupt") for ln in head.splitlines())):
+            self.cpython_logged += 1  # (an early KeyboardInterrupt traceback is no error)
         return rest
 
     def add(self, shape, t_sig, rec, reason=None, detail=""):

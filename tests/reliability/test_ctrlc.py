@@ -16,9 +16,8 @@ Runs only with ``TOKIOLOOP_RELIABILITY=1`` (the ``reliability`` nox session) on 
 any failure; ``TOKIOLOOP_CTRLC_SEED=N`` replays one (the moments are random, the machine's timing
 is not, so a replay is a retry with the same draws, not an exact repeat). 504 trials in all
 (0 misses bounds each loop's miss rate below ~1.2 % at 95 %; the long form gives the real figure).
-Wall time on the shared 2-core machine: 5 min 2 s measured while two long runs and other builds
-shared the cores, about 2 min with the machine to itself [estimate from a 48-trial run: 2 min
-7 s]; CPU ~50 s. Long form: see ``ctrlc.py`` (``--trials 1000``).
+Wall time on the shared 2-core machine: 2 min 8 s (load average ~9 from other work, CPU 60 s);
+5 min 2 s while two long runs of this harness shared the cores too. Long form: see ``ctrlc.py`` (``--trials 1000``).
 """
 
 import asyncio
