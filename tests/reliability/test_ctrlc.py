@@ -112,3 +112,34 @@ def test_cancel_during_sock_connect_callback_logs_nothing(loop_factory):
         finally:
             loop.close()
     assert errors == []
+
+
+# -- a loop whose __init__ a KeyboardInterrupt cut short (fresh trials, both loops) ------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "shared with the stdlib: Ctrl+C inside the loop's __init__ (before the self-pipe and "
+    "_signal_handlers exist) leaves a half-built loop whose __del__ -> close() -> "
+    "_remove_all_signal_handlers raises AttributeError ('no attribute _signal_handlers'), "
+    "reported as unraisable (tokioloop: _signals.py _remove_all_signal_handlers / "
+    "_loop.py __del__; asyncio: unix_events close)"))
+def test_interrupted_loop_init_is_collected_silently(loop_kind, monkeypatch):
+    import gc
+    if loop_kind == "tokioloop":
+        import tokioloop
+        cls, hook, factory = tokioloop.Loop, "_open_self_pipe", tokioloop.new_event_loop
+    else:
+        from asyncio import selector_events
+        cls, hook = selector_events.BaseSelectorEventLoop, "_make_self_pipe"
+        factory = asyncio.new_event_loop
+
+    def interrupted(self):
+        raise KeyboardInterrupt  # where the SIGINT landed in the trials
+
+    reports = []
+    monkeypatch.setattr(cls, hook, interrupted)
+    monkeypatch.setattr(sys, "unraisablehook", reports.append)
+    with pytest.raises(KeyboardInterrupt):
+        factory()
+    gc.collect()
+    assert [type(r.exc_value).__name__ for r in reports] == []
