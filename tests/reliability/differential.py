@@ -117,8 +117,17 @@ def message_key(message):
 
 def ready_count(loop):
     if isinstance(loop, asyncio.BaseEventLoop):
-        return sum(1 for h in loop._ready if not h.cancelled())
+        # Not the self-pipe's reader: an internal handle with no tokioloop counterpart.
+        own = getattr(loop, "_read_from_self", None)
+        return sum(1 for h in loop._ready if not h.cancelled() and h._callback != own)
     return loop._debug_counts()["ready"]
+
+
+def timer_count(loop):
+    """Pending, non-cancelled timers (the same count tests/conftest.py uses for leaks)."""
+    if isinstance(loop, asyncio.BaseEventLoop):
+        return sum(1 for h in loop._scheduled if not h.cancelled())
+    return loop._debug_counts()["timers"]
 
 
 class Proto(asyncio.Protocol):
@@ -240,6 +249,15 @@ class World:
             self.loop.stop()
         elif action == "set_var":
             CV.set(f"set:{cid}")
+        elif action == "nested_run":
+            # Re-entering a running loop: RuntimeError, which goes to the exception handler.
+            coro = asyncio.sleep(0)
+            try:
+                self.loop.run_until_complete(coro)
+            finally:
+                coro.close()
+        elif action == "close_running":
+            self.loop.close()
         elif action == "cancel_first":
             for h in self.handles:
                 if not h.cancelled():
@@ -671,6 +689,8 @@ def snapshot(world):
     ch = {k: list(v) for k, v in world.channels.items()}
     ch["cb"] = normalise_cb(ch.get("cb", []))
     ch["reader_bytes"] = [bytes(world.rdata)]
+    ch["state"] = [(world.loop.is_running(), world.loop.is_closed(), ready_count(world.loop),
+                    timer_count(world.loop))]
     ch["conn_in"] = [(c["cid"], bytes(c["proto"].received)) for c in world.conns]
     return {k: v for k, v in ch.items() if v}
 
@@ -697,7 +717,7 @@ def first_difference(a, b):
 _CID = st.integers(0, 10**6)
 ACTIONS = st.sampled_from(
     ["record"] * 6 + ["raise", "raise_base", "keyboard", "exit", "nested", "stop", "set_var",
-                      "cancel_first"]
+                      "cancel_first", "nested_run", "close_running"]
 )
 TIMER_ACTIONS = st.sampled_from(["record"] * 4 + ["raise", "set_var", "nested"])
 CTX = st.one_of(st.none(), st.integers(0, 2))
