@@ -99,10 +99,20 @@ def make_loop(kind):
     return tokioloop.new_event_loop()
 
 
+# Known tokioloop defects, masked so that long runs can look past them. Each has an
+# xfail(strict=True) regression test in test_differential.py; when the fix lands that test
+# XPASSes (a failure), and its entry here goes.
+KNOWN_DEFECTS = {
+    # test_writelines_after_write_eof_message: 3.12+ asyncio names writelines() here.
+    "Cannot call writelines() after write_eof()": "Cannot call write() after write_eof()",
+}
+
+
 def exc_key(exc):
     if exc is None:
         return None
-    return (type(exc).__name__, tuple(repr(a) for a in exc.args))
+    args = tuple(KNOWN_DEFECTS.get(a, a) if isinstance(a, str) else a for a in exc.args)
+    return (type(exc).__name__, tuple(repr(a) for a in args))
 
 
 _MESSAGE_PREFIXES = (
@@ -814,8 +824,11 @@ class LoopDifferential(RuleBasedStateMachine):
         self.both("run_once")
         self.compare()
 
-    @rule()
-    def settle(self):
+    @rule(delta=st.sampled_from([0.0, 0.0, 0.5, 1.0, 3.0]))
+    def settle(self, delta):
+        # Most checkpoints also move the virtual clock, so timers and sleeps come due often.
+        if delta:
+            self.both("advance", delta)
         self.both("settle")
         self.compare()
 
@@ -825,7 +838,7 @@ class LoopDifferential(RuleBasedStateMachine):
         self.both("settle")
         self.compare()
 
-    @rule(steps=st.integers(0, 3), sleep=st.sampled_from([0, 0, 1.0, 4.0]),
+    @rule(steps=st.integers(0, 3), sleep=st.sampled_from([0, 0.5, 1.0, 4.0]),
           outcome=st.sampled_from(["return", "return", "raise", "keyboard"]), ctx=CTX)
     def create_task(self, steps, sleep, outcome, ctx):
         tid = self._next()

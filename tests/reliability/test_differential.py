@@ -72,3 +72,44 @@ def test_close_releases_the_stdlib_loops_fds():
     loop.close()
     assert _open_fds() - before == set()
     del loop
+
+
+def _writelines_after_write_eof(make_loop):
+    import asyncio
+    import socket
+
+    loop = make_loop()
+    sock, peer = socket.socketpair()
+    try:
+        transport, _ = loop.run_until_complete(
+            loop.create_connection(asyncio.Protocol, sock=sock))
+        transport.write_eof()
+        try:
+            transport.writelines([b"x"])
+        except RuntimeError as exc:
+            message = str(exc)
+        else:
+            message = None
+        transport.abort()
+        loop.run_until_complete(asyncio.sleep(0))
+        return message
+    finally:
+        loop.close()
+        peer.close()
+
+
+@pytest.mark.xfail(
+    sys.version_info >= (3, 12),
+    strict=True,
+    reason="tokioloop defect: Transport.writelines after write_eof raises with asyncio 3.11's "
+    "message ('write()'); from 3.12 asyncio's own writelines says 'writelines()' "
+    "(found by the differential fuzzer on 3.14)",
+)
+def test_writelines_after_write_eof_message():
+    import asyncio
+
+    import tokioloop
+
+    expected = _writelines_after_write_eof(asyncio.new_event_loop)
+    assert expected is not None
+    assert _writelines_after_write_eof(tokioloop.new_event_loop) == expected
