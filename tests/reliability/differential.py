@@ -105,6 +105,8 @@ def make_loop(kind):
 KNOWN_DEFECTS = {
     # test_writelines_after_write_eof_message: 3.12+ asyncio names writelines() here.
     "Cannot call writelines() after write_eof()": "Cannot call write() after write_eof()",
+    # test_call_later_with_a_str_delay_message: asyncio fails in ``self.time() + delay``.
+    "must be real number, not str": "unsupported operand type(s) for +: 'float' and 'str'",
 }
 
 
@@ -317,6 +319,35 @@ class World:
                                   context=ctx)
         self.handles.append(h)
         return h.when() - BASE
+
+    def misuse(self, op):
+        """An API call asyncio rejects; returns the exception as type + args."""
+        loop = self.loop
+
+        async def coroutine_function():
+            pass
+
+        calls = {
+            "call_soon_none": lambda: loop.call_soon(None),
+            "call_soon_coro_fn": lambda: loop.call_soon(coroutine_function),
+            "call_soon_threadsafe_int": lambda: loop.call_soon_threadsafe(1),
+            "call_later_str": lambda: loop.call_later("1", print),
+            "call_at_none": lambda: loop.call_at(None, print),
+            "add_reader_neg": lambda: loop.add_reader(-1, print),
+            "add_reader_str": lambda: loop.add_reader("x", print),
+            "remove_writer_obj": lambda: loop.remove_writer(object()),
+            "run_forever_nested_ok": lambda: loop.is_running(),
+            "create_task_non_coro": lambda: loop.create_task(1),
+            "run_until_complete_int": lambda: loop.run_until_complete(1),
+        }
+        try:
+            result = calls[op]()
+        except BaseException as exc:  # noqa: B902
+            return ("raised", exc_key(exc))
+        if hasattr(result, "cancel") and hasattr(result, "cancelled"):
+            result.cancel()
+            return "handle"
+        return ("ok", result)
 
     def cancel(self, index):
         if not self.handles:
@@ -809,6 +840,13 @@ class LoopDifferential(RuleBasedStateMachine):
         # Only record-only timers may tie; others get a unique deadline.
         offset = float(k) if action == "record" else k + seq * 1e-4
         self.both("call_at", f"at{seq}", action, offset, ctx, later)
+
+    @rule(op=st.sampled_from(["call_soon_none", "call_soon_coro_fn", "call_soon_threadsafe_int",
+                              "call_later_str", "call_at_none", "add_reader_neg",
+                              "add_reader_str", "remove_writer_obj", "create_task_non_coro",
+                              "run_until_complete_int"]))
+    def misuse(self, op):
+        self.both("misuse", op)
 
     @rule(index=st.integers(0, 50))
     def cancel(self, index):

@@ -113,3 +113,30 @@ def test_writelines_after_write_eof_message():
     expected = _writelines_after_write_eof(asyncio.new_event_loop)
     assert expected is not None
     assert _writelines_after_write_eof(tokioloop.new_event_loop) == expected
+
+
+def _call_later_str_delay(make_loop):
+    loop = make_loop()
+    try:
+        loop.call_later("1", print)
+    except TypeError as exc:
+        return str(exc)
+    finally:
+        loop.close()
+    return None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="tokioloop defect: call_later('1', f) raises TypeError('must be real number, not "
+    "str'); asyncio's comes from time() + delay: \"unsupported operand type(s) for +: 'float' "
+    "and 'str'\" (found by the differential fuzzer)",
+)
+def test_call_later_with_a_str_delay_message():
+    import asyncio
+
+    import tokioloop
+
+    expected = _call_later_str_delay(asyncio.new_event_loop)
+    assert expected is not None
+    assert _call_later_str_delay(tokioloop.new_event_loop) == expected
