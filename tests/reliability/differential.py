@@ -999,6 +999,20 @@ class LoopDifferential(RuleBasedStateMachine):
         finally:
             for w in self.worlds:
                 w.close()
+            if STATS["sequences"] % 50 == 0:
+                release_free_memory()
+
+
+def release_free_memory():
+    """Hand glibc's free heap back to the OS. The 300 kB payloads fragment the heap, and RSS
+    grew ~0.4 MiB per sequence on either loop (malloc in-use stayed flat: no leak), which a
+    20k-sequence run cannot afford."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def run(examples, steps, derandomize, database=None):
