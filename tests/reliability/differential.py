@@ -71,8 +71,9 @@ CV = contextvars.ContextVar("differential_cv")
 BASE = 1000.0
 KINDS = ("asyncio", "tokioloop")
 
-# Allowed divergences: name -> reason. A divergence whose normalised form matches one of these is
-# not reported. Keep each entry tied to a real, documented asyncio difference.
+# Allowed divergences: name -> reason. Each is applied where the trace is normalised (the code
+# cites the name). An entry needs a reason that makes the difference no defect: an order or value
+# asyncio itself leaves unspecified, not a behaviour tokioloop ought to share.
 ALLOWED = {
     "io order within one iteration": (
         "when one fd is readable and writable in the same iteration, asyncio runs the reader "
