@@ -57,6 +57,7 @@ import argparse
 import asyncio
 import collections
 import contextvars
+import ctypes  # at import: on Debian's 3.14 the first ctypes import keeps libffi's fd open
 import socket
 import sys
 import threading
@@ -1022,8 +1023,6 @@ def release_free_memory():
     grew ~0.4 MiB per sequence on either loop (malloc in-use stayed flat: no leak), which a
     20k-sequence run cannot afford."""
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
