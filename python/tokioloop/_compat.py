@@ -102,6 +102,12 @@ DEFAULT_EXECUTOR_MUST_BE_THREAD_POOL = VERSION >= (3, 11)
 #: gh-79033); before it, it returns at once once the server is closed. A body change: by version.
 WAIT_CLOSED_WAITS_FOR_CLIENTS = sys.version_info >= (3, 12, 1)
 
+#: 3.12+: the socket transport's ``writelines()`` is its own and names itself in its errors
+#: ("Cannot call writelines() after write_eof()"); before, it joined and called ``write()``.
+SOCKET_WRITELINES_OWN = "writelines" in vars(
+    __import__("asyncio.selector_events").selector_events._SelectorSocketTransport
+)
+
 #: The read pipe transport's ``is_reading()`` (3.11+); on 3.10 it is ``ReadTransport``'s, which
 #: raises NotImplementedError. Asked of the unix transport class (absent off POSIX).
 READ_PIPE_HAS_IS_READING = "is_reading" in vars(

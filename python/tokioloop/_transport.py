@@ -279,6 +279,8 @@ class SocketTransport(SelectorEnding, EngineTransport, transports.Transport):
     resume_reading = EngineTransport._resume_reading
 
     def writelines(self, list_of_data):
+        if _compat.SOCKET_WRITELINES_OWN and self._engine._eof:
+            raise RuntimeError("Cannot call writelines() after write_eof()")
         self.write(b"".join(list_of_data))
 
     def write_eof(self):

@@ -249,7 +249,7 @@ impl LoopCore {
     #[pyo3(signature = (delay, callback, *args, context=None))]
     fn call_later(
         slf: &Bound<'_, Self>,
-        delay: Option<f64>,
+        delay: Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyString, PyTuple};
 use pyo3::{ffi, intern};
 
 use crate::clock;
@@ -201,14 +201,23 @@ impl LoopCore {
     #[inline]
     pub(super) fn schedule_later(
         slf: &Bound<'_, Self>,
-        delay: Option<f64>,
+        delay: Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        let delay = delay.ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
         let now = slf.get().now(slf.py())?;
-        Self::schedule_timer(slf, now + delay, None, callback, Args::from_tuple(args), context)
+        let when = if delay.is_exact_instance_of::<PyFloat>() || delay.is_exact_instance_of::<PyInt>() {
+            now + delay.extract::<f64>()?
+        } else {
+            // asyncio computes `self.time() + delay`: whatever that raises or gives, as there
+            // (a str delay is "unsupported operand type(s) for +", a Decimal one too).
+            PyFloat::new(slf.py(), now).add(&delay)?.extract::<f64>()?
+        };
+        Self::schedule_timer(slf, when, None, callback, Args::from_tuple(args), context)
     }
 
     /// `call_at`: a timer at `when` (kept as given, for the handle's `when()`).

@@ -118,10 +118,7 @@ def make_loop(kind):
 # xfail(strict=True) regression test in test_differential.py; when the fix lands that test
 # XPASSes (a failure), and its entry here goes.
 KNOWN_DEFECTS = {
-    # test_writelines_after_write_eof_message: 3.12+ asyncio names writelines() here.
-    "Cannot call writelines() after write_eof()": "Cannot call write() after write_eof()",
-    # test_call_later_with_a_str_delay_message: asyncio fails in ``self.time() + delay``.
-    "must be real number, not str": "unsupported operand type(s) for +: 'float' and 'str'",
+    # (none open: test_differential.py's regression tests cover the ones found and fixed)
 }
 
 

