@@ -183,6 +183,7 @@ class EngineTransport(WriteFlowControl):
     _closing = engine_state("_closing")
     _conn_lost = engine_state("_conn_lost")
     _eof = engine_state("_eof")
+    _paused = engine_state("_paused")  # 3.10's asyncio.sslproto reads it on its transport
     _protocol_paused = engine_state("_protocol_paused")
     _sock_fd = engine_state("_sock_fd")
 

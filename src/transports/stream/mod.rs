@@ -515,6 +515,13 @@ impl StreamEngine {
         true
     }
 
+    /// Reading paused by the protocol (`pause_reading()`): 3.10's stdlib TLS layer reads it on
+    /// its transport.
+    #[getter]
+    fn _paused(&self) -> bool {
+        self.inner.lock().paused
+    }
+
     #[getter]
     fn _eof(&self) -> bool {
         self.inner.lock().eof_requested
