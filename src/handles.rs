@@ -116,8 +116,8 @@ pub struct Callback {
 
 // SAFETY: the cell is written only by `release` (the loop's turn, or `cancel()`) and `refill`
 // (an unshared handle), always with the GIL held and never while `invoke` of the same handle
-// is on the stack (`invoking`); every read is also made with the GIL held. The GIL therefore serialises all access (the module does not declare
-// free-threaded support).
+// is on the stack (`invoking`); every read is also made with the GIL held. The GIL therefore
+// serialises all access (the module does not declare free-threaded support).
 unsafe impl Sync for Callback {}
 
 impl Callback {

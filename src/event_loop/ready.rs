@@ -90,8 +90,8 @@ impl Ready {
                 if let Some(parts) = h.callback.release() {
                     parts.dispose(py);
                 }
-                // SAFETY: the turn runs with the GIL held; `handle` is our live reference. Checked after the release,
-                // whose drops may have run Python code.
+                // SAFETY: the turn runs with the GIL held; `handle` is our live reference.
+                // Checked after the release, whose drops may have run Python code.
                 (!h.is_persistent() && unsafe { Handle::is_unshared(&handle) }).then_some(handle)
             }
             other => {

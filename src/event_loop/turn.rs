@@ -4,11 +4,12 @@
 //! wake-up if nothing is ready — or, if work is ready, look at I/O without blocking, every turn,
 //! as asyncio and libuv do (a `poll(2)` of the reactor's epoll fd, and a zero-timeout park only
 //! when that says something is waiting; the self-pipe alone is looked at every
-//! [`BUSY_TURNS_PER_HANDOFF`] turns, or at once when a signal was noted); (2) queue the callbacks of ready fds
-//! and the native transports' retries behind the callbacks already ready; (3) move due timers
-//! to the ready queue; (4) run exactly the handles that were ready at that point — what they
-//! schedule runs next turn. Pending signals are checked after every park and every few busy turns, so Ctrl+C
-//! leaves promptly whether the loop is idle or busy. Only `LoopCore::_run_native` calls [`drive`].
+//! [`BUSY_TURNS_PER_HANDOFF`] turns, or at once when a signal was noted); (2) queue the
+//! callbacks of ready fds and the native transports' retries behind the callbacks already ready;
+//! (3) move due timers to the ready queue; (4) run exactly the handles that were ready at that
+//! point — what they schedule runs next turn. Pending signals are checked after every park and
+//! every few busy turns, so Ctrl+C leaves promptly whether the loop is idle or busy.
+//! Only `LoopCore::_run_native` calls [`drive`].
 //!
 //! Python callbacks run *outside* `block_on`: only the park (1) is inside it. A process forked
 //! from a callback (multiprocessing's fork start method, a pre-forking server) therefore
