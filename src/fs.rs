@@ -71,8 +71,8 @@ pub fn _sendfile(py: Python<'_>, out_fd: RawFd, in_fd: RawFd, offset: i64, count
 fn sendfile_once(out_fd: RawFd, in_fd: RawFd, offset: i64, count: usize) -> Result<usize, i32> {
     let mut offset = libc::off_t::try_from(offset).map_err(|_| libc::EOVERFLOW)?;
     // SAFETY: plain descriptors (a bad one is EBADF) and a valid pointer to our local offset,
-    // which the kernel updates instead of the file position.
-    let sent = unsafe { libc::sendfile(out_fd, in_fd, &mut offset, count) };
+    // which the kernel updates instead of the file position. Retried on EINTR, as os.sendfile.
+    let sent = crate::io::retry_interrupted(|| unsafe { libc::sendfile(out_fd, in_fd, &mut offset, count) });
     usize::try_from(sent).map_err(|_| last_errno())
 }
 

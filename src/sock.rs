@@ -20,7 +20,9 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use crate::errors::{last_errno, os_error};
 use crate::event_loop::LoopCore;
 use crate::handles::Handle;
-use crate::io::{recv_bytes, would_block, BufferView, Direction, FdKind, Received, LARGE_READ};
+use crate::io::{
+    recv_bytes, retry_interrupted, would_block, BufferView, Direction, FdKind, Received, LARGE_READ,
+};
 
 /// The context a wait's retries run in. They run no user code (resolving the future
 /// schedules its callbacks in their own contexts), so one empty Context serves every wait
@@ -65,14 +67,14 @@ fn send_once(fd: RawFd, data: &Bound<'_, PyAny>, start: usize) -> PyResult<(usiz
         return Ok((0, len));
     }
     // SAFETY: `view` covers len readable bytes; start < len.
-    let sent = unsafe {
+    let sent = retry_interrupted(|| unsafe {
         libc::send(
             fd,
             view.as_ptr().add(start).cast(),
             len - start,
             libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
         )
-    };
+    });
     if sent >= 0 {
         return Ok((sent as usize, len));
     }

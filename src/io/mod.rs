@@ -23,7 +23,7 @@ mod tests;
 
 pub(crate) use buffer::BufferView;
 pub(crate) use engine::{Engine, EngineRef};
-pub(crate) use fdio::FdKind;
+pub(crate) use fdio::{retry_interrupted, FdKind};
 pub(crate) use fdstate::{hung_up, level_ready, would_block};
 pub(crate) use handle::{IoDriver, IoHandle, IoPort};
 pub(crate) use reactor_probe::{find_reactor_fd, has_events};

@@ -82,7 +82,7 @@ pub fn recvfrom_with<R>(
         let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         // SAFETY: the buffer has BUFFER_SIZE >= n writable bytes; storage and len are valid.
-        let got = unsafe {
+        let got = super::retry_interrupted(|| unsafe {
             libc::recvfrom(
                 fd,
                 buffer.as_mut_ptr().cast(),
@@ -91,7 +91,7 @@ pub fn recvfrom_with<R>(
                 (&mut storage as *mut libc::sockaddr_storage).cast(),
                 &mut len,
             )
-        };
+        });
         if got < 0 {
             return Err(last_errno());
         }

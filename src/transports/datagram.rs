@@ -30,7 +30,7 @@ use pyo3::types::{PyBytes, PyString};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
 use crate::errors::{last_errno, os_error};
-use crate::io::{recvfrom_with, would_block, BufferView, Direction, IoHandle};
+use crate::io::{recvfrom_with, retry_interrupted, would_block, BufferView, Direction, IoHandle};
 use crate::transports::limits::{self, WriteFlow};
 
 /// asyncio's `max_size` for one datagram read.
@@ -286,11 +286,13 @@ impl DatagramEngine {
         let n = match (addr, known) {
             (None, _) | (Some(_), _) if peer_connected => {
                 // SAFETY: `data` is a live buffer of its length for the call.
-                unsafe { libc::send(self.fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) }
+                retry_interrupted(|| unsafe {
+                    libc::send(self.fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL)
+                })
             }
             (Some(_), Some(raw)) => {
                 // SAFETY: as above; `raw` is a sockaddr the kernel gave us.
-                unsafe {
+                retry_interrupted(|| unsafe {
                     libc::sendto(
                         self.fd,
                         data.as_ptr().cast(),
@@ -299,7 +301,7 @@ impl DatagramEngine {
                         (&raw.storage as *const libc::sockaddr_storage).cast(),
                         raw.len,
                     )
-                }
+                })
             }
             (Some(addr), None) => {
                 // An address we did not make: the socket module parses it, as in asyncio.
