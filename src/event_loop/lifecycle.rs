@@ -28,7 +28,7 @@ impl LoopCore {
     pub(super) fn create() -> PyResult<Self> {
         let wake = Arc::new(Wake::default());
         let timers = Timers::new();
-        let runtime = runtime::build()?;
+        let runtime = runtime::build().map_err(crate::errors::from_io)?;
         let io = IoDriver::new(wake.clone(), runtime.handle().clone());
         let io_pending = io.registry().pending_flag();
         Ok(LoopCore {
