@@ -45,13 +45,16 @@ Scenarios
     may be left (running or zombie) and the loop must still echo.
 ``reset``: a plain-socket peer resets the connection (``SO_LINGER {1, 0}`` then close) after N
     bytes, N drawn from the seed (``--offsets`` values: 1, then random ones below 1 MiB), while
-    the loop side is (write) writing a 4 MiB backlog, (read) reading what the peer sends,
-    (sendfile) in ``loop.sendfile(transport, file)`` of a 4 MiB file. The loop's SO_SNDBUF and
+    the loop side is (write) writing a 4 MiB backlog, (write_eof) the same then write_eof(),
+    (server_write) the same from a transport its server accepted, (read) reading what the peer
+    sends, (paused_read) the same with reading paused for 0.2 s meanwhile, (sendfile) in
+    ``loop.sendfile(transport, file)`` of a 4 MiB file. The loop's SO_SNDBUF and
     the peer's SO_RCVBUF are 64 KiB, so the backlog is still unsent when the reset comes.
     connection_lost must come exactly once, with the class asyncio gives, and sendfile must
     raise what asyncio raises (ConnectionResetError and BrokenPipeError count as one outcome
     there: asyncio gives either at the same offset from run to run); the read side must have
-    received exactly the N bytes sent; nothing hangs (``STEP_TIMEOUT``).
+    received exactly the N bytes sent (paused_read: a prefix of them, since the reset drops
+    what the peer still had queued); nothing hangs (``STEP_TIMEOUT``).
 ``slow_reader``: the peer's ``SO_RCVBUF`` is 4 KiB and it reads 512 B at a time with a pause
     (``--slow-delay``); the loop writes ``--slow-bytes`` in seeded chunks of 1 B - 64 KiB, only
     while not paused, with the high-water mark at 64 KiB. Max ``get_write_buffer_size()`` <=
@@ -115,7 +118,7 @@ ACCEPT_HEADROOM = 4  # descriptors left free while the connect storm arrives
 BACKOFF_WINDOW = 1.5  # seconds from the first EMFILE until the limit is raised again
 CPU_BOUND = 0.5  # asserted: CPU time over the back-off window < half the window (generous)
 EMFILE_HEADROOMS = tuple(range(9))  # descriptors left free: 0 to 8
-RESET_MODES = ("write", "read", "sendfile")
+RESET_MODES = ("write", "write_eof", "server_write", "read", "paused_read", "sendfile")
 RESET_SIZE = 4 * 1024 * 1024
 RESET_FAMILY = frozenset(("ConnectionResetError:ECONNRESET", "BrokenPipeError:EPIPE"))
 SMALL_BUF = 64 * 1024  # SO_SNDBUF of the loop's socket and SO_RCVBUF of the reset peer
@@ -379,8 +382,10 @@ async def connect_small(loop, address, proto_factory, sndbuf):
 async def _reset_case(loop, mode, offset, seed, tmpdir):
     """One connection reset by the peer after ``offset`` bytes; returns its outcome dict."""
     data = pattern(seed, RESET_SIZE)
+    if mode == "server_write":
+        return await _reset_server_case(loop, offset, data)
     peer = Peer(rcvbuf=SMALL_BUF)
-    if mode == "read":
+    if mode in ("read", "paused_read"):
         def peer_fn(conn):
             conn.sendall(data[:offset])
             time.sleep(0.05)  # the data is on its way before the reset
@@ -397,6 +402,14 @@ async def _reset_case(loop, mode, offset, seed, tmpdir):
                                                SMALL_BUF)
         if mode == "write":
             transport.write(data)
+        elif mode == "write_eof":
+            transport.write(data)
+            transport.write_eof()
+        elif mode == "paused_read":
+            transport.pause_reading()
+            await asyncio.sleep(0.2)  # the data and the reset arrive meanwhile
+            out["read_while_paused"] = len(proto.data)
+            transport.resume_reading()
         elif mode == "sendfile":
             path = os.path.join(tmpdir, "reset-sendfile")
             with open(path, "wb") as f:
@@ -420,10 +433,54 @@ async def _reset_case(loop, mode, offset, seed, tmpdir):
         out["lost_calls"] = proto.lost_count
         if mode == "read":
             out["received_ok"] = bytes(proto.data) == data[:offset]
+        elif mode == "paused_read":
+            # The reset throws away what the peer had not sent yet, so a prefix arrives.
+            out["received_ok"] = data[:offset].startswith(bytes(proto.data))
     finally:
         peer.join()
     if peer.error:
         out["peer"] = peer.error
+    return out
+
+
+async def _reset_server_case(loop, offset, data):
+    """The loop's server writes ``data`` to a plain client that reads ``offset`` bytes and
+    resets; the accepted transport is the one under test."""
+    protos = []
+
+    class Writer(Recorder):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            protos.append(self)
+            transport.write(data)
+
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUF)  # inherited on accept
+    lsock.bind(("127.0.0.1", 0))
+    server = await loop.create_server(lambda: Writer(loop), sock=lsock)
+
+    def client():
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUF)
+            sock.settimeout(STEP_TIMEOUT)
+            sock.connect(lsock.getsockname())
+            got = recv_exactly(sock, offset)
+            rst_close(sock)
+            return len(got)
+
+    out = {}
+    try:
+        got = await loop.run_in_executor(None, client)
+        if got != offset:
+            out["peer"] = f"read {got} of {offset}"
+        out["lost"] = await wait_lost(protos[0])
+        if out["lost"] == "no connection_lost":
+            protos[0].transport.abort()
+            await asyncio.sleep(0.05)
+        out["lost_calls"] = protos[0].lost_count
+    finally:
+        server.close()
+        await server.wait_closed()
     return out
 
 
@@ -439,7 +496,8 @@ def scenario_reset(kind, seed, offsets=4, **_):
                     outcomes[f"{mode}@{off}"] = await _reset_case(loop, mode, off, seed + i,
                                                                   tmpdir)
             return outcomes
-        outcomes, calls = run_on_loop(kind, main, timeout=len(offs) * 3 * (STEP_TIMEOUT + 5))
+        outcomes, calls = run_on_loop(kind, main,
+                                      timeout=len(offs) * len(RESET_MODES) * (STEP_TIMEOUT + 5))
     for key, out in outcomes.items():
         if out["lost_calls"] != 1:
             res.problems.append(f"{key}: connection_lost called {out['lost_calls']} times")
