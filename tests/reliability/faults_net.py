@@ -64,10 +64,11 @@ Scenarios
     while not paused, with the high-water mark at 64 KiB. Max ``get_write_buffer_size()`` <=
     high + largest write, pause_writing and resume_writing strictly alternate starting with a
     pause, and the peer's hash of what it read equals the hash of what was written.
-``half_close``: a plain client sends a line and ``shutdown(SHUT_WR)``; the loop's server sees
+``half_close``: a plain peer sends a line and ``shutdown(SHUT_WR)``; the loop's transport sees
     eof_received once, keeps the transport open (returns True), writes 1 MiB under flow control
-    and closes; the client reads every byte (hash) and then a clean FIN (no reset);
-    connection_lost(None) once.
+    and closes; the peer reads every byte (hash) and then a clean FIN (no reset);
+    connection_lost(None) once. Twice: the loop's server accepted the peer, and the loop
+    connected to the peer.
 ``fork``: in a child process with the loop serving TCP echo (``FORK_PEERS`` plain-socket peers
     echoing seeded messages in a thread), ``getaddrinfo('localhost')`` and ``cat`` subprocesses
     with pipes in a loop, ``--forks`` forks at U(0, 1 s) intervals, from a helper thread or from a
@@ -616,24 +617,28 @@ def scenario_half_close(kind, seed, **_):
                 self.transport.write(data[start:start + 65536])
             self.transport.close()
 
+    def half_closer(sock):
+        """The plain peer's side: a line, SHUT_WR, then read to the end."""
+        sock.sendall(b"hello\n")
+        sock.shutdown(socket.SHUT_WR)
+        got = bytearray()
+        end = "?"
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    end = "FIN"
+                    break
+                got += chunk
+        except OSError as exc:
+            end = exc_name(exc)
+        return len(got), digest(bytes(got)), end
+
     def client(port):
         with socket.create_connection(("127.0.0.1", port), timeout=STEP_TIMEOUT) as sock:
-            sock.sendall(b"hello\n")
-            sock.shutdown(socket.SHUT_WR)
-            got = bytearray()
-            end = "?"
-            try:
-                while True:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        end = "FIN"
-                        break
-                    got += chunk
-            except OSError as exc:
-                end = exc_name(exc)
-            return len(got), digest(bytes(got)), end
+            return half_closer(sock)
 
-    async def main(loop):
+    async def loop_serves(loop):
         protos = []
         server = await loop.create_server(lambda: protos.append(Server(loop)) or protos[-1],
                                           "127.0.0.1", 0)
@@ -645,19 +650,36 @@ def scenario_half_close(kind, seed, **_):
         await server.wait_closed()
         return got, bytes(proto.data), proto.eof_count, lost, proto.lost_count
 
-    (got, received, eofs, lost, lost_calls), calls = run_on_loop(kind, main, STEP_TIMEOUT * 3)
-    if got != (len(data), digest(data), "FIN"):
-        res.problems.append(f"client read {got}, expected ({len(data)}, {digest(data)}, FIN)")
-    if received != b"hello\n":
-        res.problems.append(f"server received {received!r}")
-    if eofs != 1 or lost_calls != 1 or lost is not None:
-        res.problems.append(f"eof_received x{eofs}, connection_lost x{lost_calls} ({lost})")
-    res.obs = {"client": list(got), "eofs": eofs, "lost": lost, "lost_calls": lost_calls,
-               "handler": sorted(set(calls))}
+    async def loop_connects(loop):
+        peer = Peer()
+        peer.serve(half_closer)
+        try:
+            _, proto = await loop.create_connection(lambda: Server(loop), *peer.address)
+            lost = await wait_lost(proto)
+        finally:
+            got = await loop.run_in_executor(None, peer.join)
+        if peer.error:
+            got = (0, None, f"peer: {peer.error}")
+        return got, bytes(proto.data), proto.eof_count, lost, proto.lost_count
+
+    async def main(loop):
+        return await loop_serves(loop), await loop_connects(loop)
+
+    outcomes, calls = run_on_loop(kind, main, STEP_TIMEOUT * 6)
+    res.obs = {"handler": sorted(set(calls))}
+    for role, (got, received, eofs, lost, lost_calls) in zip(("server", "client"), outcomes):
+        if got != (len(data), digest(data), "FIN"):
+            res.problems.append(f"{role}: peer read {got}, expected ({len(data)}, {digest(data)}, FIN)")
+        if received != b"hello\n":
+            res.problems.append(f"{role}: the loop received {received!r}")
+        if eofs != 1 or lost_calls != 1 or lost is not None:
+            res.problems.append(f"{role}: eof_received x{eofs}, connection_lost x{lost_calls} ({lost})")
+        res.obs[role] = {"peer": list(got), "eofs": eofs, "lost": lost, "lost_calls": lost_calls}
     leak = fd_leak(before)
     if leak:
         res.problems.append(f"fds left: {leak}")
-    res.summary = f"{got[0]} B after the peer's SHUT_WR, then {got[2]}"
+    res.summary = ", ".join(f"{role}: {o[0][0]} B after the peer's SHUT_WR, then {o[0][2]}"
+                            for role, o in zip(("loop server", "loop client"), outcomes))
     return res
 
 
