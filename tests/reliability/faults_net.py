@@ -47,14 +47,21 @@ Scenarios
     exception-handler call. After each call the limit is restored, the descriptors must be back
     to the baseline (a call that fails half way must close what it opened), no child process
     may be left (running or zombie) and the loop must still echo.
+``emfile_new_loop``: in a child process, ``new_event_loop()`` with 0 to 8 descriptors free:
+    where it fails it must raise OSError with errno EMFILE (asyncio's class and errno), leave
+    no descriptor behind, and report nothing as unraisable (asyncio itself does: its half-built
+    loop's ``__del__`` raises AttributeError, the stdlib's bug, reported only); where it
+    succeeds the loop must run. How many descriptors a loop needs is reported.
 ``reset``: a plain-socket peer resets the connection (``SO_LINGER {1, 0}`` then close) after N
     bytes, N drawn from the seed (``--offsets`` values: 1, then random ones below 1 MiB), while
     the loop side is (write) writing a 4 MiB backlog, (write_eof) the same then write_eof(),
+    (close_backlog) the same then close(),
     (server_write) the same from a transport its server accepted, (read) reading what the peer
     sends, (paused_read) the same with reading paused for 0.2 s meanwhile, (sendfile) in
     ``loop.sendfile(transport, file)`` of a 4 MiB file. The loop's SO_SNDBUF and
     the peer's SO_RCVBUF are 64 KiB, so the backlog is still unsent when the reset comes.
-    connection_lost must come exactly once, with the class asyncio gives, and sendfile must
+    connection_lost must come exactly once, with the class asyncio gives, after the same
+    sequence of callbacks (made, pause/resume_writing, eof), and sendfile must
     raise what asyncio raises (ConnectionResetError and BrokenPipeError count as one outcome
     there: asyncio gives either at the same offset from run to run); the read side must have
     received exactly the N bytes sent (paused_read: a prefix of them, since the reset drops
@@ -116,14 +123,16 @@ import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-SCENARIOS = ("emfile_accept", "emfile_elsewhere", "reset", "slow_reader", "half_close", "fork")
-CHILD_SCENARIOS = ("emfile_accept", "emfile_elsewhere", "fork")
+SCENARIOS = ("emfile_accept", "emfile_elsewhere", "emfile_new_loop", "reset", "slow_reader",
+             "half_close", "fork")
+CHILD_SCENARIOS = ("emfile_accept", "emfile_elsewhere", "emfile_new_loop", "fork")
 
 ACCEPT_HEADROOM = 4  # descriptors left free while the connect storm arrives
 BACKOFF_WINDOW = 1.5  # seconds from the first EMFILE until the limit is raised again
 CPU_BOUND = 0.5  # asserted: CPU time over the back-off window < half the window (generous)
 EMFILE_HEADROOMS = tuple(range(9))  # descriptors left free: 0 to 8
-RESET_MODES = ("write", "write_eof", "server_write", "read", "paused_read", "sendfile")
+RESET_MODES = ("write", "write_eof", "close_backlog", "server_write", "read", "paused_read",
+               "sendfile")
 RESET_SIZE = 4 * 1024 * 1024
 RESET_FAMILY = frozenset(("ConnectionResetError:ECONNRESET", "BrokenPipeError:EPIPE"))
 SMALL_BUF = 64 * 1024  # SO_SNDBUF of the loop's socket and SO_RCVBUF of the reset peer
@@ -337,11 +346,17 @@ class Recorder(asyncio.Protocol):
 
     def pause_writing(self):
         self.pauses.append("pause")
+        self.events.append("pause")
         self.writable.clear()
 
     def resume_writing(self):
         self.pauses.append("resume")
+        self.events.append("resume")
         self.writable.set()
+
+    def callbacks(self):
+        """The callback sequence (made, pause, resume, eof, lost: data_received is not listed)."""
+        return " ".join(self.events)
 
     def connection_lost(self, exc):
         self.lost_count += 1
@@ -410,6 +425,9 @@ async def _reset_case(loop, mode, offset, seed, tmpdir):
         elif mode == "write_eof":
             transport.write(data)
             transport.write_eof()
+        elif mode == "close_backlog":
+            transport.write(data)
+            transport.close()
         elif mode == "paused_read":
             transport.pause_reading()
             await asyncio.sleep(0.2)  # the data and the reset arrive meanwhile
@@ -436,6 +454,7 @@ async def _reset_case(loop, mode, offset, seed, tmpdir):
             transport.abort()
             await asyncio.sleep(0.05)
         out["lost_calls"] = proto.lost_count
+        out["callbacks"] = proto.callbacks()
         if mode == "read":
             out["received_ok"] = bytes(proto.data) == data[:offset]
         elif mode == "paused_read":
@@ -483,6 +502,7 @@ async def _reset_server_case(loop, offset, data):
             protos[0].transport.abort()
             await asyncio.sleep(0.05)
         out["lost_calls"] = protos[0].lost_count
+        out["callbacks"] = protos[0].callbacks()
     finally:
         server.close()
         await server.wait_closed()
@@ -1045,6 +1065,57 @@ def child_emfile_elsewhere(kind, seed, **_):
     return res
 
 
+def child_emfile_new_loop(kind, seed, **_):
+    """Loop creation under the limit: an OSError with errno EMFILE, or a loop that runs."""
+    res = Result("emfile_new_loop", kind)
+    unraisable = []
+    sys.unraisablehook = lambda u: unraisable.append(
+        f"{exc_name(u.exc_value)}: {u.exc_value} ({u.err_msg or ''} {u.object!r})"[:300])
+    factory = loop_factory(kind)
+    warm = factory()  # imports and first-use set-up outside the limit
+    warm.run_until_complete(asyncio.sleep(0))
+    warm.close()
+    fds0 = open_fds()
+    outcomes = {}
+    for headroom in EMFILE_HEADROOMS:
+        gc.collect()
+        before = open_fds()
+        loop = None
+        with FdLimit(headroom):
+            try:
+                loop = factory()
+                outcomes[headroom] = "ok"
+            except Exception as exc:
+                outcomes[headroom] = exc_name(exc)
+        if loop is not None:
+            try:
+                loop.run_until_complete(asyncio.sleep(0.01))
+            except Exception as exc:
+                res.problems.append(f"{headroom} free: the loop made does not run: {exc_name(exc)}")
+            loop.close()
+        leak = fd_leak(before, settle=0.5)
+        if leak:
+            res.problems.append(f"{headroom} free: fds left after {outcomes[headroom]}: {leak}")
+    failures = sorted({v for v in outcomes.values() if v != "ok"})
+    for failure in failures:
+        if failure != "OSError:EMFILE":
+            res.problems.append(f"loop creation raised {failure}, expected OSError:EMFILE")
+    if outcomes[0] == "ok":
+        res.problems.append("a loop was made with no descriptor free")
+    if unraisable and kind != "asyncio":
+        res.problems.append(f"unraisable: {unraisable}")
+    res.obs = {"failures": failures}
+    res.info = {"outcomes": {str(k): v for k, v in outcomes.items()}, "unraisable": unraisable}
+    leak = fd_leak(fds0)
+    if leak:
+        res.problems.append(f"fds left: {leak}")
+    needs = min((k for k, v in outcomes.items() if v == "ok"), default=None)
+    res.summary = (f"a loop needs {needs} free descriptors; below that: {failures}"
+                   + (f"; {len(unraisable)} unraisable (the stdlib's half-built loop __del__)"
+                      if unraisable else ""))
+    return res
+
+
 # -- fork at random moments (child process) -------------------------------------------------------
 
 
@@ -1252,7 +1323,7 @@ def child_fork(kind, seed, forks=4, **_):
 IN_PROCESS = {"reset": scenario_reset, "slow_reader": scenario_slow_reader,
               "half_close": scenario_half_close}
 IN_CHILD = {"emfile_accept": child_emfile_accept, "emfile_elsewhere": child_emfile_elsewhere,
-            "fork": child_fork}
+            "emfile_new_loop": child_emfile_new_loop, "fork": child_fork}
 
 
 def _child_argv(scenario, kind, seed, params):
