@@ -58,7 +58,9 @@ Scenarios
     (close_backlog) the same then close(),
     (server_write) the same from a transport its server accepted, (read) reading what the peer
     sends, (paused_read) the same with reading paused for 0.2 s meanwhile, (sendfile) in
-    ``loop.sendfile(transport, file)`` of a 4 MiB file. The loop's SO_SNDBUF and
+    ``loop.sendfile(transport, file)`` of a 4 MiB file, (sock_sendall) in ``loop.sock_sendall``
+    of 4 MiB, (sock_recv) in ``loop.sock_recv`` calls (these two compare the exception the
+    call raises, or EOF). The loop's SO_SNDBUF and
     the peer's SO_RCVBUF are 64 KiB, so the backlog is still unsent when the reset comes.
     connection_lost must come exactly once, with the class asyncio gives, after the same
     sequence of callbacks (made, pause/resume_writing, eof), and sendfile must
@@ -132,7 +134,7 @@ BACKOFF_WINDOW = 1.5  # seconds from the first EMFILE until the limit is raised 
 CPU_BOUND = 0.5  # asserted: CPU time over the back-off window < half the window (generous)
 EMFILE_HEADROOMS = tuple(range(9))  # descriptors left free: 0 to 8
 RESET_MODES = ("write", "write_eof", "close_backlog", "server_write", "read", "paused_read",
-               "sendfile")
+               "sendfile", "sock_sendall", "sock_recv")
 RESET_SIZE = 4 * 1024 * 1024
 RESET_FAMILY = frozenset(("ConnectionResetError:ECONNRESET", "BrokenPipeError:EPIPE"))
 SMALL_BUF = 64 * 1024  # SO_SNDBUF of the loop's socket and SO_RCVBUF of the reset peer
@@ -405,7 +407,7 @@ async def _reset_case(loop, mode, offset, seed, tmpdir):
     if mode == "server_write":
         return await _reset_server_case(loop, offset, data)
     peer = Peer(rcvbuf=SMALL_BUF)
-    if mode in ("read", "paused_read"):
+    if mode in ("read", "paused_read", "sock_recv"):
         def peer_fn(conn):
             conn.sendall(data[:offset])
             time.sleep(0.05)  # the data is on its way before the reset
@@ -417,6 +419,13 @@ async def _reset_case(loop, mode, offset, seed, tmpdir):
             return len(got)
     peer.serve(peer_fn)
     out = {}
+    if mode in ("sock_sendall", "sock_recv"):
+        try:
+            return await _reset_sock_case(loop, mode, offset, data, peer, out)
+        finally:
+            peer.join()
+            if peer.error:
+                out["peer"] = peer.error
     try:
         transport, proto = await connect_small(loop, peer.address, lambda: Recorder(loop),
                                                SMALL_BUF)
@@ -464,6 +473,43 @@ async def _reset_case(loop, mode, offset, seed, tmpdir):
         peer.join()
     if peer.error:
         out["peer"] = peer.error
+    return out
+
+
+async def _reset_sock_case(loop, mode, offset, data, peer, out):
+    """The reset met by the loop's sock_* methods: sock_sendall of the whole backlog, or
+    sock_recv until the reset; the exception (or the end) each gives."""
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUF)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, peer.address)
+        if mode == "sock_sendall":
+            try:
+                await asyncio.wait_for(loop.sock_sendall(sock, data), STEP_TIMEOUT)
+                out["raised"] = "returned"
+            except asyncio.TimeoutError:
+                out["raised"] = "hung"
+            except Exception as exc:
+                out["raised"] = exc_name(exc)
+        else:
+            got = bytearray()
+            try:
+                while True:
+                    chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), STEP_TIMEOUT)
+                    if not chunk:
+                        out["raised"] = "EOF"
+                        break
+                    got += chunk
+            except asyncio.TimeoutError:
+                out["raised"] = "hung"
+            except Exception as exc:
+                out["raised"] = exc_name(exc)
+            out["received_ok"] = bytes(got) == data[:offset]
+    finally:
+        sock.close()
+    # Shaped like the transport cases' outcomes (no protocol here: no connection_lost).
+    out["lost"], out["lost_calls"] = "n/a (sock_*)", 1
     return out
 
 
@@ -526,7 +572,7 @@ def scenario_reset(kind, seed, offsets=4, **_):
     for key, out in outcomes.items():
         if out["lost_calls"] != 1:
             res.problems.append(f"{key}: connection_lost called {out['lost_calls']} times")
-        if out.get("sendfile") == "hung" or out["lost"] == "no connection_lost":
+        if "hung" in (out.get("sendfile"), out.get("raised")) or out["lost"] == "no connection_lost":
             res.problems.append(f"{key}: hung ({out})")
         if out.get("received_ok") is False:
             res.problems.append(f"{key}: the bytes read differ from what the peer sent")
@@ -536,7 +582,7 @@ def scenario_reset(kind, seed, offsets=4, **_):
     leak = fd_leak(before)
     if leak:
         res.problems.append(f"fds left: {leak}")
-    kinds = sorted({str(o["lost"]) for o in outcomes.values()})
+    kinds = sorted({str(o["lost"]) for o in outcomes.values() if "n/a" not in str(o["lost"])})
     res.summary = f"{len(outcomes)} resets ({len(offs)} offsets x {len(RESET_MODES)} modes), lost: {kinds}"
     return res
 
