@@ -55,19 +55,18 @@ Scenarios
 ``reset``: a plain-socket peer resets the connection (``SO_LINGER {1, 0}`` then close) after N
     bytes, N drawn from the seed (``--offsets`` values: 1, then random ones below 1 MiB), while
     the loop side is (write) writing a 4 MiB backlog, (write_eof) the same then write_eof(),
-    (close_backlog) the same then close(),
-    (server_write) the same from a transport its server accepted, (read) reading what the peer
-    sends, (paused_read) the same with reading paused for 0.2 s meanwhile, (sendfile) in
-    ``loop.sendfile(transport, file)`` of a 4 MiB file, (sock_sendall) in ``loop.sock_sendall``
-    of 4 MiB, (sock_recv) in ``loop.sock_recv`` calls (these two compare the exception the
-    call raises, or EOF). The loop's SO_SNDBUF and
-    the peer's SO_RCVBUF are 64 KiB, so the backlog is still unsent when the reset comes.
+    (close_backlog) the same then close(), (server_write) the same from a transport its server
+    accepted, (read) reading what the peer sends, (paused_read) the same with reading paused
+    for 0.2 s meanwhile, (sendfile) in ``loop.sendfile(transport, file)`` of a 4 MiB file,
+    (sock_sendall) in ``loop.sock_sendall`` of 4 MiB, (sock_recv) in ``loop.sock_recv`` calls
+    (these two compare the exception the call raises, or EOF). The loop's SO_SNDBUF and the
+    peer's SO_RCVBUF are 64 KiB, so the backlog is still unsent when the reset comes.
     connection_lost must come exactly once, with the class asyncio gives, after the same
-    sequence of callbacks (made, pause/resume_writing, eof), and sendfile must
-    raise what asyncio raises (ConnectionResetError and BrokenPipeError count as one outcome
-    there: asyncio gives either at the same offset from run to run); the read side must have
-    received exactly the N bytes sent (paused_read: a prefix of them, since the reset drops
-    what the peer still had queued, and no data_received while paused); nothing hangs
+    sequence of callbacks (made, pause/resume_writing, eof), and sendfile must raise what
+    asyncio raises (ConnectionResetError and BrokenPipeError count as one outcome there:
+    asyncio gives either at the same offset from run to run); the read side must have received
+    exactly the N bytes sent (paused_read: a prefix of them, since the reset drops what the
+    peer still had queued, and no data_received while paused); nothing hangs
     (``STEP_TIMEOUT``).
 ``slow_reader``: the peer's ``SO_RCVBUF`` is 4 KiB and it reads 512 B at a time with a pause
     (``--slow-delay``); the loop writes ``--slow-bytes`` in seeded chunks of 1 B - 64 KiB, only
@@ -94,7 +93,7 @@ Scenarios
     count is in the summary); it is user-visible.
 
 Forms:
-    # CI (tests/reliability/test_faults_net.py): seed 2020, 4 offsets per mode, 4 forks, 1 MiB slow
+    # CI (tests/reliability/test_faults_net.py): seed 2020, 4 offsets per mode, 6 forks, 1 MiB slow
     python tests/reliability/faults_net.py --loop asyncio,tokioloop
     # long form (about 10 minutes): more offsets, more forks, the full 8 MiB slow reader
     python tests/reliability/faults_net.py --loop asyncio,tokioloop,uvloop --offsets 24 \\
@@ -574,7 +573,8 @@ def scenario_reset(kind, seed, offsets=4, **_):
     for key, out in outcomes.items():
         if out["lost_calls"] != 1:
             res.problems.append(f"{key}: connection_lost called {out['lost_calls']} times")
-        if "hung" in (out.get("sendfile"), out.get("raised")) or out["lost"] == "no connection_lost":
+        hung = "hung" in (out.get("sendfile"), out.get("raised"))
+        if hung or out["lost"] == "no connection_lost":
             res.problems.append(f"{key}: hung ({out})")
         if out.get("data_while_paused"):
             res.problems.append(f"{key}: data_received while reading was paused")
@@ -587,7 +587,8 @@ def scenario_reset(kind, seed, offsets=4, **_):
     if leak:
         res.problems.append(f"fds left: {leak}")
     kinds = sorted({str(o["lost"]) for o in outcomes.values() if "n/a" not in str(o["lost"])})
-    res.summary = f"{len(outcomes)} resets ({len(offs)} offsets x {len(RESET_MODES)} modes), lost: {kinds}"
+    res.summary = (f"{len(outcomes)} resets ({len(offs)} offsets x {len(RESET_MODES)} modes), "
+                   f"lost: {kinds}")
     return res
 
 
@@ -643,14 +644,16 @@ def scenario_slow_reader(kind, seed, slow_bytes=1 << 20, slow_delay=0.001, **_):
         peer.join()
     got = peer.result or (0, None)
     if max_buf > HIGH_WATER + largest:
-        res.problems.append(f"max write buffer {max_buf} > high {HIGH_WATER} + largest write {largest}")
+        res.problems.append(
+            f"max write buffer {max_buf} > high {HIGH_WATER} + largest write {largest}")
     doubled = [i for i in range(1, len(pauses)) if pauses[i] == pauses[i - 1]]
     if doubled or (pauses and pauses[0] != "pause"):
         res.problems.append(f"pause/resume do not alternate: {pauses[:20]}")
     if not pauses:
         res.problems.append("never paused: the scenario did not reach the high-water mark")
     if got != (slow_bytes, digest(data)):
-        res.problems.append(f"peer read {got[0]} bytes, hash {got[1]}; wrote {slow_bytes}, {digest(data)}")
+        res.problems.append(
+            f"peer read {got[0]} bytes, hash {got[1]}; wrote {slow_bytes}, {digest(data)}")
     if peer.error:
         res.problems.append(f"peer: {peer.error}")
     res.obs = {"data": got[1] == digest(data), "lost": lost, "lost_calls": lost_calls,
@@ -739,11 +742,13 @@ def scenario_half_close(kind, seed, **_):
     res.obs = {"handler": sorted(set(calls))}
     for role, (got, received, eofs, lost, lost_calls) in zip(("server", "client"), outcomes):
         if got != (len(data), digest(data), "FIN"):
-            res.problems.append(f"{role}: peer read {got}, expected ({len(data)}, {digest(data)}, FIN)")
+            res.problems.append(
+                f"{role}: peer read {got}, expected ({len(data)}, {digest(data)}, FIN)")
         if received != b"hello\n":
             res.problems.append(f"{role}: the loop received {received!r}")
         if eofs != 1 or lost_calls != 1 or lost is not None:
-            res.problems.append(f"{role}: eof_received x{eofs}, connection_lost x{lost_calls} ({lost})")
+            res.problems.append(
+                f"{role}: eof_received x{eofs}, connection_lost x{lost_calls} ({lost})")
         res.obs[role] = {"peer": list(got), "eofs": eofs, "lost": lost, "lost_calls": lost_calls}
     leak = fd_leak(before)
     if leak:
@@ -876,7 +881,7 @@ def child_emfile_accept(kind, seed, clients=50, **_):
     served = marks.get("served", 0)
     if served != clients:
         res.problems.append(f"served {served}/{clients}")
-    expected = f"socket.accept() out of system resource [OSError:EMFILE]"
+    expected = "socket.accept() out of system resource [OSError:EMFILE]"
     if not contexts:
         res.problems.append("no exception-handler call: EMFILE never reported")
     elif any(c != expected for c in contexts):
@@ -1507,7 +1512,7 @@ def main(argv=None):
                         help="run only this scenario (repeatable)")
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--offsets", type=int, default=4, help="reset offsets per mode")
-    parser.add_argument("--forks", type=int, default=4)
+    parser.add_argument("--forks", type=int, default=6)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--slow-bytes", type=int, default=1 << 20)
     parser.add_argument("--slow-delay", type=float, default=0.001)

@@ -16,7 +16,7 @@ strict xfail (``DEFECTS``), with its smallest reproducer as a test of its own.
 
 Runs only with ``TOKIOLOOP_RELIABILITY=1``; needs Python 3.11+ (``asyncio.Runner`` in the forked
 children). The seed is fixed (``TOKIOLOOP_FAULTS_SEED`` overrides it); a failure replays with
-    python tests/reliability/faults_net.py --loop asyncio,tokioloop --seed SEED --forks 6
+    python tests/reliability/faults_net.py --loop asyncio,tokioloop --seed SEED
 Wall time: 44 s for both loops on 3.11 and 47 s on 3.14 (shared 2-core machine, a long run of
 the harness beside it); CPU about 12 s.
 Long form: see ``faults_net.py`` (``--offsets 24 --forks 40 --slow-bytes 8388608``).
