@@ -95,9 +95,12 @@ Scenarios
 Forms:
     # CI (tests/reliability/test_faults_net.py): seed 2020, 4 offsets per mode, 6 forks, 1 MiB slow
     python tests/reliability/faults_net.py --loop asyncio,tokioloop
-    # long form (about 10 minutes): more offsets, more forks, the full 8 MiB slow reader
+    # long form: more offsets, more forks, the full 8 MiB slow reader (512 B per 5 ms)
     python tests/reliability/faults_net.py --loop asyncio,tokioloop,uvloop --offsets 24 \\
         --forks 40 --slow-bytes 8388608 --slow-delay 0.005 --seed 7
+The long form takes about 2.5 minutes per loop on the shared 2-core machine (90 s of it the
+slow reader); uvloop (``pip install uvloop``) adds about 7, most of it waiting out the peers
+of its sendfile cases (uvloop's loop.sendfile raises NotImplementedError on a transport).
 
 ``--scenario NAME`` (repeatable) runs a subset; ``--json`` prints each result as JSON too.
 The child-process scenarios print one ``FAULTS-RESULT {json}`` line on stdout.
