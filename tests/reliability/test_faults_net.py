@@ -55,15 +55,11 @@ def _result(kind, scenario):
     return _RESULTS[key]
 
 
-#: tokioloop defects the scenarios found: (scenario) -> the reason of a strict xfail.
-DEFECTS = {
-    "emfile_new_loop": (
-        "tokioloop defect: new_event_loop() with no descriptor free raises "
-        "OSError('Too many open files (os error 24)') with errno None, where asyncio raises "
-        "OSError(EMFILE) (errno 24): LoopCore::create (src/event_loop/lifecycle.rs) converts "
-        "runtime::build()'s io::Error with pyo3's From (`?`), which keeps only the message; "
-        "errors::from_io keeps the errno"),
-}
+#: tokioloop defects the scenarios found and not fixed yet: (scenario) -> the reason of a
+#: strict xfail. Fixed: emfile_new_loop (new_event_loop() under EMFILE lost the errno: the
+#: runtime's io::Error went through pyo3's From; test_new_loop_without_descriptors_raises_emfile
+#: is its regression test).
+DEFECTS = {}
 
 
 def _cases():
@@ -98,14 +94,11 @@ def _run_in_child(code):
                           timeout=60, cwd=HERE)
 
 
-@pytest.mark.parametrize("kind", [
-    "asyncio",
-    pytest.param("tokioloop", marks=pytest.mark.xfail(strict=True,
-                                                      reason=DEFECTS["emfile_new_loop"])),
-])
+@pytest.mark.parametrize("kind", ["asyncio", "tokioloop"])
 def test_new_loop_without_descriptors_raises_emfile(kind):
-    """The smallest reproducer of the emfile_new_loop defect (in a child: the limit is
-    lowered there, never in the pytest process)."""
+    """new_event_loop() with no descriptor free raises OSError(EMFILE), errno set (the
+    emfile_new_loop defect's regression test; in a child: the limit is lowered there, never in
+    the pytest process)."""
     proc = _run_in_child(
         "import errno, faults_net\n"
         f"factory = faults_net.loop_factory({kind!r})\n"
