@@ -67,7 +67,7 @@ import threading
 import time
 
 ADDR = "127.0.0.1"
-ROUNDS = 2
+ROUNDS = 1  # with --signals, more: rounds go on while the killer thread runs
 CHILD_TIMEOUT = 20.0  # a workload run takes ~1 s, under strace too
 ECHO_CLIENTS = 4
 ECHO_BYTES = 128 * 1024
@@ -157,7 +157,13 @@ async def workload(seen):
             writer.write_eof()
 
         sender = asyncio.ensure_future(send())
-        got = await reader.read(-1)
+        try:
+            got = await reader.read(-1)
+        finally:
+            if not sender.done():
+                sender.cancel()
+            # the sender's own error (if any) is the same fault: retrieve it, report the read's
+            await asyncio.gather(sender, return_exceptions=True)
         await sender
         writer.close()
         await writer.wait_closed()

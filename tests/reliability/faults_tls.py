@@ -13,7 +13,9 @@ Cuts (``run_cuts``). A relay (``Relay``) sits between the loop and a blocking TL
 the TLS record headers (type, version, length) flowing each way and forwards whole records. A cut
 ``(direction, k, j, mode)`` lets ``k`` records through in ``direction`` (``up``: from the side
 that connected, ``down``: towards it), then ``j`` bytes of record ``k``, and closes both of its
-sockets: ``fin`` (a plain close) or ``rst`` (SO_LINGER {1, 0}). Roles: ``client`` (the loop runs
+sockets: ``fin`` (shutdown of both write sides, then whatever arrives is read and dropped until
+each side closes: a plain close() with bytes unread would send a RST) or ``rst`` (SO_LINGER
+{1, 0}). Roles: ``client`` (the loop runs
 ``open_connection(ssl=..., ssl_handshake_timeout=5)``, writes a line, reads it back, closes)
 and ``server`` (a blocking client talks to the loop's TLS server through the relay). The cuts
 are every record boundary of a reference run in both directions (``j = 0``), plus ``--random``
@@ -299,9 +301,7 @@ class Relay:
                     buf = bufs[direction]
                     buf += data
                     if self._forward(direction, buf, dest, final=not data):
-                        hard_close(down, self.cut[3])
-                        hard_close(up, self.cut[3])
-                        self.cut_done = True
+                        self._cut(down, up, self.cut[3])
                         return
                     if not data:
                         open_dirs.discard(direction)
@@ -312,6 +312,33 @@ class Relay:
         finally:
             down.close()
             up.close()
+
+    def _cut(self, down, up, mode):
+        """``rst``: close both with SO_LINGER {1, 0}. ``fin``: shut both write sides (a FIN
+        even with unread bytes queued, which a plain close() would turn into a RST), then read
+        and discard until each side closes (bounded), so the FIN stays a FIN."""
+        self.cut_done = True
+        if mode == "rst":
+            hard_close(down, "rst")
+            hard_close(up, "rst")
+            return
+        socks = []
+        for sock in (down, up):
+            try:
+                sock.shutdown(socket.SHUT_WR)
+                socks.append(sock)
+            except OSError:
+                pass
+        deadline = time.monotonic() + STEP_TIMEOUT
+        while socks and time.monotonic() < deadline:
+            readable, _, _ = select.select(socks, [], [], 0.5)
+            for sock in readable:
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    socks.remove(sock)
 
     def _forward(self, direction, buf, dest, final):
         """Send the whole records of ``buf``; True when the cut point is reached."""

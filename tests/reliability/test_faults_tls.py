@@ -34,7 +34,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("TOKIOLOOP_RELIABILITY") != "1",
                                 reason="reliability suite: set TOKIOLOOP_RELIABILITY=1")
 
 SEED = int(os.environ.get("TOKIOLOOP_FAULTS_TLS_SEED", "20204"))
-RANDOM = 6
+RANDOM = 4
 EXAMPLES = 150
 
 
