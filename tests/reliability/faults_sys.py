@@ -353,6 +353,26 @@ def repro_child(kind, case):
         got = loop.run_until_complete(drain())
         result = {"received": len(got), "buffered": transport.get_write_buffer_size()}
         transport.close()
+    elif case in ("sock-sendall", "sock-recv"):
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        print("READY", flush=True)
+        wait_traced()
+
+        async def exchange():
+            if case == "sock-sendall":  # its send() gets EINTR
+                await asyncio.wait_for(loop.sock_sendall(a, b"s" * 1000), 2)
+                return len(await asyncio.wait_for(loop.sock_recv(b, 4096), 2))
+            b.send(b"r" * 1000)  # already queued when sock_recv's recv() gets EINTR
+            return len(await asyncio.wait_for(loop.sock_recv(a, 4096), 2))
+
+        try:
+            result = {"received": loop.run_until_complete(exchange())}
+        except BaseException as exc:
+            result = {"raised": type(exc).__name__}
+        a.close()
+        b.close()
     else:
         print("READY", flush=True)
         wait_traced()
@@ -377,23 +397,30 @@ def repro_child(kind, case):
 
 
 def run_repro(kind, case, calls, when="1", timeout=30):
-    """Run ``repro_child`` under ``strace -e inject=CALLS:error=EINTR:when=WHEN``; its JSON."""
+    """Run ``repro_child`` under ``strace -e inject=CALLS:error=EINTR:when=WHEN``; its JSON
+    (with ``injected``: how many calls strace failed) and its stderr."""
     child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", kind,
                               "--repro", case], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = tempfile.NamedTemporaryFile("r", prefix="faults-sys-repro-", suffix=".strace")
     try:
         assert child.stdout.readline().strip() == b"READY"
         tracer = subprocess.Popen(
-            ["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={calls}",
+            ["strace", "-f", "-qq", "-o", log.name, "-e", f"trace={calls}",
              "-e", f"inject={calls}:error=EINTR:when={when}", "-p", str(child.pid)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         out, err = child.communicate(timeout=timeout)
         tracer.wait(10)
+        injected = log.read().count("(INJECTED)")
     finally:
+        log.close()
         if child.poll() is None:
             child.kill()
             child.communicate()
     lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
-    return (json.loads(lines[-1]) if lines else None), err.decode(errors="replace")
+    result = json.loads(lines[-1]) if lines else None
+    if result is not None:
+        result["injected"] = injected
+    return result, err.decode(errors="replace")
 
 
 # -- the parent -----------------------------------------------------------------------------------
