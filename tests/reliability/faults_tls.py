@@ -50,10 +50,12 @@ Figure::
 Usage::
 
     python tests/reliability/faults_tls.py --help
-    # CI form (what test_faults_tls.py runs): every boundary, 6 random offsets, 150 mutations
-    python tests/reliability/faults_tls.py --random 6 --examples 150
-    # long form: 40 random offsets per role, 10k mutations with a random seed
+    # CI form (what test_faults_tls.py runs): every boundary, 4 random offsets, 150 mutations
+    python tests/reliability/faults_tls.py --random 4 --examples 150
+    # long form: 40 random offsets per role, 10k mutations with a random seed (~2 min)
     python tests/reliability/faults_tls.py --random 40 --examples 10000 --seed random
+    # uvloop judged too (pip install uvloop first)
+    python tests/reliability/faults_tls.py --loop tokioloop,uvloop --random 40 --examples 10000
 
 Exit status 0 when tokioloop matched the stdlib everywhere, 1 otherwise.
 """
@@ -886,7 +888,7 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--loop", default="tokioloop",
                     help="loops judged against the stdlib, comma-separated (tokioloop,uvloop)")
-    ap.add_argument("--random", type=int, default=6,
+    ap.add_argument("--random", type=int, default=4,
                     help="random in-record offsets per role (each in both modes)")
     ap.add_argument("--examples", type=int, default=150, help="Hypothesis mutations")
     ap.add_argument("--seed", default="20204",

@@ -19,7 +19,7 @@ Runs only with ``TOKIOLOOP_RELIABILITY=1``. Wall time on the shared 2-core machi
 90 s budget. Long form::
 
     python tests/reliability/faults_sys.py --loop asyncio,tokioloop --signals \\
-        --when 1+1,2+3,2+7,5+11,13+17
+        --when 1+2,2+3,2+7,5+11,13+17
 """
 
 import os
