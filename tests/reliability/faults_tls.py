@@ -31,7 +31,8 @@ clean TLS echo (it keeps accepting). Outcomes that depend on a race (the stdlib 
 two answers for the same cut) are retried: a cut diverges when, after ``RETRIES`` runs of
 each loop, no tokioloop outcome is among the stdlib's.
 
-Malformed input (``run_malformed``). A ClientHello captured from ``ssl.SSLObject`` is mutated
+Malformed input (``run_malformed``). A ClientHello captured from ``ssl.SSLObject`` (afresh
+each run: its random and key share differ, its layout does not) is mutated
 (Hypothesis: bit flips, truncation, record or handshake length set to 0, 0xFFFF or a random
 value, bytes inserted or deleted, or arbitrary bytes), sent on a plain socket to each loop's TLS
 server, then the write side is shut (FIN) and the answer read to EOF (bounded). Fixed cases
