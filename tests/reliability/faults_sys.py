@@ -679,7 +679,8 @@ def main(argv=None):
                     help="strace when= expressions, comma-separated (never 1+1: failing every "
                          "call livelocks any retry loop, as the kernel never does)")
     ap.add_argument("--signals", action="store_true", help="also inject SIGUSR1")
-    ap.add_argument("--group", default="", help=f"groups (default all): {', '.join(GROUPS)}")
+    ap.add_argument("--group", default="",
+                    help=f"groups, ';'-separated (default all): {'; '.join(GROUPS)}")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--wait-trace", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--repro", help=argparse.SUPPRESS)

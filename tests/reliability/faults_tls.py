@@ -644,7 +644,8 @@ def mutations(hello):
         st.tuples(st.just("truncate"), st.integers(0, n - 1)),
         st.tuples(st.just("reclen"), lengths),
         st.tuples(st.just("hslen"), st.one_of(lengths, st.integers(0, 2 ** 24 - 1))),
-        st.tuples(st.just("insert"), st.tuples(st.integers(0, n), st.binary(min_size=1, max_size=64))),
+        st.tuples(st.just("insert"), st.tuples(st.integers(0, n),
+                                               st.binary(min_size=1, max_size=64))),
         st.tuples(st.just("delete"), st.tuples(st.integers(0, n - 1), st.integers(1, 64))),
         st.tuples(st.just("raw"), st.binary(max_size=300)),
     )
@@ -888,7 +889,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--loop", default="tokioloop",
-                    help="loops judged against the stdlib, comma-separated (tokioloop,uvloop)")
+                    help="loops judged against the stdlib, comma-separated (tokioloop, uvloop, or "
+                         "asyncio: a second stdlib loop, to check the harness)")
     ap.add_argument("--random", type=int, default=4,
                     help="random in-record offsets per role (each in both modes)")
     ap.add_argument("--examples", type=int, default=150, help="Hypothesis mutations")
@@ -899,7 +901,8 @@ def main(argv=None):
     ap.add_argument("--skip-malformed", action="store_true")
     args = ap.parse_args(argv)
     seed = random.randrange(1 << 32) if args.seed == "random" else int(args.seed)
-    judged = [k for k in args.loop.split(",") if k]
+    # the stdlib judged against itself runs as a second loop of its own
+    judged = [("asyncio#self" if k == "asyncio" else k) for k in args.loop.split(",") if k]
     kinds = ["asyncio", *judged]
     tallies = {k: Tally(k) for k in judged}
     with tempfile.TemporaryDirectory() as certdir:
