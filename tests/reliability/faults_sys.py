@@ -659,6 +659,9 @@ def campaign(kinds, whens, signals, groups=None, log=print, skip=(), timeout=CHI
                                 p.split(":")[0] for p in stdlib.problems]
                             problems = [] if same else run.problems + [
                                 f"the stdlib under the same injection: {stdlib.problems}"]
+                            if same and run.problems:
+                                t.notes.append(f"hangs as the stdlib does under {fault} "
+                                               f"{group} when={when}")
                         else:
                             problems = judge(run, stdlib.result)
                     else:
