@@ -51,8 +51,8 @@ Figure::
 Usage::
 
     python tests/reliability/faults_tls.py --help
-    # CI form (what test_faults_tls.py runs): every boundary, 4 random offsets, 150 mutations
-    python tests/reliability/faults_tls.py --random 4 --examples 150
+    # CI form (what test_faults_tls.py runs): every boundary, 2 random offsets, 100 mutations
+    python tests/reliability/faults_tls.py --random 2 --examples 100
     # long form: 40 random offsets per role, 10k mutations with a random seed (~2 min)
     python tests/reliability/faults_tls.py --random 40 --examples 10000 --seed random
     # uvloop judged too (pip install uvloop first)
@@ -891,9 +891,9 @@ def main(argv=None):
     ap.add_argument("--loop", default="tokioloop",
                     help="loops judged against the stdlib, comma-separated (tokioloop, uvloop, or "
                          "asyncio: a second stdlib loop, to check the harness)")
-    ap.add_argument("--random", type=int, default=4,
+    ap.add_argument("--random", type=int, default=2,
                     help="random in-record offsets per role (each in both modes)")
-    ap.add_argument("--examples", type=int, default=150, help="Hypothesis mutations")
+    ap.add_argument("--examples", type=int, default=100, help="Hypothesis mutations")
     ap.add_argument("--seed", default="20204",
                     help="seed of the offsets and of Hypothesis ('random' for a fresh one); "
                          "the CI form derandomizes Hypothesis")

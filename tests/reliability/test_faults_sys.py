@@ -14,9 +14,9 @@ kept as a strict xfail (the campaign run of that group, plus a one-call reproduc
 it is fixed the xfail turns into a failure that says so. Each campaign test prints its
 ``reliability figure:`` line. Skipped, with the reason, when strace cannot trace here.
 
-Runs only with ``TOKIOLOOP_RELIABILITY=1``. Wall time on the shared 2-core machine: ~45 s on
-3.14 (24 faulted child runs, the xfails included); with ``test_faults_tls.py`` ~75 s, inside the
-90 s budget. Long form::
+Runs only with ``TOKIOLOOP_RELIABILITY=1``. Wall time on the shared 2-core machine: 45-55 s on
+3.14 (24 faulted child runs and 8 one-call reproducers, the xfails included); with
+``test_faults_tls.py`` 75-85 s (load average 1 to 14), inside the 90 s budget. Long form::
 
     python tests/reliability/faults_sys.py --loop asyncio,tokioloop --signals \\
         --when 1+2,2+3,2+7,5+11,13+17

@@ -11,9 +11,9 @@ serves a clean TLS echo after each cut and every 50 inputs. For ``asyncio`` the 
 runs a second stdlib loop against the first: it must score 0 divergences too, or the harness
 (not the loop) is at fault. Each test prints its ``reliability figure:`` line.
 
-Runs only with ``TOKIOLOOP_RELIABILITY=1``. Wall time on the shared 2-core machine: ~30 s on
-3.14 and on 3.11 for both loops (76 cuts and 164 inputs each); with ``test_faults_sys.py``
-~75 s, inside the 90 s budget. The seed of the offsets is fixed (``TOKIOLOOP_FAULTS_TLS_SEED``
+Runs only with ``TOKIOLOOP_RELIABILITY=1``. Wall time on the shared 2-core machine: ~27 s on
+3.14 and on 3.11 for both loops (68 cuts and 114 inputs each); with ``test_faults_sys.py``
+75-85 s on 3.14 (load average 1 to 14), inside the 90 s budget. The seed of the offsets is fixed (``TOKIOLOOP_FAULTS_TLS_SEED``
 overrides it) and Hypothesis is derandomized, so a failure replays.
 Long form (all offsets widened, 10k mutations, a random Hypothesis seed)::
 
@@ -36,8 +36,8 @@ pytestmark = pytest.mark.skipif(os.environ.get("TOKIOLOOP_RELIABILITY") != "1",
                                 reason="reliability suite: set TOKIOLOOP_RELIABILITY=1")
 
 SEED = int(os.environ.get("TOKIOLOOP_FAULTS_TLS_SEED", "20204"))
-RANDOM = 4
-EXAMPLES = 150
+RANDOM = 2
+EXAMPLES = 100
 
 
 @pytest.fixture(scope="module")
