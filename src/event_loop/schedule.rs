@@ -160,6 +160,7 @@ impl LoopCore {
         // frame of ours is on it, so that one is all to drop.
         tasks::drop_own_frame(&handle, this.debug())?;
         this.push_ready(Ready::Locked(handle.clone().unbind()));
+        this.stats.threadsafe_call();
         this.wake.notify();
         Ok(handle.unbind())
     }
@@ -192,6 +193,7 @@ impl LoopCore {
         };
         this.push_ready(Ready::Soon(handle.clone_ref(py)));
         if threadsafe {
+            this.stats.threadsafe_call();
             this.wake.notify();
         }
         Ok(handle)

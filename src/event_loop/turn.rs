@@ -36,6 +36,7 @@ use super::LoopCore;
 use crate::clock;
 use crate::errors::is_fatal;
 use crate::io::{Direction, EngineRef};
+use crate::telemetry::LoopStats;
 
 /// A busy loop lets other Python threads take the GIL every this many turns or this often.
 const BUSY_TURNS_PER_HANDOFF: u32 = 61;
@@ -53,6 +54,7 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
         (waker, Box::pin(tokio::time::sleep(Duration::from_secs(86_400))))
     });
     core.wake.set_waker(Some(waker));
+    let _run_clock = RunClock::start(&core.stats);
     let mut batch: VecDeque<Ready> = VecDeque::new();
     let mut busy_turns = 0u32;
     let mut last_handoff = Instant::now();
@@ -95,14 +97,18 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
             last_handoff = Instant::now();
         }
 
+        core.stats.turn();
         core.dispatch_io(py);
         core.complete_lookups(py)?;
         core.take_ready(py, &mut batch)?;
+        let slow_after = core.stats.slow_after();
         while let Some(item) = batch.pop_front() {
             if item.is_cancelled(py) {
                 core.recycle(py, item);
                 continue;
             }
+            core.stats.ran(item.kind());
+            let started = slow_after.map(|_| clock::now());
             let outcome = match &item {
                 Ready::Io {
                     engine,
@@ -113,6 +119,12 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
                     .call_method1(intern!(py, "_run_handle_debug"), (item.object(py),))
                     .map(drop),
                 _ => run_handle(slf, &item),
+            };
+            let outcome = match (outcome, slow_after, started) {
+                (Ok(()), Some(threshold), Some(started)) => {
+                    report_if_slow(slf, &item, clock::now() - started, threshold)
+                }
+                (outcome, ..) => outcome,
             };
             core.recycle(py, item);
             if let Err(err) = outcome {
@@ -140,6 +152,7 @@ fn park(py: Python<'_>, core: &LoopCore, runtime: &Runtime, sleep: &mut Pin<Box<
         }),
         None => None,
     };
+    let park_began = core.stats.park_began();
     runtime.block_on(async {
         if let Some(wake_at) = wake_at {
             sleep.as_mut().reset(wake_at.into());
@@ -158,7 +171,43 @@ fn park(py: Python<'_>, core: &LoopCore, runtime: &Runtime, sleep: &mut Pin<Box<
         .await
     });
     core.wake.set_idle(false);
+    core.stats.park_ended(park_began);
     Ok(())
+}
+
+/// Hands a callback that ran `took` seconds, at least `threshold`, to the Python half's
+/// report (`Loop._report_slow_callback`), which calls the user's hook. A native transport's
+/// read or write is reported as its transport.
+fn report_if_slow(slf: &Bound<'_, LoopCore>, item: &Ready, took: f64, threshold: f64) -> PyResult<()> {
+    if took < threshold {
+        return Ok(());
+    }
+    let py = slf.py();
+    let what = match item {
+        Ready::Io { engine, .. } => match engine.python_transport(py) {
+            Some(transport) => transport.into_bound(py),
+            None => item.object(py),
+        },
+        _ => item.object(py),
+    };
+    slf.call_method1(intern!(py, "_report_slow_callback"), (what, took))
+        .map(drop)
+}
+
+/// Times one `run_forever` for the telemetry, however it ends.
+struct RunClock<'a>(&'a LoopStats);
+
+impl<'a> RunClock<'a> {
+    fn start(stats: &'a LoopStats) -> Self {
+        stats.run_began();
+        RunClock(stats)
+    }
+}
+
+impl Drop for RunClock<'_> {
+    fn drop(&mut self) {
+        self.0.run_ended();
+    }
 }
 
 /// Runs one handle: an ordinary exception goes to the loop's exception handler as asyncio

@@ -1,0 +1,252 @@
+//! Loop telemetry: the counters, clocks and histogram behind `loop.metrics()`.
+//!
+//! Written by the thread running the loop, inside its turn, with plain relaxed loads and stores
+//! (one writer, so no locked instruction on the hot path); `threadsafe_calls` alone is bumped
+//! by any thread, with an atomic add. Read by [`LoopStats::snapshot`] from any thread: each
+//! field is read on its own, so a snapshot taken while the loop runs is consistent per field,
+//! not across fields. Counters only grow; they are never reset. Owned by `event_loop`: nothing
+//! else writes here.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::clock;
+
+/// Upper bounds, in seconds, of the timer-lateness histogram's buckets (a last, unbounded
+/// bucket follows). Fixed and documented (README, `tokioloop.telemetry`): exporters name them.
+pub const LATENESS_BOUNDS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// What a turn ran, by where it came from.
+#[derive(Clone, Copy)]
+pub enum CallbackKind {
+    /// `call_soon` and `call_soon_threadsafe` handles.
+    Ready,
+    /// `call_later` / `call_at` handles that came due.
+    Timer,
+    /// `add_reader`/`add_writer` callbacks and the native transports' reads and writes.
+    Io,
+}
+
+/// One writer's increment: a load and a store, never a locked read-modify-write.
+#[inline(always)]
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.store(counter.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+}
+
+fn nanos(seconds: f64) -> u64 {
+    if seconds.is_finite() && seconds > 0.0 {
+        (seconds * 1e9) as u64
+    } else {
+        0
+    }
+}
+
+fn seconds(nanos: u64) -> f64 {
+    nanos as f64 * 1e-9
+}
+
+/// A histogram of durations in seconds over [`LATENESS_BOUNDS`].
+pub struct Histogram {
+    counts: [AtomicU64; LATENESS_BOUNDS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one observation (by the single writer).
+    #[inline]
+    pub fn record(&self, value: f64) {
+        let bucket = LATENESS_BOUNDS
+            .iter()
+            .position(|&bound| value <= bound)
+            .unwrap_or(LATENESS_BOUNDS.len());
+        if let Some(count) = self.counts.get(bucket) {
+            bump(count, 1);
+        }
+        bump(&self.sum_ns, nanos(value));
+    }
+
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        let counts: Vec<u64> = self.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        dict.set_item("bounds", LATENESS_BOUNDS.to_vec())?;
+        dict.set_item("counts", counts)?;
+        dict.set_item("sum", seconds(self.sum_ns.load(Ordering::Relaxed)))?;
+        Ok(dict)
+    }
+}
+
+/// A clock reading kept in an atomic (its bits); 0.0 means "not now".
+struct Moment(AtomicU64);
+
+impl Moment {
+    fn set(&self, at: f64) {
+        self.0.store(at.to_bits(), Ordering::Relaxed);
+    }
+    fn get(&self) -> Option<f64> {
+        let at = f64::from_bits(self.0.load(Ordering::Relaxed));
+        (at > 0.0).then_some(at)
+    }
+}
+
+pub struct LoopStats {
+    turns: AtomicU64,
+    ready: AtomicU64,
+    timers: AtomicU64,
+    io: AtomicU64,
+    threadsafe_calls: AtomicU64,
+    /// Time spent inside `run_forever`, runs that ended.
+    run_ns: AtomicU64,
+    /// Time parked waiting for work, parks that ended.
+    parked_ns: AtomicU64,
+    /// When the current run began; when the current park began.
+    run_started: Moment,
+    parked_since: Moment,
+    pub timer_lateness: Histogram,
+    /// Callbacks running at least this long are reported (0: not timed at all).
+    slow_after: Moment,
+}
+
+impl LoopStats {
+    pub fn new() -> Self {
+        LoopStats {
+            turns: AtomicU64::new(0),
+            ready: AtomicU64::new(0),
+            timers: AtomicU64::new(0),
+            io: AtomicU64::new(0),
+            threadsafe_calls: AtomicU64::new(0),
+            run_ns: AtomicU64::new(0),
+            parked_ns: AtomicU64::new(0),
+            run_started: Moment(AtomicU64::new(0)),
+            parked_since: Moment(AtomicU64::new(0)),
+            timer_lateness: Histogram::new(),
+            slow_after: Moment(AtomicU64::new(0)),
+        }
+    }
+
+    /// The slow-callback threshold in seconds, None when off (the turn then reads no clock).
+    #[inline(always)]
+    pub fn slow_after(&self) -> Option<f64> {
+        self.slow_after.get()
+    }
+
+    /// Sets or (None, or a threshold <= 0) clears the slow-callback threshold.
+    pub fn set_slow_after(&self, seconds: Option<f64>) {
+        self.slow_after.set(seconds.filter(|s| *s > 0.0).unwrap_or(0.0));
+    }
+
+    #[inline(always)]
+    pub fn turn(&self) {
+        bump(&self.turns, 1);
+    }
+
+    #[inline(always)]
+    pub fn ran(&self, kind: CallbackKind) {
+        bump(
+            match kind {
+                CallbackKind::Ready => &self.ready,
+                CallbackKind::Timer => &self.timers,
+                CallbackKind::Io => &self.io,
+            },
+            1,
+        );
+    }
+
+    /// A `call_soon_threadsafe` from any thread (the one counter with several writers).
+    #[inline]
+    pub fn threadsafe_call(&self) {
+        self.threadsafe_calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn run_began(&self) {
+        self.run_started.set(clock::now());
+    }
+
+    pub fn run_ended(&self) {
+        if let Some(started) = self.run_started.get() {
+            bump(&self.run_ns, nanos(clock::now() - started));
+        }
+        self.run_started.set(0.0);
+    }
+
+    /// The park begins; returns its start for [`Self::park_ended`].
+    pub fn park_began(&self) -> f64 {
+        let now = clock::now();
+        self.parked_since.set(now);
+        now
+    }
+
+    pub fn park_ended(&self, began: f64) {
+        self.parked_since.set(0.0);
+        bump(&self.parked_ns, nanos(clock::now() - began));
+    }
+
+    /// Whether the loop is parked right now (waiting for work, not running code).
+    pub fn parked(&self) -> bool {
+        self.parked_since.get().is_some()
+    }
+
+    /// Everything counted, as the dict `Loop.metrics()` builds its snapshot from. Times
+    /// include the run and the park in progress, so a window between two snapshots is exact.
+    pub fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let now = clock::now();
+        let parked = seconds(self.parked_ns.load(Ordering::Relaxed))
+            + self.parked_since.get().map_or(0.0, |since| (now - since).max(0.0));
+        let run = seconds(self.run_ns.load(Ordering::Relaxed))
+            + self.run_started.get().map_or(0.0, |since| (now - since).max(0.0));
+        let dict = PyDict::new(py);
+        dict.set_item("turns", self.turns.load(Ordering::Relaxed))?;
+        dict.set_item("callbacks_ready", self.ready.load(Ordering::Relaxed))?;
+        dict.set_item("callbacks_timer", self.timers.load(Ordering::Relaxed))?;
+        dict.set_item("callbacks_io", self.io.load(Ordering::Relaxed))?;
+        dict.set_item("threadsafe_calls", self.threadsafe_calls.load(Ordering::Relaxed))?;
+        dict.set_item("time_parked", parked)?;
+        dict.set_item("time_running", (run - parked).max(0.0))?;
+        dict.set_item("parked", self.parked())?;
+        dict.set_item("timer_lateness", self.timer_lateness.to_dict(py)?)?;
+        Ok(dict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_upper_bounds() {
+        let histogram = Histogram::new();
+        for value in [0.0, 0.0001, 0.00010001, 0.05, 4.0, 9.0, f64::NAN] {
+            histogram.record(value);
+        }
+        let counts: Vec<u64> = histogram.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        assert_eq!(counts[0], 2, "0 and the bound itself fall in the first bucket");
+        assert_eq!(counts[1], 1);
+        assert_eq!(counts[8], 1, "0.05 is bucket 8's bound");
+        assert_eq!(counts[14], 1, "4 s is under 5 s");
+        assert_eq!(counts[15], 2, "above the last bound, and NaN, go to the open bucket");
+        assert_eq!(counts.iter().sum::<u64>(), 7);
+    }
+
+    #[test]
+    fn runs_and_parks_add_up() {
+        let stats = LoopStats::new();
+        stats.run_began();
+        let began = stats.park_began();
+        assert!(stats.parked());
+        stats.park_ended(began);
+        assert!(!stats.parked());
+        stats.run_ended();
+        assert!(stats.run_started.get().is_none());
+        assert!(stats.run_ns.load(Ordering::Relaxed) >= stats.parked_ns.load(Ordering::Relaxed));
+    }
+}
