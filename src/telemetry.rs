@@ -14,8 +14,8 @@ use pyo3::types::PyDict;
 
 use crate::clock;
 
-/// Upper bounds, in seconds, of the timer-lateness histogram's buckets (a last, unbounded
-/// bucket follows). Fixed and documented (README, `tokioloop.telemetry`): exporters name them.
+/// Upper bounds, in seconds, of every histogram's buckets (a last, unbounded bucket follows).
+/// Fixed and documented (`tokioloop.telemetry`): exporters name them.
 pub const LATENESS_BOUNDS: [f64; 15] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
@@ -112,7 +112,12 @@ pub struct LoopStats {
     /// When the current run began; when the current park began.
     run_started: Moment,
     parked_since: Moment,
+    /// How late each timer ran: from its deadline to the moment the turn started it.
     pub timer_lateness: Histogram,
+    /// While callbacks are timed: how long each ran, and how long each `call_soon` handle
+    /// waited in the ready queue before it ran.
+    pub callback_duration: Histogram,
+    pub ready_wait: Histogram,
     /// Callbacks running at least this long are reported (0: not timed at all).
     slow_after: Moment,
 }
@@ -130,6 +135,8 @@ impl LoopStats {
             run_started: Moment(AtomicU64::new(0)),
             parked_since: Moment(AtomicU64::new(0)),
             timer_lateness: Histogram::new(),
+            callback_duration: Histogram::new(),
+            ready_wait: Histogram::new(),
             slow_after: Moment(AtomicU64::new(0)),
         }
     }
@@ -138,6 +145,12 @@ impl LoopStats {
     #[inline(always)]
     pub fn slow_after(&self) -> Option<f64> {
         self.slow_after.get()
+    }
+
+    /// Whether callbacks are being timed (a slow-callback threshold is set).
+    #[inline(always)]
+    pub fn timing(&self) -> bool {
+        self.slow_after.0.load(Ordering::Relaxed) != 0
     }
 
     /// Sets or (None, or a threshold <= 0) clears the slow-callback threshold.
@@ -214,6 +227,8 @@ impl LoopStats {
         dict.set_item("time_running", (run - parked).max(0.0))?;
         dict.set_item("parked", self.parked())?;
         dict.set_item("timer_lateness", self.timer_lateness.to_dict(py)?)?;
+        dict.set_item("callback_duration", self.callback_duration.to_dict(py)?)?;
+        dict.set_item("ready_wait", self.ready_wait.to_dict(py)?)?;
         Ok(dict)
     }
 }

@@ -74,6 +74,8 @@ def test_counters_move_by_exactly_what_ran(loop):
     assert after.timer_lateness.count - before.timer_lateness.count == 8
     assert (after.ready_depth, after.pending_timers, after.readers, after.writers) == (0, 0, 0, 0)
     assert after.dns_in_flight == 0 and after.executor_jobs_in_flight == 0
+    # Not timed (no slow-callback threshold): these two stay empty, and no clock was read.
+    assert after.callback_duration.count == 0 and after.ready_wait.count == 0
 
 
 @tokioloop_only
@@ -219,8 +221,14 @@ def test_slow_callback_hook_names_the_callback_and_the_task(loop):
         await asyncio.sleep(0.1)
         return task
 
+    before = loop.metrics()
     task = loop.run_until_complete(main())
+    after = loop.metrics()
     assert [r.callback for r in reports if r.task is None] == [blocker]
+    # Timed while the threshold was set: every callback's duration, the queued handles' waits.
+    durations = after.callback_duration.since(before.callback_duration)
+    assert durations.count >= 3 and durations.sum >= 0.1
+    assert after.ready_wait.since(before.ready_wait).count >= 2
     stepped = [r for r in reports if r.task is not None]
     assert len(stepped) == 1
     assert stepped[0].task is task

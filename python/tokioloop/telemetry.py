@@ -15,7 +15,12 @@ seconds. Taking one costs a few microseconds, so once a second is nothing.
   parked waiting for work. :meth:`LoopMetrics.utilization` turns two snapshots into event-loop
   utilization as Node.js defines it: running / (running + parked) over the window.
 - ``timer_lateness``: a :class:`Histogram` of how late each timer ran, from its deadline to
-  the turn that ran it (loop lag), over the fixed bucket bounds :data:`LATENESS_BOUNDS`.
+  the moment its callback started (loop lag), over the fixed bucket bounds
+  :data:`LATENESS_BOUNDS`.
+- ``ready_wait`` and ``callback_duration``: histograms (same bounds) filled only while callbacks
+  are timed (:func:`report_slow_callbacks` is on): how long each ``call_soon`` handle waited in
+  the ready queue before it ran (the other loop-lag measure; ``call_soon_threadsafe`` handles of
+  3.14+, which are asyncio's own objects, are not stamped), and how long each callback ran.
 - ``ready_depth``, ``pending_timers``, ``readers``, ``writers``: callbacks queued for the next
   turn, live timers, fds watched for reading and for writing (``add_reader``/``add_writer``,
   ``sock_*`` waits and the native transports; not the loop's own signal self-pipe).
@@ -45,8 +50,8 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
-#: Upper bounds (seconds) of :attr:`LoopMetrics.timer_lateness`'s buckets; one more, unbounded
-#: bucket follows. Fixed: exporters name them.
+#: Upper bounds (seconds) of every histogram's buckets; one more, unbounded bucket follows.
+#: Fixed: exporters name them.
 LATENESS_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -101,6 +106,8 @@ class LoopMetrics:
     time_running: float
     time_parked: float
     timer_lateness: Histogram
+    ready_wait: Histogram
+    callback_duration: Histogram
     ready_depth: int
     pending_timers: int
     readers: int
@@ -128,7 +135,11 @@ class LoopMetrics:
 def snapshot(loop, native: Mapping[str, Any], executor_jobs: int,
              open_counts: Mapping[str, int]) -> LoopMetrics:
     """Builds :class:`LoopMetrics` from the native half's dict (``LoopCore._metrics``)."""
-    lateness = native["timer_lateness"]
+    def histogram(name):
+        native_histogram = native[name]
+        return Histogram(tuple(native_histogram["bounds"]), tuple(native_histogram["counts"]),
+                         native_histogram["sum"])
+
     return LoopMetrics(
         time=loop.time(),
         turns=native["turns"],
@@ -138,8 +149,9 @@ def snapshot(loop, native: Mapping[str, Any], executor_jobs: int,
         threadsafe_calls=native["threadsafe_calls"],
         time_running=native["time_running"],
         time_parked=native["time_parked"],
-        timer_lateness=Histogram(tuple(lateness["bounds"]), tuple(lateness["counts"]),
-                                 lateness["sum"]),
+        timer_lateness=histogram("timer_lateness"),
+        ready_wait=histogram("ready_wait"),
+        callback_duration=histogram("callback_duration"),
         ready_depth=native["ready"],
         pending_timers=native["timers"],
         # Not the loop's own self-pipe (signals), which is always watched while it is open.

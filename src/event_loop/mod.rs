@@ -191,8 +191,7 @@ impl LoopCore {
             if !timers.is_empty() {
                 timers.prune(&mut garbage);
                 if timers.next_deadline().is_some() {
-                    let now = patched.unwrap_or_else(clock::now);
-                    timers.pop_due(now, ready, &mut garbage, &self.stats.timer_lateness);
+                    timers.pop_due(patched.unwrap_or_else(clock::now), ready, &mut garbage);
                 }
             }
             std::mem::swap(ready, batch);

@@ -32,6 +32,15 @@ pub enum Ready {
 }
 
 impl Ready {
+    /// When a `call_soon` handle was queued, if the loop was timing callbacks then.
+    #[inline]
+    pub fn queued_at(&self) -> Option<f64> {
+        match self {
+            Ready::Soon(h) => h.get().queued_at(),
+            _ => None,
+        }
+    }
+
     /// Where this item came from, for the telemetry's callback counts.
     #[inline]
     pub fn kind(&self) -> CallbackKind {

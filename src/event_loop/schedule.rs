@@ -191,6 +191,10 @@ impl LoopCore {
             }
             None => new_untracked(py, Handle::new(callback))?,
         };
+        // A pooled handle's old stamp must not survive: written either way.
+        handle
+            .get()
+            .set_queued_at(if this.stats.timing() { clock::now() } else { 0.0 });
         this.push_ready(Ready::Soon(handle.clone_ref(py)));
         if threadsafe {
             this.stats.threadsafe_call();

@@ -15,7 +15,6 @@ use pyo3::prelude::*;
 
 use super::ready::Ready;
 use crate::handles::TimerHandle;
-use crate::telemetry::Histogram;
 
 /// Below this many entries a rebuild is not worth it, however many are cancelled.
 const MIN_ENTRIES_TO_COMPACT: usize = 100;
@@ -136,21 +135,13 @@ impl Timers {
     }
 
     /// Moves every timer due at `now` to `ready`, in deadline order; never one due later.
-    /// Each one's lateness (`now` past its deadline) goes into `lateness`.
-    pub fn pop_due(
-        &mut self,
-        now: f64,
-        ready: &mut VecDeque<Ready>,
-        garbage: &mut Vec<Py<TimerHandle>>,
-        lateness: &Histogram,
-    ) {
+    pub fn pop_due(&mut self, now: f64, ready: &mut VecDeque<Ready>, garbage: &mut Vec<Py<TimerHandle>>) {
         while self.heap.peek().is_some_and(|e| e.when <= now) {
             let Some(entry) = self.heap.pop() else { break };
             self.take_out(&entry);
             if entry.handle.get().is_cancelled() {
                 garbage.push(entry.handle);
             } else {
-                lateness.record(now - entry.when);
                 ready.push_back(Ready::Timer(entry.handle));
             }
         }

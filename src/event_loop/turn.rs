@@ -108,7 +108,19 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
                 continue;
             }
             core.stats.ran(item.kind());
-            let started = slow_after.map(|_| clock::now());
+            if let Ready::Timer(timer) = &item {
+                // As late as it runs, not as it was taken out of the heap: a slow callback
+                // ahead of it in this batch makes it late too.
+                let now = core.now(py).unwrap_or_else(|_| clock::now());
+                core.stats.timer_lateness.record(now - timer.get().when);
+            }
+            let started = slow_after.map(|_| {
+                let now = clock::now();
+                if let Some(queued_at) = item.queued_at() {
+                    core.stats.ready_wait.record(now - queued_at);
+                }
+                now
+            });
             let outcome = match &item {
                 Ready::Io {
                     engine,
@@ -122,7 +134,9 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
             };
             let outcome = match (outcome, slow_after, started) {
                 (Ok(()), Some(threshold), Some(started)) => {
-                    report_if_slow(slf, &item, clock::now() - started, threshold)
+                    let took = clock::now() - started;
+                    core.stats.callback_duration.record(took);
+                    report_if_slow(slf, &item, took, threshold)
                 }
                 (outcome, ..) => outcome,
             };
