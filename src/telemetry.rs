@@ -34,7 +34,10 @@ pub enum CallbackKind {
 /// One writer's increment: a load and a store, never a locked read-modify-write.
 #[inline(always)]
 fn bump(counter: &AtomicU64, by: u64) {
-    counter.store(counter.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
 }
 
 fn nanos(seconds: f64) -> u64 {
@@ -214,7 +217,10 @@ impl LoopStats {
     pub fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let now = clock::now();
         let parked = seconds(self.parked_ns.load(Ordering::Relaxed))
-            + self.parked_since.get().map_or(0.0, |since| (now - since).max(0.0));
+            + self
+                .parked_since
+                .get()
+                .map_or(0.0, |since| (now - since).max(0.0));
         let run = seconds(self.run_ns.load(Ordering::Relaxed))
             + self.run_started.get().map_or(0.0, |since| (now - since).max(0.0));
         let dict = PyDict::new(py);
@@ -243,12 +249,19 @@ mod tests {
         for value in [0.0, 0.0001, 0.00010001, 0.05, 4.0, 9.0, f64::NAN] {
             histogram.record(value);
         }
-        let counts: Vec<u64> = histogram.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let counts: Vec<u64> = histogram
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
         assert_eq!(counts[0], 2, "0 and the bound itself fall in the first bucket");
         assert_eq!(counts[1], 1);
         assert_eq!(counts[8], 1, "0.05 is bucket 8's bound");
         assert_eq!(counts[14], 1, "4 s is under 5 s");
-        assert_eq!(counts[15], 2, "above the last bound, and NaN, go to the open bucket");
+        assert_eq!(
+            counts[15], 2,
+            "above the last bound, and NaN, go to the open bucket"
+        );
         assert_eq!(counts.iter().sum::<u64>(), 7);
     }
 
