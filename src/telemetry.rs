@@ -2,7 +2,10 @@
 //!
 //! Written by the thread running the loop, inside its turn, with plain relaxed loads and stores
 //! (one writer, so no locked instruction on the hot path); `threadsafe_calls` alone is bumped
-//! by any thread, with an atomic add. Read by [`LoopStats::snapshot`] from any thread: each
+//! by any thread, with an atomic add. The turn counts callbacks in a [`Tally`] of its own and
+//! adds it once per turn; parks and runs are timed with the CPU's tick counter ([`ticks`]),
+//! a few instructions where a clock reading costs a hundred, converted to seconds at snapshot
+//! time by the rate measured since the loop was made. Read by [`LoopStats::snapshot`] from any thread: each
 //! field is read on its own, so a snapshot taken while the loop runs is consistent per field,
 //! not across fields. Counters only grow; they are never reset. Owned by `event_loop`: nothing
 //! else writes here.
@@ -20,7 +23,7 @@ pub const LATENESS_BOUNDS: [f64; 15] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-/// What a turn ran, by where it came from.
+/// What a turn ran, by where it came from (the index into [`Tally`]'s counts).
 #[derive(Clone, Copy)]
 pub enum CallbackKind {
     /// `call_soon` and `call_soon_threadsafe` handles.
@@ -29,6 +32,45 @@ pub enum CallbackKind {
     Timer,
     /// `add_reader`/`add_writer` callbacks and the native transports' reads and writes.
     Io,
+}
+
+/// One turn's counts, kept by the turn itself and added to [`LoopStats`] once.
+#[derive(Default)]
+pub struct Tally {
+    ran: [u64; 3],
+    /// The clock when the turn started its first timer (see the turn).
+    pub timers_started: Option<f64>,
+}
+
+impl Tally {
+    #[inline(always)]
+    pub fn ran(&mut self, kind: CallbackKind) {
+        self.ran[kind as usize] += 1;
+    }
+}
+
+/// A monotonic tick count: the CPU's invariant time-stamp counter on x86_64, the virtual
+/// counter on aarch64 (each a handful of instructions, where a clock reading is a vDSO call),
+/// nanoseconds of the monotonic clock elsewhere. Only differences are used, and only through
+/// [`LoopStats`]'s measured rate.
+#[inline(always)]
+pub fn ticks() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: rdtsc has no preconditions; every x86_64 CPU has it.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let count: u64;
+        // SAFETY: reads the virtual count register, which Linux and macOS let user space read.
+        unsafe { core::arch::asm!("mrs {}, cntvct_el0", out(reg) count, options(nomem, nostack)) };
+        count
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        (clock::now() * 1e9) as u64
+    }
 }
 
 /// One writer's increment: a load and a store, never a locked read-modify-write.
@@ -108,13 +150,15 @@ pub struct LoopStats {
     timers: AtomicU64,
     io: AtomicU64,
     threadsafe_calls: AtomicU64,
-    /// Time spent inside `run_forever`, runs that ended.
-    run_ns: AtomicU64,
-    /// Time parked waiting for work, parks that ended.
-    parked_ns: AtomicU64,
-    /// When the current run began; when the current park began.
-    run_started: Moment,
-    parked_since: Moment,
+    /// Ticks spent inside `run_forever`, runs that ended.
+    run_ticks: AtomicU64,
+    /// Ticks parked waiting for work, parks that ended.
+    parked_ticks: AtomicU64,
+    /// When (ticks) the current run began and the current park began; 0 when not now.
+    run_started: AtomicU64,
+    parked_since: AtomicU64,
+    /// Ticks and clock when the stats were made: the tick rate is measured from here.
+    origin: (u64, f64),
     /// How late each timer ran: from its deadline to the moment the turn started it.
     pub timer_lateness: Histogram,
     /// While callbacks are timed: how long each ran, and how long each `call_soon` handle
@@ -133,10 +177,11 @@ impl LoopStats {
             timers: AtomicU64::new(0),
             io: AtomicU64::new(0),
             threadsafe_calls: AtomicU64::new(0),
-            run_ns: AtomicU64::new(0),
-            parked_ns: AtomicU64::new(0),
-            run_started: Moment(AtomicU64::new(0)),
-            parked_since: Moment(AtomicU64::new(0)),
+            run_ticks: AtomicU64::new(0),
+            parked_ticks: AtomicU64::new(0),
+            run_started: AtomicU64::new(0),
+            parked_since: AtomicU64::new(0),
+            origin: (ticks(), clock::now()),
             timer_lateness: Histogram::new(),
             callback_duration: Histogram::new(),
             ready_wait: Histogram::new(),
@@ -161,21 +206,13 @@ impl LoopStats {
         self.slow_after.set(seconds.filter(|s| *s > 0.0).unwrap_or(0.0));
     }
 
+    /// One turn done, with what it ran.
     #[inline(always)]
-    pub fn turn(&self) {
+    pub fn add(&self, tally: &Tally) {
         bump(&self.turns, 1);
-    }
-
-    #[inline(always)]
-    pub fn ran(&self, kind: CallbackKind) {
-        bump(
-            match kind {
-                CallbackKind::Ready => &self.ready,
-                CallbackKind::Timer => &self.timers,
-                CallbackKind::Io => &self.io,
-            },
-            1,
-        );
+        bump(&self.ready, tally.ran[CallbackKind::Ready as usize]);
+        bump(&self.timers, tally.ran[CallbackKind::Timer as usize]);
+        bump(&self.io, tally.ran[CallbackKind::Io as usize]);
     }
 
     /// A `call_soon_threadsafe` from any thread (the one counter with several writers).
@@ -185,44 +222,59 @@ impl LoopStats {
     }
 
     pub fn run_began(&self) {
-        self.run_started.set(clock::now());
+        self.run_started.store(ticks().max(1), Ordering::Relaxed);
     }
 
     pub fn run_ended(&self) {
-        if let Some(started) = self.run_started.get() {
-            bump(&self.run_ns, nanos(clock::now() - started));
+        let started = self.run_started.swap(0, Ordering::Relaxed);
+        if started != 0 {
+            bump(&self.run_ticks, ticks().saturating_sub(started));
         }
-        self.run_started.set(0.0);
     }
 
     /// The park begins; returns its start for [`Self::park_ended`].
-    pub fn park_began(&self) -> f64 {
-        let now = clock::now();
-        self.parked_since.set(now);
+    #[inline(always)]
+    pub fn park_began(&self) -> u64 {
+        let now = ticks().max(1);
+        self.parked_since.store(now, Ordering::Relaxed);
         now
     }
 
-    pub fn park_ended(&self, began: f64) {
-        self.parked_since.set(0.0);
-        bump(&self.parked_ns, nanos(clock::now() - began));
+    #[inline(always)]
+    pub fn park_ended(&self, began: u64) {
+        self.parked_since.store(0, Ordering::Relaxed);
+        bump(&self.parked_ticks, ticks().saturating_sub(began));
     }
 
     /// Whether the loop is parked right now (waiting for work, not running code).
     pub fn parked(&self) -> bool {
-        self.parked_since.get().is_some()
+        self.parked_since.load(Ordering::Relaxed) != 0
+    }
+
+    /// Seconds per tick, measured over the loop's life so far (ticks are nanoseconds where
+    /// there is no counter; a loop younger than a millisecond assumes a 1 GHz counter).
+    fn seconds_per_tick(&self, now_ticks: u64, now: f64) -> f64 {
+        let elapsed = now - self.origin.1;
+        let counted = now_ticks.saturating_sub(self.origin.0);
+        if elapsed < 1e-3 || counted == 0 {
+            return 1e-9;
+        }
+        elapsed / counted as f64
     }
 
     /// Everything counted, as the dict `Loop.metrics()` builds its snapshot from. Times
     /// include the run and the park in progress, so a window between two snapshots is exact.
     pub fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let now = clock::now();
-        let parked = seconds(self.parked_ns.load(Ordering::Relaxed))
-            + self
-                .parked_since
-                .get()
-                .map_or(0.0, |since| (now - since).max(0.0));
-        let run = seconds(self.run_ns.load(Ordering::Relaxed))
-            + self.run_started.get().map_or(0.0, |since| (now - since).max(0.0));
+        let now_ticks = ticks();
+        let per_tick = self.seconds_per_tick(now_ticks, clock::now());
+        let in_progress = |since: &AtomicU64| match since.load(Ordering::Relaxed) {
+            0 => 0,
+            since => now_ticks.saturating_sub(since),
+        };
+        let parked_ticks = self.parked_ticks.load(Ordering::Relaxed) + in_progress(&self.parked_since);
+        let run_ticks = self.run_ticks.load(Ordering::Relaxed) + in_progress(&self.run_started);
+        let parked = parked_ticks as f64 * per_tick;
+        let run = run_ticks as f64 * per_tick;
         let dict = PyDict::new(py);
         dict.set_item("turns", self.turns.load(Ordering::Relaxed))?;
         dict.set_item("callbacks_ready", self.ready.load(Ordering::Relaxed))?;
@@ -271,10 +323,31 @@ mod tests {
         stats.run_began();
         let began = stats.park_began();
         assert!(stats.parked());
+        std::thread::sleep(std::time::Duration::from_millis(20));
         stats.park_ended(began);
         assert!(!stats.parked());
         stats.run_ended();
-        assert!(stats.run_started.get().is_none());
-        assert!(stats.run_ns.load(Ordering::Relaxed) >= stats.parked_ns.load(Ordering::Relaxed));
+        assert_eq!(stats.run_started.load(Ordering::Relaxed), 0);
+        let parked = stats.parked_ticks.load(Ordering::Relaxed);
+        assert!(stats.run_ticks.load(Ordering::Relaxed) >= parked);
+        let seconds = parked as f64 * stats.seconds_per_tick(ticks(), clock::now());
+        assert!(
+            (0.015..1.0).contains(&seconds),
+            "a 20 ms park measured as {seconds} s"
+        );
+    }
+
+    #[test]
+    fn a_tally_lands_once_per_turn() {
+        let stats = LoopStats::new();
+        let mut tally = Tally::default();
+        tally.ran(CallbackKind::Ready);
+        tally.ran(CallbackKind::Ready);
+        tally.ran(CallbackKind::Io);
+        stats.add(&tally);
+        assert_eq!(stats.turns.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.ready.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.timers.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.io.load(Ordering::Relaxed), 1);
     }
 }

@@ -27,8 +27,6 @@ def test_counters_move_by_exactly_what_ran(loop):
     from tokioloop.telemetry import LoopMetrics
 
     a, b = socket.socketpair()
-    snapshots = []
-
     def reader():
         a.recv(10)
         loop.remove_reader(a)
@@ -38,7 +36,6 @@ def test_counters_move_by_exactly_what_ran(loop):
             loop.call_soon_threadsafe(noop)
 
     def start():
-        snapshots.append(loop.metrics())
         for _ in range(100):
             loop.call_soon(noop)
         for handle in [loop.call_soon(noop) for _ in range(3)]:
@@ -54,22 +51,23 @@ def test_counters_move_by_exactly_what_ran(loop):
         loop.call_later(0.05, finish)
 
     def finish():
-        snapshots.append(loop.metrics())
         loop.stop()
 
     try:
+        # Counters are added once per turn: snapshots around the run see whole turns.
+        before = loop.metrics()
         loop.call_soon(start)
         loop.run_forever()
+        after = loop.metrics()
     finally:
         a.close()
         b.close()
-    before, after = snapshots
     assert isinstance(after, LoopMetrics)
-    assert after.callbacks_ready - before.callbacks_ready == 100 + 5
-    assert after.callbacks_timer - before.callbacks_timer == 7 + 1  # + finish itself
+    assert after.callbacks_ready - before.callbacks_ready == 1 + 100 + 5  # start, noops, threadsafe
+    assert after.callbacks_timer - before.callbacks_timer == 7 + 1  # + finish
     assert after.callbacks_io - before.callbacks_io == 1
     assert after.threadsafe_calls - before.threadsafe_calls == 5
-    assert after.callbacks - before.callbacks == 105 + 8 + 1
+    assert after.callbacks - before.callbacks == 106 + 8 + 1
     assert after.turns > before.turns
     assert after.timer_lateness.count - before.timer_lateness.count == 8
     assert (after.ready_depth, after.pending_timers, after.readers, after.writers) == (0, 0, 0, 0)
@@ -185,6 +183,8 @@ def test_metrics_from_another_thread(loop):
         results.append(loop.metrics())
 
     async def main():
+        await asyncio.sleep(0)  # a turn or two done before the sample
+        await asyncio.sleep(0)
         await asyncio.to_thread(sample)
 
     loop.run_until_complete(main())

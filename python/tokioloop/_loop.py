@@ -19,7 +19,7 @@ from asyncio import coroutines, events, format_helpers, futures, tasks
 from asyncio.log import logger
 import weakref
 
-from . import _compat, telemetry
+from . import _compat
 from ._datagram import DatagramSupport
 from ._dns import DnsSupport
 from ._errors import ExceptionHandling
@@ -330,6 +330,8 @@ class Loop(
     def metrics(self):
         """A snapshot of this loop's telemetry, a ``tokioloop.telemetry.LoopMetrics`` (that
         module documents every field). Cheap enough to take every second; any thread."""
+        from . import telemetry  # on first use: `import tokioloop` stays as light as it was
+
         open_counts = dict.fromkeys(telemetry.OPEN_KINDS, 0)
         for kind, members in list(self._census_sets.items()):
             # A copy of the weak references, made in one step under the GIL: another thread
@@ -364,6 +366,8 @@ class Loop(
         hook = self._slow_callback_hook
         if hook is None:
             return
+        from . import telemetry
+
         try:
             hook(telemetry.describe_slow(what, duration))
         except (SystemExit, KeyboardInterrupt):

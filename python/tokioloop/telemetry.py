@@ -1,7 +1,8 @@
 """Loop telemetry: what a tokioloop loop reports about itself, cheaply enough for production.
 
 ``loop.metrics()`` returns a :class:`LoopMetrics` snapshot. Counters only grow (compare two
-snapshots for a rate); gauges (depths, open objects) are the values at the snapshot; times are
+snapshots for a rate); the turn adds its callback counts when it ends, so a snapshot taken
+from a callback sees them as of the previous turn; gauges (depths, open objects) are the values at the snapshot; times are
 seconds. Taking one costs a few microseconds, so once a second is nothing.
 
 - ``turns``: loop iterations run.
