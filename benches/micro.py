@@ -25,6 +25,10 @@ measured spread marked "within noise".
 Usage:
     python benches/micro.py [--quick] [--loops asyncio,uvloop,rloop,rsloop,tokioloop]
                             [--repeat N] [--json PATH] [--only NAME,...]
+
+With TOKIOLOOP_BENCH_TIMED=1 in the environment, tokioloop's loops run with the telemetry's
+callback timing on (tokioloop.telemetry.report_slow_callbacks, a threshold never reached):
+its cost, for the README's telemetry table (instructions.py passes the variable through).
 """
 
 import argparse
@@ -289,7 +293,13 @@ LOOPS = {  # name -> (module, distribution name for the version)
 def make_loop(name):
     if name == "asyncio":
         return asyncio.new_event_loop()
-    return __import__(LOOPS[name][0]).new_event_loop()
+    loop = __import__(LOOPS[name][0]).new_event_loop()
+    if name == "tokioloop" and os.environ.get("TOKIOLOOP_BENCH_TIMED"):
+        # The telemetry's timed mode (every callback timed, ready waits and durations in
+        # histograms) with a threshold nothing reaches: what the timing alone costs.
+        from tokioloop import telemetry
+        telemetry.report_slow_callbacks(loop, 3600.0, lambda report: None)
+    return loop
 
 
 # ---- Child side: one measurement, printed as one JSON line. ----

@@ -65,6 +65,11 @@ pub struct Lookups {
 }
 
 impl Lookups {
+    /// Lookups started and not yet completed (telemetry).
+    pub fn in_flight(&self) -> usize {
+        self.waiting.lock().len()
+    }
+
     /// Starts a lookup on the runtime's blocking pool; `future` gets the answer.
     pub fn start(
         &self,

@@ -8,7 +8,7 @@
 //! Handles are not GC-tracked; see [`Callback`] for why that is safe.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pyo3::prelude::*;
@@ -279,6 +279,8 @@ pub struct Handle {
     cancelled: AtomicBool,
     /// Runs again and again (an fd callback): the loop keeps its parts after running it.
     persistent: bool,
+    /// When it was queued (`f64` bits), while the loop times callbacks; 0 otherwise.
+    queued_at: AtomicU64,
 }
 
 impl Handle {
@@ -287,6 +289,7 @@ impl Handle {
             callback,
             cancelled: AtomicBool::new(false),
             persistent: false,
+            queued_at: AtomicU64::new(0),
         }
     }
 
@@ -295,6 +298,7 @@ impl Handle {
             callback,
             cancelled: AtomicBool::new(false),
             persistent: true,
+            queued_at: AtomicU64::new(0),
         }
     }
 
@@ -315,6 +319,19 @@ impl Handle {
         // is unshared, so nothing else reads its parts, and its old parts were released.
         unsafe { *self.callback.parts.get() = callback.parts.into_inner() };
         self.cancelled.store(false, Ordering::Relaxed);
+    }
+
+    /// Notes when the handle was queued (0.0: not timed), for the ready-wait histogram.
+    #[inline]
+    pub fn set_queued_at(&self, at: f64) {
+        self.queued_at.store(at.to_bits(), Ordering::Relaxed);
+    }
+
+    /// When it was queued, if the loop was timing callbacks then.
+    #[inline]
+    pub fn queued_at(&self) -> Option<f64> {
+        let at = f64::from_bits(self.queued_at.load(Ordering::Relaxed));
+        (at > 0.0).then_some(at)
     }
 
     #[inline]

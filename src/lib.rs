@@ -13,6 +13,7 @@ mod handles;
 mod io;
 mod runtime;
 mod sock;
+mod telemetry;
 mod transports;
 
 use pyo3::prelude::*;

@@ -217,13 +217,14 @@ def _parameter_gate(func, reference_signature):
     return gated
 
 
-def conform_to_stdlib(cls, reference):
+def conform_to_stdlib(cls, reference, own=()):
     """Give ``cls`` the running version's API shape of ``reference`` (see the module doc).
 
-    Methods written natively (builtins) gate themselves and are left alone.
+    Methods written natively (builtins) gate themselves and are left alone; ``own`` names
+    tokioloop's own public methods, which asyncio has on no version.
     """
     for name in dir(cls):
-        if name.startswith("_"):
+        if name.startswith("_") or name in own:
             continue
         attr = inspect.getattr_static(cls, name)
         if not callable(attr):

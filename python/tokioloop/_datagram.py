@@ -69,6 +69,7 @@ class DatagramTransport(SelectorEnding, WriteFlowControl, *_BASES):
         self._sock = sock
         self._sock_fd = sock.fileno()
         loop._datagram_transports[self._sock_fd] = self
+        loop._census("datagram", self)
         self._address = address
         self._paused = False
         self._writing = False

@@ -33,7 +33,10 @@ class ExecutorSupport:
             if executor is None:
                 executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
                 self._default_executor = executor
-        return futures.wrap_future(executor.submit(func, *args), loop=self)
+        future = futures.wrap_future(executor.submit(func, *args), loop=self)
+        self._executor_jobs += 1
+        future.add_done_callback(self._executor_job_done)
+        return future
 
     def set_default_executor(self, executor):
         """Use ``executor`` (a ThreadPoolExecutor) for ``run_in_executor(None, ...)``."""

@@ -100,6 +100,10 @@ class Loop(
         self._asyncgens_shutdown_called = False
         self.slow_callback_duration = 0.1
         self._current_handle = None
+        # Telemetry (``metrics()``): open objects by kind, executor jobs, the slow-callback hook.
+        self._census_sets = {}
+        self._executor_jobs = 0
+        self._slow_callback_hook = None
         self.set_debug(coroutines._is_debug_mode())
         self._open_self_pipe()
 
@@ -321,6 +325,60 @@ class Loop(
             counts["readers"] -= 1
         return counts
 
+    # -- telemetry ------------------------------------------------------------------------
+
+    def metrics(self):
+        """A snapshot of this loop's telemetry, a ``tokioloop.telemetry.LoopMetrics`` (that
+        module documents every field). Cheap enough to take every second; any thread."""
+        from . import telemetry  # on first use: `import tokioloop` stays as light as it was
+
+        open_counts = dict.fromkeys(telemetry.OPEN_KINDS, 0)
+        for kind, members in list(self._census_sets.items()):
+            # A copy of the weak references, made in one step under the GIL: another thread
+            # (an exporter's) may take a snapshot while the loop adds connections.
+            for ref in members.data.copy():
+                member = ref()
+                if member is None:
+                    continue
+                still_open = getattr(member, "_census_open", None)
+                if still_open() if still_open is not None else not member.is_closing():
+                    open_counts[kind] += 1
+                else:
+                    members.discard(member)
+        return telemetry.snapshot(self, self._metrics(), self._executor_jobs, open_counts)
+
+    def _census(self, kind, obj):
+        """Counts ``obj`` among the open objects of ``kind`` until it closes (or is gone)."""
+        members = self._census_sets.get(kind)
+        if members is None:
+            members = self._census_sets[kind] = weakref.WeakSet()
+        members.add(obj)
+
+    def _executor_job_done(self, future):
+        self._executor_jobs -= 1
+
+    def _set_slow_callback_hook(self, hook, threshold):
+        self._slow_callback_hook = hook
+        self._set_slow_callback_threshold(threshold)
+
+    def _report_slow_callback(self, what, duration):
+        """Called by the turn after a callback that ran at least the threshold."""
+        hook = self._slow_callback_hook
+        if hook is None:
+            return
+        from . import telemetry
+
+        try:
+            hook(telemetry.describe_slow(what, duration))
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self.call_exception_handler({
+                "message": "Exception in the slow-callback hook",
+                "exception": exc,
+                "hook": hook,
+            })
+
     # -- debug mode -----------------------------------------------------------------------
 
     def set_debug(self, enabled):
@@ -365,7 +423,7 @@ class Loop(
 
 # The running version's method set and signatures: 3.11's sock_recvfrom on 3.10, 3.12's
 # all_errors or 3.13's keep_alive on older versions are refused as their asyncio refuses them.
-_compat.conform_to_stdlib(Loop, asyncio.SelectorEventLoop)
+_compat.conform_to_stdlib(Loop, asyncio.SelectorEventLoop, own=("metrics",))
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)

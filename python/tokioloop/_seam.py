@@ -119,3 +119,7 @@ class LoopOwner(Protocol):
     def _transport_error(self, transport: Any, exc: BaseException) -> None:
         """A transport's own error path raised: call the exception handler with it."""
 
+    def _report_slow_callback(self, what: Any, duration: float) -> None:
+        """A callback (a handle, or a native transport's read or write: the transport) ran
+        ``duration`` seconds, at least the telemetry's threshold: hand it to the hook."""
+

@@ -58,6 +58,7 @@ class Server(asyncio.AbstractServer):
         self._serving_forever_fut = None
         # Listening socket -> TimerHandle that resumes accepting after a resource error.
         self._accept_retries = {}
+        loop._census("server", self)
 
     def __repr__(self):
         return f"<{type(self).__name__} sockets={self.sockets!r}>"
@@ -104,6 +105,10 @@ class Server(asyncio.AbstractServer):
         if self._sockets is None:
             return ()
         return tuple(trsock.TransportSocket(sock) for sock in self._sockets)
+
+    def _census_open(self):
+        """Whether telemetry counts this server as open (``LoopMetrics.open``)."""
+        return self._sockets is not None
 
     def close(self):
         """Stop listening and close the listening sockets; accepted connections stay open."""

@@ -111,6 +111,7 @@ class SubprocessSupport:
             self, protocol, args, shell, stdin, stdout, stderr, bufsize, waiter=waiter,
             extra=extra, **kwargs,
         )
+        self._census("subprocess", transport)
         self._watch_child_exit(transport)
         try:
             await waiter

@@ -425,6 +425,7 @@ class SSLTransport(WriteFlowControl, transports.Transport):
         self._ssl_protocol = ssl_protocol
         self._closed = False
         self.write = ssl_protocol._app_write
+        loop._census("tls", self)
 
     def __repr__(self):
         state = "closed" if self._closed else "open"

@@ -204,6 +204,10 @@ class EngineTransport(WriteFlowControl):
             engine._detach_io()
             raise RuntimeError(f"File descriptor {engine._sock_fd} is already watched by the loop")
         self._engine = engine
+        if pipe is not None:
+            loop._census("pipe", self)
+        else:
+            loop._census("unix" if fileobj.family == socket.AF_UNIX else "tcp", self)
         self.write = engine.write
         self.get_write_buffer_size = engine.get_write_buffer_size
         self.is_closing = engine.is_closing

@@ -58,6 +58,7 @@ impl LoopCore {
             time_overridden: AtomicBool::new(false),
             reactor_fd: crate::io::find_reactor_fd(&runtime),
             runtime: RwLock::new(Some(runtime)),
+            stats: crate::telemetry::LoopStats::new(),
         })
     }
 

@@ -39,6 +39,7 @@ use crate::clock;
 use crate::contexts::SpareContext;
 use crate::handles::{Args, Handle, TimerHandle};
 use crate::io::{Direction, IoDriver, Wake};
+use crate::telemetry::LoopStats;
 use pool::HandlePool;
 use ready::Ready;
 use timers::Timers;
@@ -131,6 +132,8 @@ pub struct LoopCore {
     /// `io::reactor_probe`).
     reactor_fd: Option<RawFd>,
     runtime: RwLock<Option<Runtime>>,
+    /// What `metrics()` reports (see `telemetry`).
+    stats: LoopStats,
 }
 
 impl LoopCore {
@@ -500,6 +503,18 @@ impl LoopCore {
         flags: i32,
     ) -> PyResult<Bound<'py, PyAny>> {
         Self::start_getnameinfo(slf, host, port, flowinfo, scope_id, tuple_len, flags)
+    }
+
+    /// The telemetry snapshot `Loop.metrics()` is built from (see `telemetry`), with the
+    /// queues' depths now.
+    fn _metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.metrics(py)
+    }
+
+    /// Report callbacks running at least `seconds` to `_report_slow_callback`; None stops.
+    #[pyo3(signature = (seconds))]
+    fn _set_slow_callback_threshold(&self, seconds: Option<f64>) {
+        self.stats.set_slow_after(seconds)
     }
 
     /// Pending work, for leak checks: ready handles, live timers, fd callbacks.

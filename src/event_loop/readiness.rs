@@ -183,6 +183,15 @@ impl LoopCore {
     }
 
     /// Pending work by kind, for leak checks.
+    pub(super) fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let metrics = self.stats.snapshot(py)?;
+        for (key, value) in self.native_counts(py)?.iter() {
+            metrics.set_item(key, value)?;
+        }
+        metrics.set_item("dns_in_flight", self.dns.in_flight())?;
+        Ok(metrics)
+    }
+
     pub(super) fn native_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let (ready, timers) = {
             let state = self.state.lock();

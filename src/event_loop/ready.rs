@@ -15,6 +15,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::handles::{Callback, Handle, TimerHandle};
 use crate::io::{Direction, EngineRef, Fired};
+use crate::telemetry::CallbackKind;
 
 pub enum Ready {
     Soon(Py<Handle>),
@@ -31,6 +32,26 @@ pub enum Ready {
 }
 
 impl Ready {
+    /// When a `call_soon` handle was queued, if the loop was timing callbacks then.
+    #[inline]
+    pub fn queued_at(&self) -> Option<f64> {
+        match self {
+            Ready::Soon(h) => h.get().queued_at(),
+            _ => None,
+        }
+    }
+
+    /// Where this item came from, for the telemetry's callback counts.
+    #[inline]
+    pub fn kind(&self) -> CallbackKind {
+        match self {
+            Ready::Soon(h) if h.get().is_persistent() => CallbackKind::Io,
+            Ready::Soon(_) | Ready::Locked(_) => CallbackKind::Ready,
+            Ready::Timer(_) => CallbackKind::Timer,
+            Ready::Io { .. } => CallbackKind::Io,
+        }
+    }
+
     /// The handle's callback; None for a transport's I/O, which is not a callback.
     #[inline]
     pub fn callback(&self) -> Option<&Callback> {

@@ -160,6 +160,7 @@ impl LoopCore {
         // frame of ours is on it, so that one is all to drop.
         tasks::drop_own_frame(&handle, this.debug())?;
         this.push_ready(Ready::Locked(handle.clone().unbind()));
+        this.stats.threadsafe_call();
         this.wake.notify();
         Ok(handle.unbind())
     }
@@ -190,8 +191,13 @@ impl LoopCore {
             }
             None => new_untracked(py, Handle::new(callback))?,
         };
+        // A pooled handle's old stamp must not survive: written either way.
+        handle
+            .get()
+            .set_queued_at(if this.stats.timing() { clock::now() } else { 0.0 });
         this.push_ready(Ready::Soon(handle.clone_ref(py)));
         if threadsafe {
+            this.stats.threadsafe_call();
             this.wake.notify();
         }
         Ok(handle)

@@ -36,6 +36,7 @@ use super::LoopCore;
 use crate::clock;
 use crate::errors::is_fatal;
 use crate::io::{Direction, EngineRef};
+use crate::telemetry::{LoopStats, Tally};
 
 /// A busy loop lets other Python threads take the GIL every this many turns or this often.
 const BUSY_TURNS_PER_HANDOFF: u32 = 61;
@@ -53,6 +54,7 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
         (waker, Box::pin(tokio::time::sleep(Duration::from_secs(86_400))))
     });
     core.wake.set_waker(Some(waker));
+    let _run_clock = RunClock::start(&core.stats);
     let mut batch: VecDeque<Ready> = VecDeque::new();
     let mut busy_turns = 0u32;
     let mut last_handoff = Instant::now();
@@ -98,28 +100,36 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
         core.dispatch_io(py);
         core.complete_lookups(py)?;
         core.take_ready(py, &mut batch)?;
+        let slow_after = core.stats.slow_after();
+        // Counted here and added to the loop's counters once per turn.
+        let mut tally = Tally::default();
         while let Some(item) = batch.pop_front() {
             if item.is_cancelled(py) {
                 core.recycle(py, item);
                 continue;
             }
-            let outcome = match &item {
-                Ready::Io {
-                    engine,
-                    direction,
-                    edge,
-                } => run_engine(slf, engine, *direction, *edge),
-                _ if core.debug() => slf
-                    .call_method1(intern!(py, "_run_handle_debug"), (item.object(py),))
-                    .map(drop),
-                _ => run_handle(slf, &item),
+            tally.ran(item.kind());
+            if let Ready::Timer(timer) = &item {
+                // As late as it starts, not as it left the heap: the ready callbacks queued
+                // ahead of it in this turn make it late too. One clock reading per turn, at
+                // its first timer.
+                let now = *tally
+                    .timers_started
+                    .get_or_insert_with(|| core.now(py).unwrap_or_else(|_| clock::now()));
+                core.stats.timer_lateness.record(now - timer.get().when);
+            }
+            let outcome = match slow_after {
+                None => run_item(slf, &item),
+                Some(threshold) => run_timed(slf, &item, threshold),
             };
             core.recycle(py, item);
             if let Err(err) = outcome {
+                core.stats.add(&tally);
                 core.requeue_front(&mut batch);
                 return Err(err);
             }
         }
+        core.stats.add(&tally);
         if core.take_stopping() {
             return Ok(());
         }
@@ -140,6 +150,7 @@ fn park(py: Python<'_>, core: &LoopCore, runtime: &Runtime, sleep: &mut Pin<Box<
         }),
         None => None,
     };
+    let park_began = core.stats.park_began();
     runtime.block_on(async {
         if let Some(wake_at) = wake_at {
             sleep.as_mut().reset(wake_at.into());
@@ -158,7 +169,75 @@ fn park(py: Python<'_>, core: &LoopCore, runtime: &Runtime, sleep: &mut Pin<Box<
         .await
     });
     core.wake.set_idle(false);
+    core.stats.park_ended(park_began);
     Ok(())
+}
+
+/// Runs one item of the turn's batch: a native engine's read or write, or a handle.
+#[inline(always)]
+fn run_item(slf: &Bound<'_, LoopCore>, item: &Ready) -> PyResult<()> {
+    match item {
+        Ready::Io {
+            engine,
+            direction,
+            edge,
+        } => run_engine(slf, engine, *direction, *edge),
+        _ if slf.get().debug() => slf
+            .call_method1(intern!(slf.py(), "_run_handle_debug"), (item.object(slf.py()),))
+            .map(drop),
+        _ => run_handle(slf, item),
+    }
+}
+
+/// [`run_item`], timed for the telemetry (a slow-callback threshold is set): the handle's wait
+/// in the ready queue and the run's duration go into their histograms, and a run of at least
+/// `threshold` seconds is reported.
+#[inline(never)]
+fn run_timed(slf: &Bound<'_, LoopCore>, item: &Ready, threshold: f64) -> PyResult<()> {
+    let stats = &slf.get().stats;
+    let started = clock::now();
+    if let Some(queued_at) = item.queued_at() {
+        stats.ready_wait.record(started - queued_at);
+    }
+    run_item(slf, item)?;
+    let took = clock::now() - started;
+    stats.callback_duration.record(took);
+    report_if_slow(slf, item, took, threshold)
+}
+
+/// Hands a callback that ran `took` seconds, at least `threshold`, to the Python half's
+/// report (`Loop._report_slow_callback`), which calls the user's hook. A native transport's
+/// read or write is reported as its transport.
+fn report_if_slow(slf: &Bound<'_, LoopCore>, item: &Ready, took: f64, threshold: f64) -> PyResult<()> {
+    if took < threshold {
+        return Ok(());
+    }
+    let py = slf.py();
+    let what = match item {
+        Ready::Io { engine, .. } => match engine.python_transport(py) {
+            Some(transport) => transport.into_bound(py),
+            None => item.object(py),
+        },
+        _ => item.object(py),
+    };
+    slf.call_method1(intern!(py, "_report_slow_callback"), (what, took))
+        .map(drop)
+}
+
+/// Times one `run_forever` for the telemetry, however it ends.
+struct RunClock<'a>(&'a LoopStats);
+
+impl<'a> RunClock<'a> {
+    fn start(stats: &'a LoopStats) -> Self {
+        stats.run_began();
+        RunClock(stats)
+    }
+}
+
+impl Drop for RunClock<'_> {
+    fn drop(&mut self) {
+        self.0.run_ended();
+    }
 }
 
 /// Runs one handle: an ordinary exception goes to the loop's exception handler as asyncio
