@@ -295,10 +295,14 @@ def reliability(session: nox.Session) -> None:
 # The memory-safety runs (tests/reliability/memsafety/memsafety.py): ASAN over a subset of the
 # tokioloop tests, valgrind memcheck over the smoke script, refleaks on a debug CPython. Debian's
 # CPython 3.11 builds (release and -dbg), each run with its own venv and target dir under target/.
-MEMSAFETY_APT = {"valgrind": "/usr/bin/valgrind",
-                 "libclang-rt-22-dev": "/usr/lib/llvm-22/lib/clang/22/lib/linux/libclang_rt.asan-x86_64.so",
-                 "python3.11-dbg": "/usr/bin/python3.11-dbg",
-                 "python3.11-venv": "/usr/lib/python3.11/ensurepip/__init__.py"}
+MEMSAFETY_SCRIPT = ROOT / "tests" / "reliability" / "memsafety" / "memsafety.py"
+MEMSAFETY_APT = {
+    "valgrind": "/usr/bin/valgrind",
+    "libclang-rt-22-dev": "/usr/lib/llvm-22/lib/clang/22/lib/linux/libclang_rt.asan-x86_64.so",
+    "python3.11": "/usr/bin/python3.11",
+    "python3.11-dbg": "/usr/bin/python3.11-dbg",
+    "python3.11-venv": "/usr/lib/python3.11/ensurepip/__init__.py",
+}
 
 
 @nox.session(python=False)
@@ -317,8 +321,7 @@ def memsafety(session: nox.Session) -> None:
     start = time.monotonic()
     args = list(session.posargs) or ["all"]
     try:
-        session.run("/usr/bin/python3.11", str(ROOT / "tests" / "reliability" / "memsafety" / "memsafety.py"),
-                    *args, external=True)
+        session.run("/usr/bin/python3.11", str(MEMSAFETY_SCRIPT), *args, external=True)
     finally:
         session.log(f"memsafety: {time.monotonic() - start:.0f} s")
 
