@@ -22,6 +22,7 @@ per-run deltas and fail the session; the summary ends with the figure line
 ``reliability figure: memsafety refleaks ...``.
 """
 
+import functools
 import gc
 import os
 import sys
@@ -56,6 +57,22 @@ def _counts():
     return refs, sys.getallocatedblocks(), len(os.listdir("/proc/self/fd"))
 
 
+def _drop_stale_finalizers(item):
+    """pytest appends ``partial(finish)`` of each function-scoped fixture to the finalizers of
+    every wider-scoped fixture it uses, and removes them only when that wider fixture ends (a
+    growth of O(tests) in any session, not the test's): after a repetition, when the function
+    fixtures are finished already, drop those entries, or every test using ``tmp_path`` leaks."""
+    for defs in item._fixtureinfo.name2fixturedefs.values():
+        for fixturedef in defs:
+            if fixturedef.scope == "function":
+                continue
+            fixturedef._finalizers[:] = [
+                fin for fin in fixturedef._finalizers
+                if not (isinstance(fin, functools.partial)
+                        and getattr(fin.func, "__name__", "") == "finish"
+                        and getattr(getattr(fin.func, "__self__", None), "scope", "") == "function")]
+
+
 class RefLeaks:
     KINDS = ("refs", "blocks", "fds")
 
@@ -82,6 +99,7 @@ class RefLeaks:
             passed = all(r.passed for r in reports)
             del reports
             item._report_sections.clear()  # captured output, appended to on every run
+            _drop_stale_finalizers(item)
             after = _counts()
             if not passed:
                 judged = False
