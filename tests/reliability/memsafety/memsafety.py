@@ -29,7 +29,14 @@ Interpreters: Debian's ``/usr/bin/python3.11`` and ``/usr/bin/python3.11-dbg`` b
 3.11.7 for valgrind: its ``int.from_bytes`` of zero reads an uninitialised digit multiplied by
 size 0, which memcheck flags and then follows into every use of the small int it returns.
 
-Long forms (the whole tokioloop half; about 30 min and 40+ min on the shared 2-core machine):
+Wall time on the shared 2-core machine (load average 13-15 from other engineers' builds),
+``nox -s memsafety``: 580 s with warm target dirs: ASAN subset (249 tests) 166 s, valgrind
+smoke 31 s, refleaks subset (90 tests x 6 runs) 236 s, incremental builds 19 + 53 + 9 s. From
+cold, add the three builds (1 min 17 s ASAN, 54 s debug, 4 min release under that load) and
+three venvs' pip installs: about 15 min in all.
+
+Long forms (the whole tokioloop half; ASAN took 37 min 38 s for its 1083 tests on that machine;
+refleaks on all of it is over an hour at 2:3):
     python tests/reliability/memsafety/memsafety.py asan -- -k tokioloop tests
     python tests/reliability/memsafety/memsafety.py refleaks --runs 3:3 -- -k tokioloop tests
 """
