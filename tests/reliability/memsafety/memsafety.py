@@ -12,8 +12,9 @@ Contract of each command (exit status 0 only if its figure is clean and its prob
   in ASAN's heap) and ``detect_leaks=0`` (CPython frees little at exit). Liveness first: a
   cdylib built with the same flags (``asan_probe.rs``) reads past a heap buffer under the same
   interpreter and preload, and must be reported; then the extension must import ``__asan_*``.
-  Then pytest runs the given tests (default: the CI subset, ``-k tokioloop``); every report
-  (``log_path``, one file per process, children included) is a defect and is printed whole.
+  Then ``smoke.py`` runs, and pytest over the given tests (default: the CI subset, ``-k
+  tokioloop``); every report (``log_path``, one file per process, children included) is a
+  defect and is printed whole.
 * ``valgrind``: a normal (release, no LTO) build in a venv of ``--python``; ``smoke.py`` under
   ``valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite
   --fair-sched=yes`` with ``PYTHONMALLOC=malloc``, Debian's ``python3.supp`` and
@@ -142,15 +143,17 @@ def asan(args):
 
     tests = args.pytest or ASAN_CI
     t0 = time.monotonic()
+    smoke = run([vpy, os.path.join(HERE, "smoke.py")], env=env, cwd=ROOT)
     proc = run([vpy, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
                env={**env, **_pytest_env()}, cwd=ROOT)
     elapsed = time.monotonic() - t0
     reports = sorted(glob.glob(os.path.join(logs, "asan.*")))
     for path in reports:
         print(f"--- {path}\n" + open(path, errors="replace").read(), flush=True)
-    ok = live and imports > 0 and not reports and proc.returncode == 0
-    print(f"reliability figure: memsafety asan 3.11: {len(reports)} ASAN reports, pytest exit "
-          f"{proc.returncode}, probe {'fired' if live else 'DID NOT FIRE'}; tests "
+    ok = live and imports > 0 and not reports and proc.returncode == 0 and smoke.returncode == 0
+    print(f"reliability figure: memsafety asan 3.11: {len(reports)} ASAN reports, smoke exit "
+          f"{smoke.returncode}, pytest exit {proc.returncode}, probe "
+          f"{'fired' if live else 'DID NOT FIRE'}; smoke.py and tests "
           f"{' '.join(tests) if args.pytest else 'CI subset -k tokioloop'} in {elapsed:.0f} s "
           f"(build + run {time.monotonic() - start:.0f} s)", flush=True)
     return ok
