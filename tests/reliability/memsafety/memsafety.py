@@ -84,6 +84,10 @@ def make_venv(name, python, rustflags=None, target=None):
     """A venv of ``python`` holding the test deps and a fresh tokioloop build; its python."""
     venv = os.path.join(WORK, f"venv-{name}")
     vpy = os.path.join(venv, "bin", "python")
+    cfg = os.path.join(venv, "pyvenv.cfg")
+    made_from = re.search(r"^executable = (.*)$", open(cfg).read(), re.M) if os.path.exists(cfg) else None
+    if made_from is None or os.path.realpath(made_from.group(1)) != os.path.realpath(python):
+        shutil.rmtree(venv, ignore_errors=True)  # absent, or made from another interpreter
     if not os.path.exists(vpy):
         run([python, "-m", "venv", venv], check=True)
         run([vpy, "-m", "pip", "install", "-q", *TEST_DEPS], check=True)
