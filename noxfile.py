@@ -292,6 +292,40 @@ def reliability(session: nox.Session) -> None:
                 "tests/reliability/test_panics.py", env=fault_env)
 
 
+# The memory-safety runs (tests/reliability/memsafety/memsafety.py): ASAN over a subset of the
+# tokioloop tests, valgrind memcheck over the smoke script, refleaks on a debug CPython. Debian's
+# CPython 3.11 builds (release and -dbg), each run with its own venv and target dir under target/.
+MEMSAFETY_SCRIPT = ROOT / "tests" / "reliability" / "memsafety" / "memsafety.py"
+MEMSAFETY_APT = {
+    "valgrind": "/usr/bin/valgrind",
+    "libclang-rt-22-dev": "/usr/lib/llvm-22/lib/clang/22/lib/linux/libclang_rt.asan-x86_64.so",
+    "python3.11": "/usr/bin/python3.11",
+    "python3.11-dbg": "/usr/bin/python3.11-dbg",
+    "python3.11-venv": "/usr/lib/python3.11/ensurepip/__init__.py",
+}
+
+
+@nox.session(python=False)
+def memsafety(session: nox.Session) -> None:
+    """ASAN, valgrind and refleaks (issue 20 item 6); prints ``reliability figure: memsafety``
+    lines. Installs the Debian packages it needs when missing (as root). After -- : one of
+    memsafety.py's commands and its arguments (default ``all``, the CI subsets)."""
+    _ensure_openssl(session)
+    missing = [pkg for pkg, path in MEMSAFETY_APT.items() if not os.path.exists(path)]
+    if missing:
+        if not (shutil.which("apt-get") and os.geteuid() == 0):
+            session.error(f"memsafety needs the Debian packages {', '.join(missing)}")
+        session.run("apt-get", "-qq", "update", external=True)
+        session.run("apt-get", "-qq", "install", "-y", *missing, external=True,
+                    env={"DEBIAN_FRONTEND": "noninteractive"})
+    start = time.monotonic()
+    args = list(session.posargs) or ["all"]
+    try:
+        session.run("/usr/bin/python3.11", str(MEMSAFETY_SCRIPT), *args, external=True)
+    finally:
+        session.log(f"memsafety: {time.monotonic() - start:.0f} s")
+
+
 # --- wheels -------------------------------------------------------------------------------
 
 X86_64 = "x86_64-unknown-linux-gnu"
