@@ -17,17 +17,23 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3_async_runtimes::err::RustPanic;
 
-/// How long an idle thread of the bridge's blocking pool lives. pyo3-async-runtimes completes
-/// every future from a blocking-pool thread; tokio keeps idle ones 10 s, longer than the suite's
-/// per-test thread accounting (tests/_leaks.py) waits for threads to go.
+/// pyo3-async-runtimes completes every future from a thread of the runtime's blocking pool, and
+/// each of those threads only waits for the GIL to call `call_soon_threadsafe`. tokio's defaults
+/// (up to 512 of them, idle ones kept 10 s) leave hundreds of threads behind a gather of 10k,
+/// longer than the suite's per-test thread accounting (tests/_leaks.py) waits for threads to go
+/// on a loaded machine. A few threads do the same work, one at a time as the GIL allows anyway.
+const BLOCKING_THREADS: usize = 8;
 const BLOCKING_THREAD_KEEP_ALIVE: Duration = Duration::from_millis(100);
 
 /// Builds pyo3-async-runtimes' runtime now rather than on the first future, so that its worker
 /// threads and driver descriptors predate every test instead of appearing inside one. Apart from
-/// the keep-alive it is the crate's default: multi-thread, every driver enabled.
+/// the blocking pool's size and keep-alive it is the crate's default: multi-thread, every driver.
 fn start_bridge_runtime() {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all().thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE);
+    builder
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE);
     pyo3_async_runtimes::tokio::init(builder);
     pyo3_async_runtimes::tokio::get_runtime();
 }
