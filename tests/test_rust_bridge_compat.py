@@ -7,8 +7,8 @@ multi-threaded tokio runtime and completes through the awaiting loop's public AP
 (``create_future``, ``call_soon_threadsafe``); ``into_future`` goes the other way. Every test runs
 on the three loops and asserts the same outcome on each: results, exception types, cancellation
 dropping the Rust future, contextvars through ``into_future``, a gather of 10k, two loops on two
-threads, a loop closed with futures pending, and the Rust-side ``run`` entries. Debug mode is where
-tokioloop differs (a defect: see DEBUG_FROM_A_FOREIGN_THREAD), kept as strict xfails.
+threads, a loop closed with futures pending, and the Rust-side ``run`` entries, in debug mode too
+(where tokioloop once failed every bridge future: see test_debug_mode_gives_the_same_outcomes).
 
 Where the extension is not installed the module is skipped; nox's ``tests`` session installs it
 into every version's venv, and under CI (``CI`` set) a missing extension or uvloop is an error,
@@ -357,22 +357,15 @@ async def completed(future):
     return future.result()
 
 
-# tokioloop's debug mode records where each callback was scheduled with sys._getframe(1) from
-# Loop._extract_stack, called by the native call_soon_threadsafe. On a thread with no Python frame
-# (pyo3-async-runtimes completes every future from a tokio blocking-pool thread, straight from
-# Rust) that raises ValueError("call stack is not deep enough"), so call_soon_threadsafe fails
-# and the future never completes: the awaiting task hangs. asyncio (Handle.__init__ is always
-# called from Python frames of its own) and uvloop complete it.
-DEBUG_FROM_A_FOREIGN_THREAD = ("tokioloop defect: in debug mode call_soon_threadsafe from a thread "
-                               "with no Python frame raises ValueError "
-                               "(Loop._extract_stack's sys._getframe(1))")
+# Fixed: tokioloop's debug mode recorded where each callback was scheduled with sys._getframe(1)
+# from Loop._extract_stack, called by the native call_soon_threadsafe; on a thread with no Python
+# frame (pyo3-async-runtimes completes every future from a tokio thread, straight from Rust) that
+# raised ValueError, so every bridge future hung. tests/test_threadsafe.py has the plain
+# regression test (a thread whose first call is call_soon_threadsafe).
 
 
 def expect_debug_defects(kind, request):
-    """The loops that fail the two debug-mode tests below, each for a defect of its own."""
-    if kind == "tokioloop":
-        request.applymarker(pytest.mark.xfail(raises=BridgeCouldNotComplete, strict=True,
-                                              reason=DEBUG_FROM_A_FOREIGN_THREAD))
+    """The loops that fail the debug-mode test below, each for a defect of its own."""
     if kind == "uvloop" and sys.version_info >= (3, 15):
         # Not ours, and uvloop may fix it in any release: not strict.
         request.applymarker(pytest.mark.xfail(
@@ -404,37 +397,6 @@ def test_debug_mode_gives_the_same_outcomes(loop, kind, request):
 
     assert loop.run_until_complete(main()) == ([1, 2, 3], True)
     sys.last_type = sys.last_value = sys.last_traceback = None
-
-
-def test_debug_mode_call_soon_threadsafe_as_a_threads_first_call(loop, kind, request):
-    """The defect above without Rust: a thread whose first call is the bound method itself (so
-    no Python frame lies under it, as on a bridge thread) schedules a callback in debug mode."""
-    import _thread
-
-    expect_debug_defects(kind, request)
-    loop.set_debug(True)
-    ran = threading.Event()
-    unraisable = []
-    previous_hook = sys.unraisablehook
-    # The thread's failure is only reported as unraisable ("Exception ignored in thread started
-    # by"): collected here, it ends the wait at once.
-    sys.unraisablehook = lambda report: unraisable.append(f"{report.exc_type.__name__}: "
-                                                         f"{report.exc_value}")
-    try:
-        _thread.start_new_thread(loop.call_soon_threadsafe, (ran.set,))
-
-        async def main():
-            deadline = time.monotonic() + PATIENCE
-            while not (ran.is_set() or unraisable):
-                assert time.monotonic() < deadline, "neither ran nor failed"
-                await asyncio.sleep(0.001)
-
-        loop.run_until_complete(main())
-    finally:
-        sys.unraisablehook = previous_hook
-    if unraisable:
-        raise BridgeCouldNotComplete(unraisable[0])
-    assert ran.is_set()
 
 
 def test_loops_in_two_threads_each_get_their_own_results(loop, kind):

@@ -1,7 +1,9 @@
 """call_soon_threadsafe and cooperation with other Python threads."""
 
 import asyncio
+import sys
 import threading
+import time
 
 import pytest
 
@@ -313,3 +315,32 @@ def test_threadsafe_debug_traceback_ends_at_caller(loop):
     frame = handle._source_traceback[-1]
     assert frame.name == "schedule_here"
     loop.run_until_complete(asyncio.sleep(0))
+
+
+def test_debug_mode_call_soon_threadsafe_as_a_threads_first_call(loop):
+    """A thread whose first call is the bound method itself (no Python frame under it, as on a
+    Rust extension's worker thread) schedules a callback in debug mode: it runs, nothing is
+    raised (tokioloop's debug-mode source traceback once raised ValueError there)."""
+    import _thread
+
+    loop.set_debug(True)
+    ran = threading.Event()
+    unraisable = []
+    previous_hook = sys.unraisablehook
+    # A failure in the thread is only reported as unraisable: collected, it ends the wait.
+    sys.unraisablehook = lambda report: unraisable.append(f"{report.exc_type.__name__}: "
+                                                         f"{report.exc_value}")
+    try:
+        _thread.start_new_thread(loop.call_soon_threadsafe, (ran.set,))
+
+        async def main():
+            deadline = time.monotonic() + 10
+            while not (ran.is_set() or unraisable):
+                assert time.monotonic() < deadline, "neither ran nor failed"
+                await asyncio.sleep(0.001)
+
+        loop.run_until_complete(main())
+    finally:
+        sys.unraisablehook = previous_hook
+    assert not unraisable
+    assert ran.is_set()

@@ -14,6 +14,7 @@ import errno
 import os
 import signal
 import sys
+import traceback
 import warnings
 from asyncio import coroutines, events, format_helpers, futures, tasks
 from asyncio.log import logger
@@ -406,7 +407,13 @@ class Loop(
 
     @staticmethod
     def _extract_stack():
-        return format_helpers.extract_stack(sys._getframe(1))
+        """The caller's stack, for a debug-mode handle's source traceback: empty when the
+        caller has no Python frame (a thread that calls in from C or Rust, as a Rust bridge's
+        worker does with call_soon_threadsafe)."""
+        caller = sys._getframe(0).f_back
+        if caller is None:
+            return traceback.StackSummary()
+        return format_helpers.extract_stack(caller)
 
     def _run_handle_debug(self, handle):
         """Debug mode's turn step: run ``handle`` timed, warn if slower than slow_callback_duration."""
