@@ -5,6 +5,9 @@ makes ready joins the queue behind the callbacks already there.
   (asyncio's ``select(0)`` when work is ready).
 - A ``data_received`` that schedules a callback sees that callback run before the same socket
   is read again (each iteration's I/O joins the ready queue behind the callbacks it finds).
+- An fd found readable and writable in the same iteration has its reader run before its writer,
+  whichever was added first and whichever became ready first (selector_events._process_events
+  queues the reader first from the fd's one event mask).
 """
 
 import asyncio
@@ -152,3 +155,59 @@ def test_signal_handler_runs_within_a_few_iterations_of_a_busy_loop(loop):
     # asyncio: the self-pipe is read in the next iteration, which schedules the handler for
     # the one after.
     assert fired and fired[0] <= 6, fired
+
+
+@pytest.mark.parametrize("writer_first", [True, False])
+def test_reader_runs_before_writer_when_both_were_ready_at_registration(loop, pair, writer_first):
+    a, b = pair
+    b.send(b"x")
+    log = []
+
+    def on_readable():
+        log.append("reader")
+        a.recv(100)
+        loop.remove_reader(a)
+
+    def on_writable():
+        log.append("writer")
+        loop.remove_writer(a)
+        loop.stop()
+
+    if writer_first:
+        loop.add_writer(a, on_writable)
+        loop.add_reader(a, on_readable)
+    else:
+        loop.add_reader(a, on_readable)
+        loop.add_writer(a, on_writable)
+    loop.run_forever()
+    assert log == ["reader", "writer"]
+
+
+@pytest.mark.parametrize("writer_first", [True, False])
+def test_reader_runs_before_a_writer_that_was_already_firing(loop, pair, writer_first):
+    # The writer fires every iteration (the fd stays writable); its second call makes the fd
+    # readable, so the next iteration finds both ready: the reader goes first there.
+    a, b = pair
+    log = []
+
+    def on_readable():
+        log.append("reader")
+        a.recv(100)
+        loop.remove_reader(a)
+
+    def on_writable():
+        log.append("writer")
+        if log.count("writer") == 2:
+            b.send(b"x")
+        if log.count("writer") == 3:
+            loop.remove_writer(a)
+            loop.stop()
+
+    if writer_first:
+        loop.add_writer(a, on_writable)
+        loop.add_reader(a, on_readable)
+    else:
+        loop.add_reader(a, on_readable)
+        loop.add_writer(a, on_writable)
+    loop.run_forever()
+    assert log == ["writer", "writer", "reader", "writer"]

@@ -144,10 +144,10 @@ impl LoopCore {
 
     fn has_work(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
-            // SeqCst, as the flags' stores: with `idle` (wake.rs) this is a Dekker handshake,
-            // which only SeqCst's single total order makes safe.
+            // Read after `set_idle(true)` when parking: with `idle` (wake.rs) the flags form a
+            // Dekker handshake, ordered by SeqCst and its fences (model: dns::loom_model).
             || self.io_pending.load(Ordering::SeqCst)
-            || self.dns.completions.pending.load(Ordering::SeqCst)
+            || self.dns.completions.is_pending()
             || {
                 let state = self.state.lock();
                 !state.ready.is_empty() || !state.io_retries.is_empty()

@@ -159,3 +159,6 @@ impl Timers {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,13 +12,13 @@ use std::task::Waker;
 // loom's, so its model checker explores every interleaving of the protocol below.
 #[cfg(tokioloop_loom)]
 use loom::sync::{
-    atomic::{AtomicBool, Ordering},
+    atomic::{fence, AtomicBool, Ordering},
     Mutex,
 };
 #[cfg(not(tokioloop_loom))]
 use parking_lot::Mutex;
 #[cfg(not(tokioloop_loom))]
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 
 pub struct Wake {
     idle: AtomicBool,
@@ -51,6 +51,22 @@ impl Wake {
 
     pub fn set_idle(&self, idle: bool) {
         self.idle.store(idle, Ordering::SeqCst);
+        if idle {
+            // Pairs with `notify_after_flag`'s fence: the loop's re-check of the flags that
+            // follows cannot miss a flag whose producer then saw `idle` still false. One
+            // fence per park, next to a syscall.
+            fence(Ordering::SeqCst);
+        }
+    }
+
+    /// `notify` for producers that publish through a flag of their own rather than under the
+    /// loop's lock (DNS answers, `dns::Completions`): call after setting the flag. The SeqCst
+    /// fences here and in `set_idle(true)` order each side's store before its load, which is
+    /// what the store-then-load handshake needs; they are also what loom can check, as it
+    /// models SeqCst loads and stores as acquire/release only.
+    pub fn notify_after_flag(&self) {
+        fence(Ordering::SeqCst);
+        self.notify();
     }
 
     /// Wakes the loop if it is parked or about to park; call after publishing the work.
@@ -72,10 +88,11 @@ impl Wake {
 /// co. do) and notifies, while the loop goes idle, re-checks the queue and parks. In every
 /// interleaving the loop sees the work on its re-check or is woken, and is woken at most once.
 ///
-/// The other producers publish through a flag instead of the lock (fd edges, DNS answers: a
-/// Dekker handshake between that flag and `idle`, all SeqCst, see `LoopCore::has_work`). loom
-/// models SeqCst as AcqRel, so it cannot check that handshake; it rests on SeqCst's single
-/// total order.
+/// DNS answers publish through a flag instead of the lock: a Dekker handshake between that flag
+/// and `idle`, made checkable by the SeqCst fences of `set_idle(true)` and `notify_after_flag`
+/// (loom models SeqCst loads and stores as acquire/release, but SeqCst fences exactly); its
+/// model is `dns::loom_model`. fd edges also set a flag, but their wakers run on the loop's own
+/// thread, inside its reactor turn (a current-thread runtime), so program order suffices there.
 #[cfg(all(test, tokioloop_loom))]
 mod loom_model {
     use super::Wake;

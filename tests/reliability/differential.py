@@ -78,14 +78,9 @@ KINDS = ("asyncio", "tokioloop")
 # Allowed divergences: name -> reason. Each is applied where the trace is normalised (the code
 # cites the name). An entry needs a reason that makes the difference no defect: an order or value
 # asyncio itself leaves unspecified, not a behaviour tokioloop ought to share.
-ALLOWED = {
-    "io order within one iteration": (
-        "when one fd is readable and writable in the same iteration, asyncio runs the reader "
-        "before the writer (selector_events._process_events adds them in that order); tokioloop "
-        "may run the writer first. Undocumented order of independent callbacks in one "
-        "iteration: reader/writer events are compared as a multiset per iteration."
-    ),
-}
+# (None at present: tokioloop now runs an fd's reader before its writer in one iteration, as
+# asyncio does, so the io channel is compared in order; tests/test_io_order.py pins that.)
+ALLOWED = {}
 
 # Counters for the figure line.
 STATS = {"sequences": 0, "steps": 0, "divergences": 0}
@@ -221,7 +216,6 @@ class World:
         self.loop.time = self._time
         self.loop.set_exception_handler(self._handler)
         self.channels = collections.defaultdict(list)
-        self.io_iteration = []
         self.handles = []
         self.contexts = []
         self.tasks = []  # (tid, task, recorded?)
@@ -239,15 +233,7 @@ class World:
         return self.now
 
     def ev(self, channel, *item):
-        if channel == "io":
-            self.io_iteration.append(item)
-        else:
-            self.channels[channel].append(item)
-
-    def flush_io(self):
-        # ALLOWED["io order within one iteration"]
-        self.channels["io"].extend(sorted(self.io_iteration, key=repr))
-        self.io_iteration.clear()
+        self.channels[channel].append(item)
 
     def _handler(self, loop, context):
         exc = context.get("exception")
@@ -259,8 +245,7 @@ class World:
         )
 
     def size(self):
-        return sum(len(v) for v in self.channels.values()) + len(self.io_iteration) + len(
-            self.rdata) + sum(
+        return sum(len(v) for v in self.channels.values()) + len(self.rdata) + sum(
             len(c["proto"].received) + len(c["proto"].flow) for c in self.conns
         )
 
@@ -401,7 +386,6 @@ class World:
         return False
 
     def collect(self):
-        self.flush_io()
         for tid, task in self.tasks:
             if tid in self.reported or not task.done():
                 continue
