@@ -598,8 +598,9 @@ def lint(session: nox.Session) -> None:
     """The gates, every one run even when an earlier one fails, so one run shows them all:
     ``cargo fmt --check`` (rustfmt.toml's 110 columns), ``cargo clippy --all-targets -- -D
     warnings``, the Rust unit tests (``cargo test --lib``, pyo3 linked against this session's
-    CPython), the loom models (the wake-up, the DNS completion flag) and ``mypy.stubtest`` of ``_tokioloop.pyi`` against the extension built and
-    installed in this venv, with ``.mypy-stubtest-allowlist``. Fails if any gate failed."""
+    CPython), the loom models (the wake-up, the DNS completion flag) and ``mypy.stubtest``
+    of ``_tokioloop.pyi`` against the extension built and installed in this venv, with
+    ``.mypy-stubtest-allowlist``. Fails if any gate failed."""
     failed = []
 
     def gate(name: str, *args: str, env: dict | None = None, external: bool = True) -> None:
