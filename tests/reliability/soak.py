@@ -53,7 +53,7 @@ Forms:
     # long form (needs `pip install uvloop`):
     python tests/reliability/soak.py --minutes 60 --loop tokioloop,asyncio,uvloop
 
-The child's result is one JSON line on stdout starting ``SOAK-RESULT``; ``run_loops`` and
+The child writes its result as JSON to the file the parent names (``--result-file``); ``run_loops`` and
 ``verdict`` are what the pytest wrapper imports.
 """
 
@@ -68,6 +68,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -783,7 +784,10 @@ def child_main(args):
         finally:
             asyncio.set_event_loop(None)
             loop.close()
-    print("SOAK-RESULT " + json.dumps(result), flush=True)
+    # To a file the parent named: a 60-minute run's result is a line of more than 64 KiB, and
+    # one such line, read back from the child's stdout pipe, once came back cut at 64 KiB.
+    with open(args.result_file, "w") as f:
+        json.dump(result, f)
 
 
 # -- evaluation ------------------------------------------------------------------------------
@@ -889,39 +893,48 @@ def run_loops(loops, minutes, seed, *, scale=1.0, checkpoint_every=60.0, sequent
     procs = {}
     results = {}
 
+    result_dir = tempfile.mkdtemp(prefix="soak-results-")
+
+    def result_file(kind):
+        return os.path.join(result_dir, f"{kind}.json")
+
     def start(kind):
         argv = [sys.executable, os.path.abspath(__file__), "--child", "--loop", kind,
                 "--minutes", str(minutes), "--seed", str(seed), "--scale", str(scale),
-                "--checkpoint-every", str(checkpoint_every), "--kinds", ",".join(kinds)]
-        return subprocess.Popen(argv, stdout=subprocess.PIPE, env=env, text=True)
+                "--checkpoint-every", str(checkpoint_every), "--kinds", ",".join(kinds),
+                "--result-file", result_file(kind)]
+        return subprocess.Popen(argv, env=env)
 
     def finish(kind, proc):
         limit = timeout or (minutes * 60 * 2 + 300)
         try:
-            out, _ = proc.communicate(timeout=limit)
+            proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, _ = proc.communicate()
+            proc.wait()
             raise RuntimeError(f"soak child for {kind} did not finish within {limit} s")
-        lines = [ln for ln in out.splitlines() if ln.startswith("SOAK-RESULT ")]
-        if proc.returncode != 0 or not lines:
+        if proc.returncode != 0 or not os.path.exists(result_file(kind)):
             raise RuntimeError(f"soak child for {kind} failed (status {proc.returncode})")
-        results[kind] = json.loads(lines[-1][len("SOAK-RESULT "):])
+        with open(result_file(kind)) as f:
+            results[kind] = json.load(f)
 
-    if sequential:
-        for kind in loops:
-            finish(kind, start(kind))
-    else:
-        for kind in loops:
-            procs[kind] = start(kind)
-        try:
-            for kind, proc in procs.items():
-                finish(kind, proc)
-        finally:
-            for proc in procs.values():
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+    try:
+        if sequential:
+            for kind in loops:
+                finish(kind, start(kind))
+        else:
+            for kind in loops:
+                procs[kind] = start(kind)
+            try:
+                for kind, proc in procs.items():
+                    finish(kind, proc)
+            finally:
+                for proc in procs.values():
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+    finally:
+        shutil.rmtree(result_dir, ignore_errors=True)
     return results
 
 
@@ -941,6 +954,7 @@ def main(argv=None):
     p.add_argument("--sequential", action="store_true", help="one loop after the other")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--result-file", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(2**32)
