@@ -41,11 +41,6 @@ thread_local! {
     static LAST_READ_LARGE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Nothing to do now: wait for readiness and call again (an interrupted call too).
-fn try_later(errno: i32) -> bool {
-    would_block(errno) || errno == libc::EINTR
-}
-
 /// One non-blocking `recv(fd, n)`: the bytes, `None` if it would block, or the OSError.
 fn recv_once(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyBytes>>> {
     let expect_large = LAST_READ_LARGE.with(|last| last.get());
@@ -54,7 +49,7 @@ fn recv_once(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyBytes>
             LAST_READ_LARGE.with(|last| last.set(got >= LARGE_READ));
             Ok(Some(data))
         }
-        Received::Failed(errno) if try_later(errno) => Ok(None),
+        Received::Failed(errno) if would_block(errno) => Ok(None),
         Received::Failed(errno) => Err(os_error(errno)),
     }
 }
@@ -79,7 +74,7 @@ fn send_once(fd: RawFd, data: &Bound<'_, PyAny>, start: usize) -> PyResult<(usiz
         return Ok((sent as usize, len));
     }
     let errno = last_errno();
-    if try_later(errno) {
+    if would_block(errno) {
         Ok((0, len))
     } else {
         Err(os_error(errno))

@@ -182,7 +182,7 @@ impl LoopCore {
         self.remove_fd_callback_as(fd, direction, None, true)
     }
 
-    /// Pending work by kind, for leak checks.
+    /// The telemetry counters (`telemetry::LoopStats`) with the queues' depths now.
     pub(super) fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let metrics = self.stats.snapshot(py)?;
         for (key, value) in self.native_counts(py)?.iter() {
@@ -192,6 +192,7 @@ impl LoopCore {
         Ok(metrics)
     }
 
+    /// Pending work by kind, for leak checks.
     pub(super) fn native_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let (ready, timers) = {
             let state = self.state.lock();

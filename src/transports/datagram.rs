@@ -408,7 +408,6 @@ impl DatagramEngine {
                     this.io.settle(this.fd, Direction::Read);
                     return Ok(());
                 }
-                Err(libc::EINTR) => continue,
                 Err(errno) => return this.error_received(py, errno),
                 Ok((data, raw)) => {
                     let address = match this.address_for(py, raw) {
@@ -485,7 +484,7 @@ impl DatagramEngine {
         if queue_empty {
             match this.send_one(py, bytes, data, addr.as_ref(), peer_connected) {
                 Ok(None) => return Ok(()),
-                Ok(Some(errno)) if would_block(errno) || errno == libc::EINTR => {
+                Ok(Some(errno)) if would_block(errno) => {
                     this.call_owner(py, intern!(py, "_start_writing"), ())?;
                 }
                 Ok(Some(errno)) => return this.error_received(py, errno),
@@ -541,7 +540,7 @@ impl DatagramEngine {
             );
             match outcome {
                 Ok(None) => {}
-                Ok(Some(errno)) if would_block(errno) || errno == libc::EINTR => {
+                Ok(Some(errno)) if would_block(errno) => {
                     let mut inner = this.inner.lock();
                     inner.queued += bound.as_bytes().len() + inner.header;
                     inner.queue.push_front((data, addr));

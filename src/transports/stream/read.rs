@@ -73,9 +73,6 @@ impl StreamEngine {
         if would_block(errno) {
             Self::drained(slf, Direction::Read);
             Ok(())
-        } else if errno == libc::EINTR {
-            Self::requeue(slf, Direction::Read);
-            Ok(())
         } else {
             Self::fatal(slf, os_error(errno), slf.get().read_error_message())
         }

@@ -64,7 +64,7 @@ impl StreamEngine {
             let n = unsafe { this.kind.write(this.fd, view.as_ptr(), len) };
             if n < 0 {
                 let errno = last_errno();
-                if !would_block(errno) && errno != libc::EINTR {
+                if !would_block(errno) {
                     if pipe_mode {
                         inner.conn_lost += 1;
                     }
@@ -171,10 +171,6 @@ impl StreamEngine {
         match result {
             Err(errno) if would_block(errno) => {
                 Self::drained(slf, Direction::Write);
-                return Ok(());
-            }
-            Err(libc::EINTR) => {
-                Self::requeue(slf, Direction::Write);
                 return Ok(());
             }
             Err(errno) => {
