@@ -45,6 +45,11 @@ Counted and printed apart, never misses, because they are CPython's and asyncio 
 * "shared-with-asyncio races": a reader/writer callback that saw its future pending, did the
   syscall, then found it cancelled by Runner's SIGINT handler, so set_result raised
   InvalidStateError, which the loop logged (see ``_SHARED_RACE``);
+* "Runner's SIGINT window": ``Runner.run()`` installs its SIGINT handler, then sets
+  ``_interrupt_count = 0``. A SIGINT handled between the two (CPython runs pending handlers right
+  after the ``signal.signal()`` call returns) cancels the main task and has its count erased, so
+  ``run()`` raises CancelledError instead of KeyboardInterrupt and ``main()`` never starts
+  (``runner_race``; ``test_ctrlc.py`` shows asyncio does the same). Counted, not a miss;
 * "CPython-logged errors": a stderr traceback whose frames are all the stdlib's (seen: asyncio's
   ``BaseEventLoop.__del__`` raising AttributeError on a loop whose ``__init__`` the signal cut
   short). A frame in tokioloop, uvloop, site-packages or this harness makes it a miss.
@@ -341,8 +346,9 @@ def _session(index, kind, workload, certdir):
             _state["phase"] = "close"
     except KeyboardInterrupt:
         rec["where"] = rec["where"] or ("close" if _state["phase"] == "close" else "early")
-    except BaseException as exc:  # reported, then the parent counts a miss
+    except BaseException as exc:  # reported, then the parent counts a miss (or runner_race)
         rec["error"] = repr(exc)
+        rec["error_phase"] = _state["phase"]
     rec["exit"] = now()
     busy = _state.pop("busy", None)
     rec["maxcb"] = busy.maxcb if busy else 0.0
@@ -673,6 +679,7 @@ class Tally:
         self.shared_races = []  # logged stderr blocks of the race asyncio shares
         self.cpython_lost = 0  # fresh trials whose SIGINT CPython's start-up dropped
         self.cpython_logged = 0  # children whose stderr held stdlib-only tracebacks
+        self.runner_races = 0  # reports of asyncio.Runner's own SIGINT window (runner_race)
 
     def strip_shared(self, err):
         """Take the shared-race blocks out of child stderr ``err`` (counted); return the rest.
@@ -695,6 +702,7 @@ class Tally:
             if rec.get("cancel") is not None and t_sig is not None:
                 self.cancel_lat.append(rec["cancel"] - t_sig)
             self.maxcb = max(self.maxcb, rec.get("maxcb") or 0.0)
+            self.runner_races += runner_race(rec)
         if reason:
             self.misses.append((shape, reason, detail))
 
@@ -722,13 +730,23 @@ class Tally:
                 f"KeyboardInterrupt from: {where}; "
                 f"shared-with-asyncio races logged: {len(self.shared_races)}; "
                 f"signals dropped by CPython's start-up: {self.cpython_lost}; "
-                f"CPython-logged errors: {self.cpython_logged}")
+                f"CPython-logged errors: {self.cpython_logged}; "
+                f"Runner's SIGINT window: {self.runner_races}")
+
+
+def runner_race(rec):
+    """True if the child's report is asyncio.Runner's own SIGINT window (see the docstring):
+    CancelledError out of ``run()`` before ``main()`` ever started."""
+    return (bool(rec.get("error")) and rec["error"].startswith("CancelledError(")
+            and rec.get("error_phase") == "run" and not rec.get("main_started"))
 
 
 def classify(rec, t_sig, deadline, maxcb):
     """The miss reason for one trial's child report, or None."""
     if rec.get("error"):
-        return "unexpected exception", rec["error"]
+        if runner_race(rec):
+            return None  # counted by Tally.add
+        return "unexpected exception", f"{rec['error']}; report {json.dumps(rec)}"
     started = rec.get("main_started")
     if started and not rec.get("finally"):
         return "finally not run", ""

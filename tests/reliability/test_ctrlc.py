@@ -143,3 +143,40 @@ def test_interrupted_loop_init_is_collected_silently(loop_kind, monkeypatch):
         factory()
     gc.collect()
     assert [type(r.exc_value).__name__ for r in reports] == []
+
+
+# -- asyncio.Runner's own SIGINT window (fresh trials, both loops) -----------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "CPython's asyncio.Runner.run(), whatever the loop: it installs its SIGINT handler, then sets "
+    "_interrupt_count = 0. A SIGINT handled between the two (pending handlers run right after "
+    "the signal.signal() call returns) cancels the main task and has its count erased, so run() "
+    "raises CancelledError, not KeyboardInterrupt, and main() never starts (ctrlc.runner_race)"))
+def test_sigint_as_runner_installs_its_handler_is_keyboardinterrupt(loop_factory, monkeypatch):
+    import signal
+    import types
+    from asyncio import runners
+
+    def signal_then_sigint(signum, handler):
+        previous = signal.signal(signum, handler)
+        if signum == signal.SIGINT and handler is not signal.default_int_handler:
+            signal.raise_signal(signal.SIGINT)  # handled as this call returns: the window
+        return previous
+
+    patched = types.SimpleNamespace(**{n: getattr(signal, n) for n in dir(signal)
+                                       if not n.startswith("__")})
+    patched.signal = signal_then_sigint
+    monkeypatch.setattr(runners, "signal", patched)
+    started = []
+
+    async def main():
+        started.append(True)
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                runner.run(main())
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert started == []
