@@ -13,31 +13,19 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::sync::Arc;
 
-// Under `--cfg tokioloop_loom` the completion flag and its lock are loom's, so the model below
-// (`loom_model`) explores every interleaving of a worker's publish with the loop's park and take.
-#[cfg(tokioloop_loom)]
-use loom::sync::{
-    atomic::{AtomicBool, Ordering},
-    Mutex as CompletionLock,
-};
+use crate::io::{Handoff, Wake};
 use parking_lot::Mutex;
-#[cfg(not(tokioloop_loom))]
-use parking_lot::Mutex as CompletionLock;
 use pyo3::exceptions::PyOSError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use pyo3::{PyTraverseError, PyVisit};
-#[cfg(not(tokioloop_loom))]
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use crate::io::Wake;
 
 /// One address as libc gave it: (family, type, proto, canonname, address bytes, port,
 /// flowinfo, scope id). The address is the packed IP for AF_INET/AF_INET6.
 type RawInfo = (i32, i32, i32, String, Vec<u8>, u16, u32, u32);
 
-enum Outcome {
+pub(crate) enum Outcome {
     Found(Vec<RawInfo>),
     /// An EAI_* code and libc's text for it (EAI_SYSTEM is reported as `Errno`).
     Gai(i32, String),
@@ -58,63 +46,9 @@ pub struct RawSockAddr {
 // SAFETY: plain bytes; moved to the blocking thread and read only there.
 unsafe impl Send for RawSockAddr {}
 
-/// Answers delivered by blocking threads, waiting for the loop's next turn.
-///
-/// The protocol, checked by the loom model (`loom_model`): a worker pushes its answer, then sets
-/// `pending`, then wakes the loop if it is parked ([`Wake::notify_after_flag`]); the loop clears
-/// `pending` before it takes the answers, so an answer pushed after the take leaves the flag set.
-/// A parking loop sets `idle` and then reads `pending` (`LoopCore::has_work`): with the worker's
-/// flag-then-`idle` order that is a Dekker handshake, and the SeqCst fences on both sides make
-/// sure one of the two sees the other's store (no answer waits for a wake-up that never comes).
-#[derive(Default)]
-pub struct Completions {
-    answers: CompletionLock<Vec<(u64, Outcome)>>,
-    /// True while `answers` may be non-empty: the turn checks it without locking.
-    pending: AtomicBool,
-}
-
-#[cfg(not(tokioloop_loom))]
-fn lock<T>(mutex: &CompletionLock<T>) -> parking_lot::MutexGuard<'_, T> {
-    mutex.lock()
-}
-
-#[cfg(tokioloop_loom)]
-fn lock<T>(mutex: &CompletionLock<T>) -> loom::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl Completions {
-    /// A worker's side: hands `outcome` to the loop and wakes it if it is parked.
-    fn publish(&self, id: u64, outcome: Outcome, wake: &Wake) {
-        lock(&self.answers).push((id, outcome));
-        self.pending.store(true, Ordering::SeqCst);
-        wake.notify_after_flag();
-    }
-
-    /// True while answers may be waiting; the parking loop reads it after going idle.
-    #[inline]
-    pub fn is_pending(&self) -> bool {
-        self.pending.load(Ordering::SeqCst)
-    }
-
-    /// The loop's side: the answers delivered since the last take (usually none). Every turn
-    /// calls it, so the common answer, none, is one inlined load.
-    #[inline]
-    fn take(&self) -> Option<Vec<(u64, Outcome)>> {
-        if !self.pending.load(Ordering::Acquire) {
-            return None;
-        }
-        self.take_flagged()
-    }
-
-    #[inline(never)]
-    fn take_flagged(&self) -> Option<Vec<(u64, Outcome)>> {
-        if !self.pending.swap(false, Ordering::AcqRel) {
-            return None;
-        }
-        Some(std::mem::take(&mut *lock(&self.answers)))
-    }
-}
+/// Answers delivered by blocking threads, waiting for the loop's next turn (the protocol:
+/// `io::Handoff`; its loom model is `loom_model` here).
+pub type Completions = Handoff<(u64, Outcome)>;
 
 /// The loop's side: futures waiting for an answer, by lookup id.
 #[derive(Default)]
@@ -177,7 +111,7 @@ impl Lookups {
                 work()
             }))
             .unwrap_or_else(|panic| Outcome::Panicked(crate::errors::panic_message(&*panic)));
-            completions.publish(id, outcome, &wake);
+            completions.publish((id, outcome), &wake);
         });
     }
 

@@ -2,6 +2,7 @@
 //!
 //! The public API is the Python package `tokioloop`; this module is private to it.
 
+mod bridge;
 mod clock;
 mod contexts;
 mod dns;
@@ -22,6 +23,7 @@ use pyo3::prelude::*;
 fn _tokioloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     event_loop::install_fast_paths(&m.py().get_type::<event_loop::LoopCore>())?;
+    bridge::install_capsule(m, &m.py().get_type::<event_loop::LoopCore>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<transports::stream::StreamEngine>()?;

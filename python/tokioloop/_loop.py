@@ -427,6 +427,11 @@ class Loop(
         finally:
             self._current_handle = None
 
+    def _report_slow_bridge_poll(self, future, elapsed):
+        """Debug mode: a Rust extension's future (``tokioloop_ffi``'s bridge) took ``elapsed``
+        seconds, at least slow_callback_duration, to poll: warned of as a slow callback is."""
+        logger.warning("Executing <Rust future completing %r> took %.3f seconds", future, elapsed)
+
 
 # The running version's method set and signatures: 3.11's sock_recvfrom on 3.10, 3.12's
 # all_errors or 3.13's keep_alive on older versions are refused as their asyncio refuses them.

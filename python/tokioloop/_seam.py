@@ -113,6 +113,10 @@ class LoopOwner(Protocol):
     def _run_handle_debug(self, handle: Any) -> None:
         """Debug mode's step for each ready handle: run it timed, warn if slow."""
 
+    def _report_slow_bridge_poll(self, future: Any, elapsed: float) -> None:
+        """Debug mode: one poll of a Rust extension's bridge task took ``elapsed`` seconds, at
+        least ``slow_callback_duration``: warn as of a slow callback."""
+
     def _callback_error(self, handle: Any, exc: BaseException) -> None:
         """A natively run callback raised: call the exception handler as ``Handle._run`` would."""
 

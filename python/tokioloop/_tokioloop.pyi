@@ -38,9 +38,15 @@ __all__ = [
     "_path_stat",
     "_path_unlink",
     "_SENDFILE_AVAILABLE",
+    "_C_API_1",
 ]
 
 _T = TypeVar("_T")
+_CapsuleType = Any  # types.CapsuleType from 3.13
+
+#: The native bridge's C API capsule (``tokioloop._tokioloop._C_API_1``), also
+#: ``LoopCore._tokioloop_capi_1``.
+_C_API_1: _CapsuleType
 _Buffer = bytes | bytearray | memoryview
 
 class _HasFileno(Protocol):
@@ -95,6 +101,10 @@ class IoPort:
 @disjoint_base
 class LoopCore:
     """The native base of ``tokioloop.Loop``: scheduling, the turn, fd readiness, DNS."""
+
+    #: The native bridge's C API (``tokioloop_ffi::Api``, major 1), for Rust extensions that
+    #: find it from the running loop's type without importing tokioloop.
+    _tokioloop_capi_1: ClassVar[_CapsuleType]
 
     @property
     def _io_port(self) -> IoPort: ...

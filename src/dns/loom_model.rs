@@ -1,4 +1,5 @@
-//! The loom model of the DNS completion flag (`RUSTFLAGS="--cfg tokioloop_loom" cargo test
+//! The loom model of `io::Handoff` as the DNS completions use it (the bridge's woken-task
+//! queue is the same type) (`RUSTFLAGS="--cfg tokioloop_loom" cargo test
 //! --lib loom`, as `nox -s lint` runs it): a blocking worker publishes an answer while the loop
 //! parks, or while it takes the answers. In every interleaving no answer is lost: the parking
 //! loop sees the flag on its re-check or is woken (once at most), and an answer that arrives
@@ -38,7 +39,7 @@ fn loom_dns_answer_not_lost_while_the_loop_parks() {
 
         let worker = {
             let (wake, completions) = (wake.clone(), completions.clone());
-            loom::thread::spawn(move || completions.publish(1, answer(), &wake))
+            loom::thread::spawn(move || completions.publish((1, answer()), &wake))
         };
         // The loop's park (event_loop/turn.rs), with `has_work` down to the DNS flag.
         wake.set_idle(true);
@@ -66,7 +67,7 @@ fn loom_dns_answer_not_stranded_by_a_concurrent_take() {
         let workers: Vec<_> = (0..2u64)
             .map(|id| {
                 let (wake, completions) = (wake.clone(), completions.clone());
-                loom::thread::spawn(move || completions.publish(id, answer(), &wake))
+                loom::thread::spawn(move || completions.publish((id, answer()), &wake))
             })
             .collect();
         // A turn's `complete` racing the workers.

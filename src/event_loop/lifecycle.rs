@@ -44,6 +44,7 @@ impl LoopCore {
             self_pipe_fd: AtomicI32::new(-1),
             signal_noted: AtomicBool::new(false),
             io,
+            bridge: crate::bridge::BridgeTasks::new(wake.clone()),
             wake,
             stopping: AtomicBool::new(false),
             running: AtomicBool::new(false),
@@ -124,6 +125,7 @@ impl LoopCore {
         for target in targets {
             target.release();
         }
+        self.bridge.abandon();
     }
 
     /// `_close_native`: everything pending goes; io handles answer "closed" from now on.
@@ -140,6 +142,11 @@ impl LoopCore {
             self.io.registry().drain()
         };
         let lookups = self.dns.clear();
+        if self.in_other_process() {
+            self.bridge.abandon();
+        } else {
+            self.bridge.drain(py);
+        }
         release_all(ready, timers, fd_handles);
         drop(lookups);
         drop(self.pool.drain(py));
@@ -176,6 +183,7 @@ impl LoopCore {
             io.traverse(&visit)?;
         }
         self.dns.traverse(&visit)?;
+        self.bridge.traverse(&visit)?;
         if let Some(factory) = self.task_factory.try_lock() {
             if let Some(factory) = factory.as_ref() {
                 visit.call(factory)?;
@@ -189,6 +197,8 @@ impl LoopCore {
         let (ready, timers) = self.state.lock().take_all();
         let fd_handles = self.io.registry().drain();
         let factory = self.task_factory.lock().take();
+        // SAFETY: `__clear__` runs with the GIL held.
+        self.bridge.drain(unsafe { Python::assume_attached() });
         release_all(ready, timers, fd_handles);
         drop(factory);
     }

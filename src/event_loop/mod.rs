@@ -13,6 +13,7 @@
 //! the per-turn I/O dispatch), `lookups` (DNS), `lifecycle` (run, close, fork, GC, drop).
 //! `turn` drives the turns; `ready` is the queue's element, private to this module.
 
+mod bridge_seam;
 mod fastcall;
 mod lifecycle;
 mod lookups;
@@ -134,6 +135,8 @@ pub struct LoopCore {
     runtime: RwLock<Option<Runtime>>,
     /// What `metrics()` reports (see `telemetry`).
     stats: LoopStats,
+    /// Rust extensions' futures polled in the turn (see `bridge`).
+    bridge: crate::bridge::BridgeTasks,
 }
 
 impl LoopCore {
@@ -148,6 +151,7 @@ impl LoopCore {
             // Dekker handshake, ordered by SeqCst and its fences (model: dns::loom_model).
             || self.io_pending.load(Ordering::SeqCst)
             || self.dns.completions.is_pending()
+            || self.bridge.is_pending()
             || {
                 let state = self.state.lock();
                 !state.ready.is_empty() || !state.io_retries.is_empty()

@@ -99,6 +99,7 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
 
         core.dispatch_io(py);
         core.complete_lookups(py)?;
+        core.bridge.poll_woken(py, core.debug().then_some(slf.as_any()));
         core.take_ready(py, &mut batch)?;
         let slow_after = core.stats.slow_after();
         // Counted here and added to the loop's counters once per turn.

@@ -89,6 +89,17 @@ pub struct Timer {
     _opaque: [u8; 0],
 }
 
+/// A descriptor registered with the loop's reactor, opaque.
+#[repr(C)]
+pub struct Fd {
+    _opaque: [u8; 0],
+}
+
+/// A direction of a descriptor, for the `fd_*` functions.
+pub const READ: u8 = 0;
+/// A direction of a descriptor, for the `fd_*` functions.
+pub const WRITE: u8 = 1;
+
 /// tokioloop's exported functions, minor 0. Loop thread, GIL held, unless said otherwise.
 /// A function returning a pointer returns NULL with a Python exception set on failure.
 #[repr(C)]
@@ -111,6 +122,17 @@ pub struct Api {
     pub timer_poll: unsafe extern "C" fn(timer: *mut Timer, waker: *const Waker) -> u8,
     /// Cancels the timer if pending and frees it.
     pub timer_free: unsafe extern "C" fn(timer: *mut Timer),
+    /// Registers `fd` (non-blocking, the extension's: it closes it after `fd_free`) with the
+    /// loop's reactor; NULL with ValueError if the loop already watches it.
+    pub fd_new: unsafe extern "C" fn(lp: *const Loop, fd: core::ffi::c_int) -> *mut Fd,
+    /// 1 if `direction` ([`READ`] or [`WRITE`]) is ready, else 0 and `waker` (cloned) is
+    /// woken when it is. Readiness stays until `fd_clear`, as tokio's `AsyncFd`'s does.
+    pub fd_poll: unsafe extern "C" fn(fd: *mut Fd, direction: u8, waker: *const Waker) -> u8,
+    /// A syscall in `direction` answered EAGAIN: forget the readiness. 0: poll again and wait;
+    /// 1: the descriptor is still ready (closed or errored), try the syscall again.
+    pub fd_clear: unsafe extern "C" fn(fd: *mut Fd, direction: u8) -> u8,
+    /// Deregisters `fd` and frees the handle; call before closing the descriptor.
+    pub fd_free: unsafe extern "C" fn(fd: *mut Fd),
 }
 
 // The Api table is immutable static data: shared between threads safely.
