@@ -1,7 +1,7 @@
 //! The fallback on loops without tokioloop's bridge: pyo3-async-runtimes' tokio bridge, called
 //! as an extension would call it (the future only gains a panic catcher, so [`RustPanic`] is the
 //! same in both modes). Without the `pyo3-async-runtimes` feature there is no fallback and the
-//! entry points raise NotImplementedError naming themselves.
+//! entry points raise NotImplementedError naming themselves. Only `lib.rs` calls into it.
 //!
 //! [`RustPanic`]: crate::RustPanic
 

@@ -6,6 +6,8 @@
 //! so a sleep made inside a natively polled task is native. A native sleep must stay in that
 //! task: polled anywhere else it panics (a `RustPanic` for the awaiting Python code) rather than
 //! touch the loop from another thread.
+//!
+//! Public: extension authors call `sleep` and `timeout`; `NativeSleep` is this module's own.
 
 use std::fmt;
 use std::future::{poll_fn, Future, IntoFuture};

@@ -1,6 +1,6 @@
 //! Futures that touch only Rust, each one way a future can finish: at once, after waking itself,
 //! after a sleep (the loop's timer natively, or tokio's: the hybrid path), with a Python error,
-//! with a panic.
+//! with a panic. Registered by `lib.rs`; called only by tests/test_rust_bridge_native.py.
 
 use std::future::Future;
 use std::pin::Pin;

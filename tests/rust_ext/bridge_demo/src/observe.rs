@@ -1,5 +1,6 @@
 //! What the tests observe a future's run with: the thread that polled it, the mode
-//! tokioloop_rs picks here, and the contextvars the poll sees.
+//! tokioloop_rs picks here, and the contextvars the poll sees. Registered by `lib.rs`; called
+//! only by tests/test_rust_bridge_native.py.
 
 use pyo3::prelude::*;
 use tokioloop_rs::{future_into_py, Mode};

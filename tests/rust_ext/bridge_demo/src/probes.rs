@@ -1,7 +1,8 @@
 //! What the tests watch Rust futures with: a drop probe (was the future dropped? Python can read
 //! it or await it) and a gate that holds futures until Python opens it and counts the ones that
 //! got through and the ones dropped. Both are built on `tokio::sync::watch`, which works from any
-//! thread and on any executor (tokioloop's native polls too).
+//! thread and on any executor (tokioloop's native polls too). Registered by `lib.rs`; used only
+//! by tests/test_rust_bridge_native.py.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
