@@ -7,8 +7,8 @@ the native bridge (the capsule ``type(loop)._tokioloop_capi_1``), tokioloop poll
 loop's own thread and they complete the asyncio future directly; on asyncio and uvloop
 pyo3-async-runtimes runs them on the extension's tokio runtime. Every test runs on the three
 loops and asserts the same outcome: results, exception types, ``RustPanic`` with the panic's
-message, cancellation dropping the Rust future, both kinds of sleep, a gather of 10k, a loop closed
-with futures pending. A few outcomes depend on the mode by design, and the tests say so where they
+message, cancellation dropping the Rust future, both kinds of sleep, ``into_future`` (still
+pyo3-async-runtimes' in both modes), a gather of 10k, a loop closed with futures pending. A few outcomes depend on the mode by design, and the tests say so where they
 check them: ``mode()`` itself, the thread a future runs on (the loop's natively, a tokio worker on
 the fallback), the contextvars a future's poll sees (the caller's natively, the default on the
 fallback, as pyo3-async-runtimes documents), and that native awaits start no thread.
@@ -316,6 +316,36 @@ def test_the_poll_sees_the_callers_context_natively(loop, kind):
 
     seen = "caller" if native(kind) else "unset"
     assert loop.run_until_complete(main()) == (seen, seen, "changed later")
+
+
+async def report():
+    await asyncio.sleep(0)
+    return (request_id.get(), threading.get_native_id(), asyncio.current_task() is not None)
+
+
+def test_into_future_awaits_a_coroutine_on_the_loop_thread_in_the_callers_context(loop):
+    """``into_future`` is pyo3-async-runtimes' in both modes for now; natively it is called
+    inside the poll on the loop's thread, and the outcome is the same."""
+    async def main():
+        request_id.set("caller")
+        pending = asyncio.ensure_future(bridge_demo.call_coro(report()))
+        request_id.set("changed later")
+        return await wait(pending)
+
+    value, thread, in_a_task = loop.run_until_complete(main())
+    assert (value, thread, in_a_task) == ("caller", threading.get_native_id(), True)
+
+
+def test_into_future_keeps_the_coroutines_exception(loop):
+    async def fails():
+        await asyncio.sleep(0)
+        raise KeyError("from python")
+
+    async def main():
+        with pytest.raises(KeyError, match="from python"):
+            await wait(bridge_demo.call_coro(fails()))
+
+    loop.run_until_complete(main())
 
 
 def test_concurrent_tasks_contexts_stay_apart(loop, kind):

@@ -4,7 +4,7 @@
 //! uvloop and tokioloop; only that test touches this crate.
 //!
 //! Modules: `leaves` (futures that touch only Rust: ready, yield once, sleeps, errors, panics),
-//! `observe` (where and how a future ran: thread, mode, contextvars), `probes` (a drop probe and
+//! `observe` (where and how a future ran: thread, mode, contextvars, `into_future`), `probes` (a drop probe and
 //! a gate the tests watch futures with).
 
 mod leaves;
@@ -48,6 +48,7 @@ fn bridge_demo(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(observe::current_thread_id, module)?)?;
     module.add_function(wrap_pyfunction!(observe::mode, module)?)?;
     module.add_function(wrap_pyfunction!(observe::context_get, module)?)?;
+    module.add_function(wrap_pyfunction!(observe::call_coro, module)?)?;
     module.add_function(wrap_pyfunction!(probes::cancel_probe, module)?)?;
     module.add_class::<probes::DropProbe>()?;
     module.add_class::<probes::Gate>()?;

@@ -42,3 +42,16 @@ pub fn context_get(py: Python<'_>, var: Py<PyAny>) -> PyResult<Bound<'_, PyAny>>
         async move { Python::attach(|py| var.call_method0(py, "get")) },
     )
 }
+
+/// `call_coro(awaitable)`: a Rust future that turns `awaitable` into a Rust future with
+/// `tokioloop_rs::into_future` (pyo3-async-runtimes' for now) and completes with its result or
+/// exception. Natively `into_future` is called inside the poll, on the loop's thread in the
+/// caller's copied context; on the fallback, on a tokio thread with the context pyo3-async-
+/// runtimes copied at the call. Either way the awaitable runs on the loop in the caller's context.
+#[pyfunction]
+pub fn call_coro(py: Python<'_>, awaitable: Py<PyAny>) -> PyResult<Bound<'_, PyAny>> {
+    future_into_py(py, async move {
+        let awaited = Python::attach(|py| tokioloop_rs::into_future(awaitable.into_bound(py)))?;
+        awaited.await
+    })
+}
