@@ -199,6 +199,13 @@ def tests(session: nox.Session) -> None:
     par_only = ROOT / "tests" / "rust_ext" / "par_only"
     session.install(str(par_only), env={"CARGO_TARGET_DIR": str(ROOT / "target" / "rust_ext"),
                                         "PYO3_CONFIG_FILE": str(par_only / "pyo3-abi3.txt")})
+    # tests/test_rust_bridge_native.py's extension (tokioloop-rs, abi3), built the same way. Its
+    # own target dir: it shares pyo3's build with par_only, and its config file's other path would
+    # make cargo rebuild pyo3 for each of the two, in every session.
+    bridge_demo = ROOT / "tests" / "rust_ext" / "bridge_demo"
+    session.install(str(bridge_demo),
+                    env={"CARGO_TARGET_DIR": str(ROOT / "target" / "rust_ext_bridge_demo"),
+                         "PYO3_CONFIG_FILE": str(bridge_demo / "pyo3-abi3.txt")})
     result["build_s"] = time.monotonic() - start
 
     check = Path(session.create_tmp()) / "check_extension.py"
