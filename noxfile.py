@@ -605,7 +605,8 @@ def lint(session: nox.Session) -> None:
     """The gates, every one run even when an earlier one fails, so one run shows them all:
     ``cargo fmt --check`` (rustfmt.toml's 110 columns), ``cargo clippy --all-targets -- -D
     warnings``, the Rust unit tests (``cargo test --lib``, pyo3 linked against this session's
-    CPython), the loom models (the wake-up, the DNS completion flag) and ``mypy.stubtest``
+    CPython), the loom models (the wake-up, the DNS completion flag), the same three gates for
+    ``crates/tokioloop-rs`` and ``mypy.stubtest``
     of ``_tokioloop.pyi`` against the extension built and installed in this venv, with
     ``.mypy-stubtest-allowlist``. Fails if any gate failed."""
     failed = []
@@ -622,6 +623,15 @@ def lint(session: nox.Session) -> None:
     rust_env = {"CARGO_TARGET_DIR": str(ROOT / "target" / "lint")}
     python = str(Path(session.bin) / "python")
     gate("fmt", "cargo", "fmt", "--check")
+    # The extension authors' crate (crates/tokioloop-rs, its own workspace): formatted, clean under
+    # clippy and its unit tests (a fake ABI table, no Python needed beyond linking pyo3).
+    rs_manifest = str(ROOT / "crates" / "tokioloop-rs" / "Cargo.toml")
+    rs_env = {"CARGO_TARGET_DIR": str(ROOT / "target" / "tokioloop-rs"), "PYO3_PYTHON": python}
+    gate("tokioloop-rs fmt", "cargo", "fmt", "--check", "--manifest-path", rs_manifest)
+    gate("tokioloop-rs clippy", "cargo", "clippy", "--locked", "--all-targets",
+         "--manifest-path", rs_manifest, "--", "-D", "warnings", env=rs_env)
+    gate("tokioloop-rs test", "cargo", "test", "--locked", "--manifest-path", rs_manifest,
+         env=rs_env)
     gate("clippy", "cargo", "clippy", "--locked", "--all-targets", "--", "-D", "warnings",
          env=rust_env)
     gate("cargo test", "cargo", "test", "--locked", "--lib", env={**rust_env, "PYO3_PYTHON": python})

@@ -17,6 +17,10 @@ pub(crate) static API: ffi::Api = ffi::Api {
     timer_new,
     timer_poll,
     timer_free,
+    fd_new,
+    fd_poll,
+    fd_clear,
+    fd_free,
 };
 
 unsafe extern "C" fn loop_from_object(_obj: *mut ffi::PyObject) -> *const ffi::Loop {
@@ -70,6 +74,23 @@ unsafe extern "C" fn timer_free(timer: *mut ffi::Timer) {
     if let Some(old) = kept {
         ((*old.vtable).drop)(old.data);
     }
+}
+
+// This crate has no descriptor leaves yet: the fake's fd entries are never reached.
+unsafe extern "C" fn fd_new(_lp: *const ffi::Loop, _fd: std::ffi::c_int) -> *mut ffi::Fd {
+    unreachable!("no descriptor leaves in this crate yet")
+}
+
+unsafe extern "C" fn fd_poll(_fd: *mut ffi::Fd, _direction: u8, _waker: *const ffi::Waker) -> u8 {
+    unreachable!("no descriptor leaves in this crate yet")
+}
+
+unsafe extern "C" fn fd_clear(_fd: *mut ffi::Fd, _direction: u8) -> u8 {
+    unreachable!("no descriptor leaves in this crate yet")
+}
+
+unsafe extern "C" fn fd_free(_fd: *mut ffi::Fd) {
+    unreachable!("no descriptor leaves in this crate yet")
 }
 
 /// Counts of what was done to the C wakers of one [`CountingWaker`].
