@@ -13,7 +13,9 @@ uvloop; tokioloop-rs native on tokioloop. Workloads:
 * ``ready``: ``await ready(i)`` in sequence (a future that is ready at its first poll);
 * ``gather``: ``gather`` of 1000 ``ready`` futures, repeated;
 * ``yield_once``: ``await yield_once(i)`` in sequence (pending once, woken by itself);
-* ``sleep``: ``await sleep_ms(1)`` in sequence; reports the p50/p99 lateness past 1 ms.
+* ``sleep``: ``await sleep_ms(1)`` in sequence; reports the p50/p99 lateness past 1 ms;
+* ``loaded``: ``await yield_once(i)`` in sequence while the loop also runs a chain of 200 us
+  Python callbacks (one per turn); reports the p50/p99 latency of one await.
 
 Every (cell, workload, repeat) sample runs in a fresh child process pinned to one core; cells
 are interleaved within a repeat with the order rotated each repeat, so drift hits all alike.
@@ -46,7 +48,8 @@ CELLS = (
     ("bridge_demo", "tokioloop"),
 )
 REFERENCE = ("par_only", "uvloop")
-WORKLOADS = {"ready": 20_000, "gather": 20, "yield_once": 20_000, "sleep": 300}
+WORKLOADS = {"ready": 20_000, "gather": 20, "yield_once": 20_000, "sleep": 300, "loaded": 1_000}
+BUSY_CALLBACK = 200e-6  # seconds each callback of the ``loaded`` workload's chain spins
 GATHER_WIDTH = 1000
 CHILD_TIMEOUT = 300.0
 
@@ -93,6 +96,29 @@ async def _run_workload(ext, workload, n):
         late.sort()
         return n, {"late_p50_ms": statistics.median(late) * 1e3,
                    "late_p99_ms": late[int(0.99 * (len(late) - 1))] * 1e3}
+    if workload == "loaded":
+        loop = asyncio.get_running_loop()
+        running = True
+
+        def spin():
+            end = time.perf_counter() + BUSY_CALLBACK
+            while time.perf_counter() < end:
+                pass
+            if running:
+                loop.call_soon(spin)
+
+        loop.call_soon(spin)
+        latency = []
+        try:
+            for i in range(n):
+                started = time.perf_counter()
+                await ext.yield_once(i)
+                latency.append(time.perf_counter() - started)
+        finally:
+            running = False
+        latency.sort()
+        return n, {"lat_p50_ms": statistics.median(latency) * 1e3,
+                   "lat_p99_ms": latency[int(0.99 * (len(latency) - 1))] * 1e3}
     raise ValueError(workload)
 
 
@@ -195,7 +221,8 @@ def report(samples, workloads, repeat):
                 continue
             extra = ", ".join(
                 f"{k} {statistics.median(r[k] for r in results if k in r):.3f}"
-                for k in ("late_p50_ms", "late_p99_ms") if any(k in r for r in results))
+                for k in ("late_p50_ms", "late_p99_ms", "lat_p50_ms", "lat_p99_ms")
+                if any(k in r for r in results))
             ratio_wall = f"{wall / ref_wall:.2f}x" if ref_wall else "n/a"
             ratio_cpu = f"{cpu / ref_cpu:.2f}x" if ref_cpu else "n/a"
             print(f"| {workload} | {label(cell)} | {wall * 1e6:.2f} | {cpu * 1e6:.2f} | "

@@ -251,6 +251,12 @@ impl LoopStats {
         self.parked_since.load(Ordering::Relaxed) != 0
     }
 
+    /// How many ticks `seconds` is, at the rate measured so far (one clock reading).
+    pub fn ticks_in(&self, seconds: f64) -> u64 {
+        let per_tick = self.seconds_per_tick(ticks(), clock::now());
+        (seconds / per_tick) as u64
+    }
+
     /// Seconds per tick, measured over the loop's life so far (ticks are nanoseconds where
     /// there is no counter; a loop younger than a millisecond assumes a 1 GHz counter).
     fn seconds_per_tick(&self, now_ticks: u64, now: f64) -> f64 {

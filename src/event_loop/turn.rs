@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -36,7 +36,7 @@ use super::LoopCore;
 use crate::clock;
 use crate::errors::is_fatal;
 use crate::io::{Direction, EngineRef};
-use crate::telemetry::{LoopStats, Tally};
+use crate::telemetry::{ticks, LoopStats, Tally};
 
 /// A busy loop lets other Python threads take the GIL every this many turns or this often.
 const BUSY_TURNS_PER_HANDOFF: u32 = 61;
@@ -57,7 +57,10 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
     let _run_clock = RunClock::start(&core.stats);
     let mut batch: VecDeque<Ready> = VecDeque::new();
     let mut busy_turns = 0u32;
-    let mut last_handoff = Instant::now();
+    // The hand-off's interval in tick-counter units (see `telemetry::ticks`), re-measured at
+    // every hand-off; a young loop's guess errs towards handing off early.
+    let mut handoff_ticks = core.stats.ticks_in(BUSY_HANDOFF_INTERVAL.as_secs_f64());
+    let mut last_handoff = ticks();
 
     loop {
         // A signal's Python handler also runs at the interpreter's next bytecode check, so in
@@ -78,10 +81,11 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
                 core.look_at_io(runtime);
             }
             busy_turns += 1;
-            // Reading the clock costs as much as a light turn: look at it every 8th turn.
-            if busy_turns >= BUSY_TURNS_PER_HANDOFF
-                || (busy_turns.is_multiple_of(8) && last_handoff.elapsed() >= BUSY_HANDOFF_INTERVAL)
-            {
+            // The tick counter, not the clock: a clock reading costs as much as a light turn,
+            // and looking only every few turns let turns of slow callbacks (200 us each) keep
+            // other threads off the GIL for 8 of them (pyo3-async-runtimes' completions, which
+            // need it, then waited ~1.7 ms where uvloop's waited 0.5: benches/rust_bridge.py).
+            if busy_turns >= BUSY_TURNS_PER_HANDOFF || ticks().wrapping_sub(last_handoff) >= handoff_ticks {
                 if !looked {
                     runtime.block_on(tokio::task::yield_now());
                 }
@@ -89,12 +93,13 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
                 // hand-off, so a loop busy with them would starve every other thread.
                 py.detach(|| ());
                 busy_turns = 0;
-                last_handoff = Instant::now();
+                handoff_ticks = core.stats.ticks_in(BUSY_HANDOFF_INTERVAL.as_secs_f64());
+                last_handoff = ticks();
             }
         } else {
             park(py, core, runtime, &mut sleep)?;
             busy_turns = 0;
-            last_handoff = Instant::now();
+            last_handoff = ticks();
         }
 
         core.dispatch_io(py);
