@@ -21,7 +21,9 @@ use core::ffi::c_void;
 
 /// The major ABI version, part of the capsule's and the attribute's names.
 pub const MAJOR: u32 = 1;
-/// The newest minor version this crate describes; fields are only ever appended.
+/// The newest minor version this crate describes; fields are only ever appended. Minor 0 is
+/// still open (nothing is published): it is frozen at tokioloop's first release, and every
+/// field appended after that bumps this.
 pub const MINOR: u32 = 0;
 /// `PyCapsule_GetPointer`'s name for the [`Api`] capsule.
 pub const CAPSULE_NAME: &core::ffi::CStr = c"tokioloop._tokioloop._C_API_1";
