@@ -257,12 +257,18 @@ def payload_file(tmp_path):
         yield f
 
 
+# 3.14 deprecates the public policy functions (each call warns); the fixture below runs around
+# every test, so it uses the stdlib's own non-warning spellings where they exist.
+_get_policy = getattr(asyncio.events, "_get_event_loop_policy", asyncio.get_event_loop_policy)
+_set_policy = getattr(asyncio.events, "_set_event_loop_policy", asyncio.set_event_loop_policy)
+
+
 @pytest.fixture(autouse=True)
 def _restore_policy():
-    policy = asyncio.get_event_loop_policy()
+    policy = _get_policy()
     hooks = sys.get_asyncgen_hooks()
     yield
-    asyncio.set_event_loop_policy(policy)
+    _set_policy(policy)
     asyncio.set_event_loop(None)
     sys.set_asyncgen_hooks(*hooks)
 

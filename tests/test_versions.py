@@ -91,3 +91,30 @@ def test_exception_handler_context(loop, exc_contexts):
     loop.call_soon(callback)
     loop.run_until_complete(asyncio.sleep(0))
     assert seen == ["inside" if _compat.EXCEPTION_HANDLER_IN_CALLBACK_CONTEXT else "outside"]
+
+
+def test_callback_checks_warn_of_nothing(loop):
+    """3.14 deprecates ``asyncio.iscoroutinefunction`` (each call warns); the stdlib's loops
+    check callbacks with its private spelling, and so must ours: a user running with
+    ``-W error::DeprecationWarning`` gets no warning from add_reader, add_signal_handler or
+    run_in_executor, and add_signal_handler still refuses a coroutine function."""
+    import signal
+    import warnings
+
+    async def coroutine_function():
+        pass
+
+    a, b = socket.socketpair()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            loop.add_reader(a, lambda: None)
+            loop.remove_reader(a)
+            loop.add_signal_handler(signal.SIGUSR1, lambda: None)
+            loop.remove_signal_handler(signal.SIGUSR1)
+            loop.run_until_complete(loop.run_in_executor(None, int))
+            with pytest.raises(TypeError):
+                loop.add_signal_handler(signal.SIGUSR1, coroutine_function)
+    finally:
+        a.close()
+        b.close()

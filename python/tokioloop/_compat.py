@@ -21,6 +21,11 @@ import sys
 
 VERSION = sys.version_info[:2]
 
+#: asyncio's own test for "a coroutine function" as its loops use it: 3.14 deprecates the
+#: public ``asyncio.iscoroutinefunction`` (every call warns) and keeps the private spelling.
+iscoroutinefunction = getattr(asyncio.coroutines, "_iscoroutinefunction",
+                              asyncio.coroutines.iscoroutinefunction)
+
 #: ``asyncio.Runner`` (3.11+); below it ``tokioloop.run`` drives the loop itself.
 HAS_RUNNER = hasattr(asyncio, "Runner")
 

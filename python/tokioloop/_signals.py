@@ -18,6 +18,8 @@ import threading
 from asyncio import coroutines, events
 from asyncio.log import logger
 
+from . import _compat
+
 
 def _ignore_signal(signum, frame):
     """Python-level handler for signals the loop dispatches itself via the wakeup fd: it only
@@ -97,7 +99,7 @@ class SignalSupport:
 
     def add_signal_handler(self, sig, callback, *args):
         """Call ``callback(*args)`` from the loop whenever signal ``sig`` arrives. Main thread only."""
-        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+        if coroutines.iscoroutine(callback) or _compat.iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         self._check_signal(sig)
         self._check_closed()
