@@ -377,6 +377,19 @@ def test_cancelling_the_future_drops_the_rust_future(loop):
     assert loop.run_until_complete(main()) == (False, True, True)
 
 
+def test_cancelling_before_the_first_poll_drops_the_rust_future(loop):
+    # Natively the first poll is in the turn after the spawn: a future cancelled before it
+    # ends the task unpolled (and with no done callback of the bridge's left on the future).
+    async def main():
+        awaitable, probe = bridge_demo.cancel_probe()
+        awaitable.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await awaitable
+        return await wait(probe.wait_dropped()), probe.dropped
+
+    assert loop.run_until_complete(main()) == (True, True)
+
+
 def test_cancelling_the_awaiting_task_drops_the_rust_future(loop):
     async def waits(awaitable):
         return await awaitable

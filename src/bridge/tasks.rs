@@ -65,17 +65,24 @@ impl Drop for ExtTask {
 }
 
 struct Slot {
-    task: ExtTask,
+    /// None once dropped (a ready task is dropped inside the context its poll entered).
+    task: Option<ExtTask>,
     waker: Arc<TaskWaker>,
     future: Py<PyAny>,
     context: Py<PyAny>,
-    canceller: Py<PyAny>,
+    /// The future's done callback that drops the task if the future is cancelled; added when
+    /// the task first stays pending (a task ready at its first poll never needs one, and the
+    /// first poll checks the future itself).
+    canceller: Option<Py<PyAny>>,
 }
 
 impl Slot {
     /// Drops the extension's task inside its context (its destructor may call Python).
     fn discard(self, py: Python<'_>) {
         let Slot { task, context, .. } = self;
+        let Some(task) = task else {
+            return;
+        };
         let outcome = in_context(py, &context, || {
             drop(task);
             Ok(())
@@ -136,23 +143,15 @@ impl BridgeTasks {
         // SAFETY: GIL held; a new reference or NULL with an exception set.
         let context = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? };
         let id = self.table.next_id.fetch_add(1, Ordering::Relaxed);
-        let canceller = Bound::new(
-            py,
-            TaskCanceller {
-                table: self.table.clone(),
-                id,
-            },
-        )?;
-        future.call_method1(intern!(py, "add_done_callback"), (&canceller,))?;
         let waker = TaskWaker::new(self.table.woken.clone(), id);
         self.table.slots.lock().insert(
             id,
             Slot {
-                task,
+                task: Some(task),
                 waker: waker.clone(),
                 future: future.clone().unbind(),
                 context: context.unbind(),
-                canceller: canceller.into_any().unbind(),
+                canceller: None,
             },
         );
         waker.wake();
@@ -197,23 +196,63 @@ impl BridgeTasks {
         *self.polling.lock() = ids;
     }
 
-    /// One poll of one task; a ready one is completed and settled, a pending one goes back.
-    fn poll_one(&self, py: Python<'_>, id: u64, slot: Slot) {
+    /// One poll of one task; a ready one is completed, dropped and settled, a pending one goes
+    /// back (with its canceller, the first time).
+    fn poll_one(&self, py: Python<'_>, id: u64, mut slot: Slot) {
         slot.waker.unqueue();
-        let waker = slot.waker.lend();
-        let mut ready = false;
-        let polled = in_context(py, &slot.context, || {
-            ready = slot.task.poll(&waker);
-            Ok(())
-        });
-        if let Err(err) = polled {
-            settle(py, slot, Err(err));
-        } else if ready {
-            let outcome = in_context(py, &slot.context, || slot.task.complete(py));
-            settle(py, slot, outcome);
-        } else {
-            self.table.slots.lock().insert(id, slot);
+        if slot.canceller.is_none() {
+            // The first poll: a future cancelled (or set by hand) since the spawn ends the task
+            // unpolled.
+            match slot
+                .future
+                .bind(py)
+                .call_method0(intern!(py, "done"))
+                .and_then(|done| done.is_truthy())
+            {
+                Ok(false) => {}
+                Ok(true) => return slot.discard(py),
+                Err(err) => return settle(py, slot, Err(err)),
+            }
         }
+        let waker = slot.waker.lend();
+        // Poll, and if ready complete and drop, all in one entry of the task's context.
+        let stepped = in_context(py, &slot.context, || {
+            let task = slot.task.as_ref().expect("a slot in the table holds its task");
+            if !task.poll(&waker) {
+                return Ok(None);
+            }
+            let outcome = task.complete(py);
+            drop(slot.task.take());
+            Ok(Some(outcome))
+        });
+        match stepped {
+            Ok(Some(outcome)) => settle(py, slot, outcome),
+            Err(err) => settle(py, slot, Err(err)),
+            Ok(None) if slot.canceller.is_some() => {
+                self.table.slots.lock().insert(id, slot);
+            }
+            Ok(None) => match self.add_canceller(py, id, &slot.future) {
+                Ok(canceller) => {
+                    slot.canceller = Some(canceller);
+                    self.table.slots.lock().insert(id, slot);
+                }
+                Err(err) => settle(py, slot, Err(err)),
+            },
+        }
+    }
+
+    fn add_canceller(&self, py: Python<'_>, id: u64, future: &Py<PyAny>) -> PyResult<Py<PyAny>> {
+        let canceller = Bound::new(
+            py,
+            TaskCanceller {
+                table: self.table.clone(),
+                id,
+            },
+        )?;
+        future
+            .bind(py)
+            .call_method1(intern!(py, "add_done_callback"), (&canceller,))?;
+        Ok(canceller.into_any().unbind())
     }
 
     /// `close()`: every task is dropped, on this thread, with the GIL held.
@@ -259,16 +298,16 @@ fn in_context<T>(py: Python<'_>, context: &Py<PyAny>, body: impl FnOnce() -> PyR
     outcome
 }
 
-/// A finished task: its future gets the outcome unless it is done already, then it goes.
-fn settle(py: Python<'_>, slot: Slot, outcome: PyResult<Py<PyAny>>) {
+/// A finished task: it goes (if it is still there), and its future gets the outcome unless it
+/// is done already (cancelled meanwhile, or set by hand).
+fn settle(py: Python<'_>, mut slot: Slot, outcome: PyResult<Py<PyAny>>) {
     let future = slot.future.clone_ref(py);
-    let canceller = slot.canceller.clone_ref(py);
+    let canceller = slot.canceller.take();
     slot.discard(py);
     let future = future.bind(py);
     let resolved = (|| -> PyResult<()> {
-        future.call_method1(intern!(py, "remove_done_callback"), (canceller,))?;
-        if future.call_method0(intern!(py, "done"))?.is_truthy()? {
-            return Ok(());
+        if let Some(canceller) = canceller {
+            future.call_method1(intern!(py, "remove_done_callback"), (canceller,))?;
         }
         match outcome {
             Ok(value) => future.call_method1(intern!(py, "set_result"), (value,))?,
@@ -277,7 +316,13 @@ fn settle(py: Python<'_>, slot: Slot, outcome: PyResult<Py<PyAny>>) {
         Ok(())
     })();
     if let Err(err) = resolved {
-        err.write_unraisable(py, Some(future));
+        // InvalidStateError from a future that is done already: nothing is owed to it.
+        let done = future
+            .call_method0(intern!(py, "done"))
+            .and_then(|done| done.is_truthy());
+        if !matches!(done, Ok(true)) {
+            err.write_unraisable(py, Some(future));
+        }
     }
 }
 

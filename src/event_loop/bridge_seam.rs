@@ -16,16 +16,21 @@ impl LoopCore {
         self.running.load(Ordering::Relaxed)
             && !self.closed.load(Ordering::Relaxed)
             && self.thread_ident.load(Ordering::Relaxed) == current_thread_ident()
-            && !self.in_other_process()
+            // A running loop in a forked child is abandoned before any Python code runs there
+            // (the at-fork hook), so the flag is enough: no getpid per spawn.
+            && !self.abandoned_by_fork()
     }
 
     /// Starts `task` (owned from here, dropped on failure) and returns its future.
     pub(crate) fn bridge_spawn<'py>(slf: &Bound<'py, Self>, task: cabi::Task) -> PyResult<Bound<'py, PyAny>> {
         let this = slf.get();
-        let future = this
-            .check_open()
-            .and_then(|()| this.check_same_process())
-            .and_then(|()| tasks::new_future(slf.as_any()));
+        let future = if this.bridge_runs_here() {
+            tasks::new_future(slf.as_any())
+        } else {
+            Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "a bridge task can only be spawned on the thread running its loop",
+            ))
+        };
         this.bridge.spawn(slf.py(), task, future)
     }
 
