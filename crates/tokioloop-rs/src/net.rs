@@ -1,0 +1,59 @@
+//! TCP sockets that are native inside a future tokioloop polls (non-blocking sockets on the
+//! loop's own reactor, registered through the ABI's descriptor functions: no tokio reactor, no
+//! thread, the wake comes from the loop's turn) and `tokio::net`'s elsewhere. Both modes
+//! implement tokio's `AsyncRead`/`AsyncWrite`, so tokio's `io` helpers and codecs work on them.
+//!
+//! The mode is picked when a socket is made: `connect`/`bind` run at their future's first
+//! poll, so inside a natively polled task they make native sockets. A native socket must stay in
+//! the tokioloop tasks of its loop: polled anywhere else its I/O fails with an error naming the
+//! type; dropped anywhere else it is closed but its registration with the loop is leaked (see
+//! `registration`), so drop it where it was used.
+//!
+//! Public: extension authors use [`TcpStream`] and [`TcpListener`]; `registration` (the ABI
+//! side of a native socket) is this module's own. Unix sockets and UDP are not here yet.
+
+mod registration;
+mod tcp_listener;
+mod tcp_stream;
+
+pub use tcp_listener::TcpListener;
+pub use tcp_stream::TcpStream;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Mode;
+    use std::io;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn outside_a_native_task_the_sockets_are_tokios_and_round_trip() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let echoed = runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).await?;
+            assert_eq!(listener.mode(), Mode::Fallback);
+            let address = listener.local_addr()?;
+            let server = tokio::spawn(async move {
+                let (mut accepted, _) = listener.accept().await?;
+                let mut got = Vec::new();
+                accepted.read_to_end(&mut got).await?;
+                accepted.write_all(&got).await?;
+                Ok::<_, io::Error>(())
+            });
+            let mut stream = TcpStream::connect(address).await?;
+            assert_eq!((stream.mode(), stream.peer_addr()?), (Mode::Fallback, address));
+            stream.set_nodelay(true)?;
+            assert!(stream.nodelay()?);
+            stream.write_all(b"ping").await?;
+            stream.shutdown().await?;
+            let mut back = Vec::new();
+            stream.read_to_end(&mut back).await?;
+            server.await.unwrap()?;
+            Ok::<_, io::Error>(back)
+        });
+        assert_eq!(echoed.unwrap(), b"ping");
+    }
+}
