@@ -1,4 +1,4 @@
-//! TCP sockets that are native inside a future tokioloop polls (non-blocking sockets on the
+//! TCP and Unix stream sockets that are native inside a future tokioloop polls (non-blocking sockets on the
 //! loop's own reactor, registered through the ABI's descriptor functions: no tokio reactor, no
 //! thread, the wake comes from the loop's turn) and `tokio::net`'s elsewhere. Both modes
 //! implement tokio's `AsyncRead`/`AsyncWrite`, so tokio's `io` helpers and codecs work on them.
@@ -9,15 +9,25 @@
 //! type; dropped anywhere else it is closed but its registration with the loop is leaked (see
 //! `registration`), so drop it where it was used.
 //!
-//! Public: extension authors use [`TcpStream`] and [`TcpListener`]; `registration` (the ABI
-//! side of a native socket) is this module's own. Unix sockets and UDP are not here yet.
+//! Public: extension authors use [`TcpStream`], [`TcpListener`], [`UnixStream`] and
+//! [`UnixListener`]; `registration` (the ABI side of a native socket) and `stream_io` (a
+//! native stream's syscalls) are this module's own. UDP is not here yet.
 
 mod registration;
+mod stream_io;
 mod tcp_listener;
 mod tcp_stream;
+#[cfg(unix)]
+mod unix_listener;
+#[cfg(unix)]
+mod unix_stream;
 
 pub use tcp_listener::TcpListener;
 pub use tcp_stream::TcpStream;
+#[cfg(unix)]
+pub use unix_listener::UnixListener;
+#[cfg(unix)]
+pub use unix_stream::UnixStream;
 
 #[cfg(test)]
 mod tests {
@@ -54,6 +64,41 @@ mod tests {
             server.await.unwrap()?;
             Ok::<_, io::Error>(back)
         });
+        assert_eq!(echoed.unwrap(), b"ping");
+    }
+
+    #[test]
+    fn outside_a_native_task_unix_sockets_are_tokios_and_round_trip() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let directory = std::env::temp_dir().join(format!("tokioloop-rs-unix-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let path = directory.join("echo.sock");
+        let _ = std::fs::remove_file(&path);
+        let echoed = runtime.block_on(async {
+            let listener = UnixListener::bind(&path)?;
+            assert_eq!(listener.mode(), Mode::Fallback);
+            assert_eq!(listener.local_path()?.as_deref(), Some(path.as_path()));
+            let server = tokio::spawn(async move {
+                let (mut accepted, peer) = listener.accept().await?;
+                assert_eq!(peer, None, "the client is unnamed");
+                let mut got = Vec::new();
+                accepted.read_to_end(&mut got).await?;
+                accepted.write_all(&got).await?;
+                Ok::<_, io::Error>(())
+            });
+            let mut stream = UnixStream::connect(&path).await?;
+            assert_eq!(stream.peer_path()?.as_deref(), Some(path.as_path()));
+            stream.write_all(b"ping").await?;
+            stream.shutdown().await?;
+            let mut back = Vec::new();
+            stream.read_to_end(&mut back).await?;
+            server.await.unwrap()?;
+            Ok::<_, io::Error>(back)
+        });
+        std::fs::remove_dir_all(&directory).unwrap();
         assert_eq!(echoed.unwrap(), b"ping");
     }
 }

@@ -2,28 +2,21 @@
 //! tokioloop polls, and `tokio::net::TcpStream` elsewhere; tokio's `AsyncRead`/`AsyncWrite` in
 //! both modes. Public: extension authors use it; `tcp_listener` makes accepted ones.
 
-use std::future::poll_fn;
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::registration::{Direction, Registered};
+use super::registration::Registered;
+use super::stream_io;
 use crate::bridge::NativeLoop;
 use crate::polling::polling_loop;
 use crate::Mode;
 
 const WHAT: &str = "tokioloop_rs::net::TcpStream";
-
-/// Flags for every native `send`: a write to a reset connection fails with EPIPE instead of
-/// raising SIGPIPE, whatever the process's signal disposition is.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-const SEND_FLAGS: libc::c_int = 0;
 
 /// A TCP connection. Its mode is fixed when it is made: native inside a future tokioloop polls
 /// (it must then stay in that loop's tasks, see the crate's `net` docs), tokio's elsewhere.
@@ -111,25 +104,8 @@ impl TcpStream {
 async fn connect_natively(native: NativeLoop, address: SocketAddr) -> io::Result<Registered<Socket>> {
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_nonblocking(true)?;
-    // Registered only once the connect started: a fresh socket polls as writable (and hung up),
-    // an edge that would end the wait below before the connection exists.
-    let in_progress = match socket.connect(&SockAddr::from(address)) {
-        Ok(()) => false,
-        // After EINTR the connection goes on asynchronously (POSIX), exactly as after
-        // EINPROGRESS; calling connect again would only answer EALREADY.
-        Err(error) => match error.raw_os_error() {
-            Some(libc::EINPROGRESS) | Some(libc::EINTR) => true,
-            _ => return Err(error),
-        },
-    };
-    let registered = Registered::new(native, socket, WHAT)?;
-    if in_progress {
-        poll_fn(|cx| registered.poll_ready(cx, Direction::Write, WHAT)).await?;
-        if let Some(error) = registered.socket().take_error()? {
-            return Err(error);
-        }
-    }
-    Ok(registered)
+    let started = socket.connect(&SockAddr::from(address));
+    stream_io::finish_connect(native, socket, started, WHAT).await
 }
 
 pub(crate) fn ip_address(address: SockAddr) -> io::Result<SocketAddr> {
@@ -141,16 +117,7 @@ pub(crate) fn ip_address(address: SockAddr) -> io::Result<SocketAddr> {
 impl AsyncRead for TcpStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().inner {
-            Stream::Native(registered) => {
-                let received = ready!(registered.poll_io(cx, Direction::Read, WHAT, |socket| {
-                    // SAFETY: recv only writes bytes into the slice, never de-initializes any.
-                    socket.recv(unsafe { buf.unfilled_mut() })
-                }))?;
-                // SAFETY: recv initialized the first `received` bytes of the unfilled part.
-                unsafe { buf.assume_init(received) };
-                buf.advance(received);
-                Poll::Ready(Ok(()))
-            }
+            Stream::Native(registered) => stream_io::poll_read(registered, cx, buf, WHAT),
             Stream::Tokio(stream) => Pin::new(stream).poll_read(cx, buf),
         }
     }
@@ -159,9 +126,7 @@ impl AsyncRead for TcpStream {
 impl AsyncWrite for TcpStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().inner {
-            Stream::Native(registered) => registered.poll_io(cx, Direction::Write, WHAT, |socket| {
-                socket.send_with_flags(data, SEND_FLAGS)
-            }),
+            Stream::Native(registered) => stream_io::poll_write(registered, cx, data, WHAT),
             Stream::Tokio(stream) => Pin::new(stream).poll_write(cx, data),
         }
     }
@@ -177,7 +142,7 @@ impl AsyncWrite for TcpStream {
     /// Shuts the write half down (the peer reads EOF), as tokio's does.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().inner {
-            Stream::Native(registered) => Poll::Ready(registered.socket().shutdown(Shutdown::Write)),
+            Stream::Native(registered) => stream_io::shutdown(registered),
             Stream::Tokio(stream) => Pin::new(stream).poll_shutdown(cx),
         }
     }
