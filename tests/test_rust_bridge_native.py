@@ -13,10 +13,10 @@ check them: ``mode()`` itself, the thread a future runs on (the loop's natively,
 the fallback), the contextvars a future's poll sees (the caller's natively, the default on the
 fallback, as pyo3-async-runtimes documents), and that native awaits start no thread.
 
-TCP goes through ``tokioloop_rs::net``: natively its sockets are registered with tokioloop's own
-reactor, on the fallback they are tokio's; the TCP tests check the same results and exception
-types against Python's asyncio servers and clients on every loop, and natively that the sockets
-were native, on the loop's thread, with no thread started.
+TCP and Unix stream sockets go through ``tokioloop_rs::net``: natively they are registered with
+tokioloop's own reactor, on the fallback they are tokio's; the socket tests check the same
+results and exception types against Python's asyncio servers and clients on every loop, and
+natively that the sockets were native, on the loop's thread, with no thread started.
 
 Where the extension is not installed the module is skipped; nox's ``tests`` session installs it
 into every version's venv, and under CI (``CI`` set) a missing extension or uvloop is an error,
@@ -476,7 +476,7 @@ def test_loops_in_two_threads_each_get_their_own_results(loop, kind):
     assert outcome == {"main": expected, "other": expected}
 
 
-# --- TCP through tokioloop_rs::net -----------------------------------------------------------
+# --- TCP and Unix sockets through tokioloop_rs::net -----------------------------------------
 
 
 async def echo(reader, writer):
@@ -605,6 +605,44 @@ def test_fifty_concurrent_connections(loop):
     assert sizes == [5 * (100 + i) for i in range(50)]
     assert exchanged == [b"%d" % i * 100 for i in range(50)]
     assert served == [len(b"%d" % i * 100) for i in range(50)]
+
+
+def test_unix_sockets_against_a_python_server_and_a_python_client(loop, kind, tmp_path):
+    data = os.urandom(200_000)
+    mode = "native" if native(kind) else "fallback"
+
+    async def main():
+        python_side = str(tmp_path / "python.sock")
+        server = await asyncio.start_unix_server(echo, python_side)
+        async with server:
+            exchanged = await wait(bridge_demo.unix_exchange(python_side, data))
+        rust_side = str(tmp_path / "rust.sock")
+        serving = bridge_demo.unix_echo_server(rust_side)
+        reader, writer = await asyncio.open_unix_connection(rust_side)
+        writer.write(data)
+        writer.write_eof()
+        echoed = await wait(reader.read())
+        writer.close()
+        await writer.wait_closed()
+        return exchanged == (data, mode), echoed == data, await wait(serving)
+
+    assert loop.run_until_complete(main()) == (True, True, (len(data), mode))
+
+
+def test_a_unix_socket_with_no_listener_is_refused_alike(loop, tmp_path):
+    """A path that does not exist is FileNotFoundError, one nobody listens at any more is
+    ConnectionRefusedError, on every loop."""
+    stale = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as bound:
+        bound.bind(str(stale))
+
+    async def main():
+        with pytest.raises(FileNotFoundError):
+            await wait(bridge_demo.unix_exchange(str(tmp_path / "missing.sock"), b"x"))
+        with pytest.raises(ConnectionRefusedError):
+            await wait(bridge_demo.unix_exchange(str(stale), b"x"))
+
+    loop.run_until_complete(main())
 
 
 def test_native_tcp_runs_on_the_loop_thread_and_starts_no_thread():

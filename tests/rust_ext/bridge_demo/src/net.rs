@@ -1,15 +1,16 @@
-//! TCP through `tokioloop_rs::net`: sockets on the loop's own reactor natively, tokio's on the
-//! fallback. `tcp_roundtrip` mirrors par_only's (tests/rust_ext/par_only/src/net.rs) so that
+//! TCP and Unix stream sockets through `tokioloop_rs::net`: sockets on the loop's own reactor
+//! natively, tokio's on the fallback. `tcp_roundtrip` mirrors par_only's (tests/rust_ext/par_only/src/net.rs) so that
 //! benches/rust_bridge.py can compare the two; the rest serve
 //! tests/test_rust_bridge_native.py. Registered by `lib.rs`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokioloop_rs::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokioloop_rs::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokioloop_rs::{future_into_py, Mode};
 
 use crate::observe::os_thread_id;
@@ -101,18 +102,59 @@ pub fn tcp_echo_server(py: Python<'_>) -> PyResult<(u16, Bound<'_, PyAny>)> {
         let (mut stream, _peer) = listener.accept().await?;
         drop(listener);
         stream.set_nodelay(true)?;
-        let mut buffer = vec![0; 64 * 1024];
-        let mut echoed = 0;
-        loop {
-            let read = stream.read(&mut buffer).await?;
-            if read == 0 {
-                break;
-            }
-            stream.write_all(&buffer[..read]).await?;
-            echoed += read;
-        }
-        stream.shutdown().await?;
+        let echoed = echo_until_eof(&mut stream).await?;
         Ok((echoed, mode_name(stream.mode())))
     })?;
     Ok((port, serving))
+}
+
+/// `unix_exchange(path, data)`: `tcp_exchange` over a Unix stream socket; completes with
+/// `(bytes read, the stream's mode)`.
+#[pyfunction]
+pub fn unix_exchange<'py>(py: Python<'py>, path: PathBuf, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    let data = data.to_vec();
+    future_into_py(py, async move {
+        let mut stream = UnixStream::connect(&path).await?;
+        if stream.peer_path()?.as_deref() != Some(path.as_path()) {
+            return Err(PyRuntimeError::new_err(
+                "unix_exchange: peer_path is not the path connected to",
+            ));
+        }
+        stream.write_all(&data).await?;
+        stream.shutdown().await?;
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received).await?;
+        let received = Python::attach(|py| PyBytes::new(py, &received).unbind());
+        Ok((received, mode_name(stream.mode())))
+    })
+}
+
+/// `unix_echo_server(path)`: `tcp_echo_server` listening at `path` (bound now); the awaitable
+/// completes with `(bytes echoed, the accepted stream's mode)`.
+#[pyfunction]
+pub fn unix_echo_server(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyAny>> {
+    let bound = std::os::unix::net::UnixListener::bind(&path)?;
+    future_into_py(py, async move {
+        let listener = UnixListener::from_std(bound)?;
+        let (mut stream, _peer) = listener.accept().await?;
+        drop(listener);
+        let echoed = echo_until_eof(&mut stream).await?;
+        Ok((echoed, mode_name(stream.mode())))
+    })
+}
+
+/// Writes back what `stream` reads until EOF, then shuts its write half down; the bytes echoed.
+async fn echo_until_eof<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> std::io::Result<usize> {
+    let mut buffer = vec![0; 64 * 1024];
+    let mut echoed = 0;
+    loop {
+        let read = stream.read(&mut buffer).await?;
+        if read == 0 {
+            break;
+        }
+        stream.write_all(&buffer[..read]).await?;
+        echoed += read;
+    }
+    stream.shutdown().await?;
+    Ok(echoed)
 }
