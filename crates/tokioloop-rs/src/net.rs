@@ -1,4 +1,4 @@
-//! TCP and Unix stream sockets that are native inside a future tokioloop polls (non-blocking sockets on the
+//! TCP, UDP and Unix stream sockets that are native inside a future tokioloop polls (non-blocking sockets on the
 //! loop's own reactor, registered through the ABI's descriptor functions: no tokio reactor, no
 //! thread, the wake comes from the loop's turn) and `tokio::net`'s elsewhere. Both modes
 //! implement tokio's `AsyncRead`/`AsyncWrite`, so tokio's `io` helpers and codecs work on them.
@@ -9,14 +9,15 @@
 //! type; dropped anywhere else it is closed but its registration with the loop is leaked (see
 //! `registration`), so drop it where it was used.
 //!
-//! Public: extension authors use [`TcpStream`], [`TcpListener`], [`UnixStream`] and
-//! [`UnixListener`]; `registration` (the ABI side of a native socket) and `stream_io` (a
-//! native stream's syscalls) are this module's own. UDP is not here yet.
+//! Public: extension authors use [`TcpStream`], [`TcpListener`], [`UdpSocket`], [`UnixStream`]
+//! and [`UnixListener`]; `registration` (the ABI side of a native socket) and `stream_io` (a
+//! native stream's syscalls) are this module's own. Unix datagram sockets are not here.
 
 mod registration;
 mod stream_io;
 mod tcp_listener;
 mod tcp_stream;
+mod udp_socket;
 #[cfg(unix)]
 mod unix_listener;
 #[cfg(unix)]
@@ -24,6 +25,7 @@ mod unix_stream;
 
 pub use tcp_listener::TcpListener;
 pub use tcp_stream::TcpStream;
+pub use udp_socket::UdpSocket;
 #[cfg(unix)]
 pub use unix_listener::UnixListener;
 #[cfg(unix)]
@@ -100,5 +102,27 @@ mod tests {
         });
         std::fs::remove_dir_all(&directory).unwrap();
         assert_eq!(echoed.unwrap(), b"ping");
+    }
+
+    #[test]
+    fn outside_a_native_task_udp_sockets_are_tokios_and_exchange_datagrams() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let outcome = runtime.block_on(async {
+            let any_port: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+            let (one, other) = (UdpSocket::bind(any_port).await?, UdpSocket::bind(any_port).await?);
+            assert_eq!(one.mode(), Mode::Fallback);
+            one.connect(other.local_addr()?).await?;
+            assert_eq!(one.peer_addr()?, other.local_addr()?);
+            one.send(b"ping").await?;
+            let mut buffer = [0; 16];
+            let (length, sender) = other.recv_from(&mut buffer).await?;
+            other.send_to(&buffer[..length], sender).await?;
+            let echoed = one.recv(&mut buffer).await?;
+            Ok::<_, io::Error>((sender == one.local_addr()?, buffer[..echoed].to_vec()))
+        });
+        assert_eq!(outcome.unwrap(), (true, b"ping".to_vec()));
     }
 }
