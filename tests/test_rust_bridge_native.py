@@ -13,7 +13,7 @@ check them: ``mode()`` itself, the thread a future runs on (the loop's natively,
 the fallback), the contextvars a future's poll sees (the caller's natively, the default on the
 fallback, as pyo3-async-runtimes documents), and that native awaits start no thread.
 
-TCP and Unix stream sockets go through ``tokioloop_rs::net``: natively they are registered with
+TCP, UDP and Unix stream sockets go through ``tokioloop_rs::net``: natively they are registered with
 tokioloop's own reactor, on the fallback they are tokio's; the socket tests check the same
 results and exception types against Python's asyncio servers and clients on every loop, and
 natively that the sockets were native, on the loop's thread, with no thread started.
@@ -476,7 +476,7 @@ def test_loops_in_two_threads_each_get_their_own_results(loop, kind):
     assert outcome == {"main": expected, "other": expected}
 
 
-# --- TCP and Unix sockets through tokioloop_rs::net -----------------------------------------
+# --- TCP, UDP and Unix sockets through tokioloop_rs::net ------------------------------------
 
 
 async def echo(reader, writer):
@@ -641,6 +641,67 @@ def test_a_unix_socket_with_no_listener_is_refused_alike(loop, tmp_path):
             await wait(bridge_demo.unix_exchange(str(tmp_path / "missing.sock"), b"x"))
         with pytest.raises(ConnectionRefusedError):
             await wait(bridge_demo.unix_exchange(str(stale), b"x"))
+
+    loop.run_until_complete(main())
+
+
+class EchoDatagrams(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data, addr)
+
+
+class CollectDatagrams(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.received = asyncio.Queue()
+
+    def datagram_received(self, data, addr):
+        self.received.put_nowait(data)
+
+
+def test_udp_against_a_python_endpoint_both_ways(loop, kind):
+    # No empty datagram: asyncio's sendto drops one before 3.13.
+    datagrams = [b"x", os.urandom(1200), b"%d" % 7 * 1000]
+    mode = "native" if native(kind) else "fallback"
+
+    async def main():
+        echoing, _ = await loop.create_datagram_endpoint(EchoDatagrams,
+                                                         local_addr=("127.0.0.1", 0))
+        try:
+            port = echoing.get_extra_info("sockname")[1]
+            echoes = await wait(bridge_demo.udp_echo("127.0.0.1", port, datagrams))
+        finally:
+            echoing.close()
+        port, serving = bridge_demo.udp_echo_server(len(datagrams))
+        client, collecting = await loop.create_datagram_endpoint(
+            CollectDatagrams, remote_addr=("127.0.0.1", port))
+        try:
+            back = []
+            for datagram in datagrams:
+                client.sendto(datagram)
+                back.append(await wait(collecting.received.get()))
+        finally:
+            client.close()
+        return echoes, back, await wait(serving)
+
+    echoes, back, served = loop.run_until_complete(main())
+    assert echoes == (datagrams, mode)
+    assert back == datagrams
+    assert served == (sum(map(len, datagrams)), mode)
+
+
+def test_udp_to_a_closed_port_is_refused_alike(loop):
+    """A connected UDP socket learns of an ICMP port unreachable at its next receive:
+    ConnectionRefusedError on every loop."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def main():
+        with pytest.raises(ConnectionRefusedError):
+            await wait(bridge_demo.udp_echo("127.0.0.1", port, [b"anyone?"]))
 
     loop.run_until_complete(main())
 

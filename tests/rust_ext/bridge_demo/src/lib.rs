@@ -5,7 +5,7 @@
 //!
 //! Modules: `leaves` (futures that touch only Rust: ready, yield once, sleeps, errors, panics),
 //! `observe` (where and how a future ran: thread, mode, contextvars, `into_future`), `probes` (a drop probe and
-//! a gate the tests watch futures with), `net` (TCP and Unix clients and echo servers on
+//! a gate the tests watch futures with), `net` (TCP, UDP and Unix clients and echo servers on
 //! `tokioloop_rs::net`).
 
 mod leaves;
@@ -55,6 +55,8 @@ fn bridge_demo(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(net::tcp_roundtrip, module)?)?;
     module.add_function(wrap_pyfunction!(net::tcp_exchange, module)?)?;
     module.add_function(wrap_pyfunction!(net::tcp_echo_server, module)?)?;
+    module.add_function(wrap_pyfunction!(net::udp_echo, module)?)?;
+    module.add_function(wrap_pyfunction!(net::udp_echo_server, module)?)?;
     module.add_function(wrap_pyfunction!(net::unix_exchange, module)?)?;
     module.add_function(wrap_pyfunction!(net::unix_echo_server, module)?)?;
     module.add_class::<probes::DropProbe>()?;

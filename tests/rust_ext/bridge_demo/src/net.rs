@@ -1,7 +1,7 @@
-//! TCP and Unix stream sockets through `tokioloop_rs::net`: sockets on the loop's own reactor
-//! natively, tokio's on the fallback. `tcp_roundtrip` mirrors par_only's (tests/rust_ext/par_only/src/net.rs) so that
-//! benches/rust_bridge.py can compare the two; the rest serve
-//! tests/test_rust_bridge_native.py. Registered by `lib.rs`.
+//! TCP, UDP and Unix stream sockets through `tokioloop_rs::net`: sockets on the loop's own
+//! reactor natively, tokio's on the fallback. `tcp_roundtrip` mirrors par_only's
+//! (tests/rust_ext/par_only/src/net.rs) so that benches/rust_bridge.py can compare the two; the
+//! rest serve tests/test_rust_bridge_native.py. Registered by `lib.rs`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokioloop_rs::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokioloop_rs::net::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
 use tokioloop_rs::{future_into_py, Mode};
 
 use crate::observe::os_thread_id;
@@ -157,4 +157,63 @@ async fn echo_until_eof<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> st
     }
     stream.shutdown().await?;
     Ok(echoed)
+}
+
+/// `udp_echo(host, port, datagrams)`: a UDP socket connected to `(host, port)` sends each
+/// datagram and receives its echo before the next; completes with `(the echoes, the socket's
+/// mode)`. A refused peer (ICMP port unreachable) raises ConnectionRefusedError.
+#[pyfunction]
+pub fn udp_echo(
+    py: Python<'_>,
+    host: String,
+    port: u16,
+    datagrams: Vec<Vec<u8>>,
+) -> PyResult<Bound<'_, PyAny>> {
+    let peer = socket_address(&host, port)?;
+    future_into_py(py, async move {
+        let unspecified = SocketAddr::new(
+            if peer.is_ipv4() {
+                [0, 0, 0, 0].into()
+            } else {
+                [0u16; 8].into()
+            },
+            0,
+        );
+        let socket = UdpSocket::bind(unspecified).await?;
+        socket.connect(peer).await?;
+        let mut buffer = vec![0; 65536];
+        let mut echoes = Vec::with_capacity(datagrams.len());
+        for datagram in &datagrams {
+            socket.send(datagram).await?;
+            let length = socket.recv(&mut buffer).await?;
+            echoes.push(buffer[..length].to_vec());
+        }
+        let echoes = Python::attach(|py| {
+            echoes
+                .iter()
+                .map(|echo| PyBytes::new(py, echo).unbind())
+                .collect::<Vec<_>>()
+        });
+        Ok((echoes, mode_name(socket.mode())))
+    })
+}
+
+/// `udp_echo_server(count)`: `(port, awaitable)`. A UDP socket on 127.0.0.1 is bound now; the
+/// awaitable's future sends `count` datagrams back to their senders and completes with
+/// `(bytes echoed, the socket's mode)`.
+#[pyfunction]
+pub fn udp_echo_server(py: Python<'_>, count: usize) -> PyResult<(u16, Bound<'_, PyAny>)> {
+    let bound = std::net::UdpSocket::bind(("127.0.0.1", 0))?;
+    let port = bound.local_addr()?.port();
+    let serving = future_into_py(py, async move {
+        let socket = UdpSocket::from_std(bound)?;
+        let mut buffer = vec![0; 65536];
+        let mut echoed = 0;
+        for _ in 0..count {
+            let (length, sender) = socket.recv_from(&mut buffer).await?;
+            echoed += socket.send_to(&buffer[..length], sender).await?;
+        }
+        Ok((echoed, mode_name(socket.mode())))
+    })?;
+    Ok((port, serving))
 }
