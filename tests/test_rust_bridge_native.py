@@ -588,6 +588,29 @@ def test_eof_and_a_peer_that_closes_early(loop):
     assert loop.run_until_complete(main()) == (OSError, b"got hello")
 
 
+def test_a_large_write_waits_for_the_peer_to_read(loop):
+    """16 MiB is more than the kernel buffers hold while the peer reads slowly: the writer meets
+    EAGAIN and must be woken when the socket is writable again."""
+    size = 16 << 20
+
+    async def count_then_answer(reader, writer):
+        await asyncio.sleep(0.05)  # let the writer fill the buffers and wait
+        received = 0
+        while chunk := await reader.read(1 << 16):
+            received += len(chunk)
+        writer.write(b"%d" % received)
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(count_then_answer, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            received, _, _ = await wait(bridge_demo.tcp_exchange("127.0.0.1", port, bytes(size)))
+        return received
+
+    assert loop.run_until_complete(main()) == b"%d" % size
+
+
 def test_fifty_concurrent_connections(loop):
     async def main():
         server, port = await echo_server()
@@ -608,7 +631,9 @@ def test_fifty_concurrent_connections(loop):
 
 
 def test_unix_sockets_against_a_python_server_and_a_python_client(loop, kind, tmp_path):
-    data = os.urandom(200_000)
+    # The client writes it all before reading its echo: it must fit in the two sockets' buffers
+    # and the server's transport buffer, or both ends would wait for each other.
+    data = os.urandom(100_000)
     mode = "native" if native(kind) else "fallback"
 
     async def main():
@@ -726,6 +751,40 @@ def test_native_tcp_runs_on_the_loop_thread_and_starts_no_thread():
         assert loop.run_until_complete(main()) == (b"x", "native", True, set())
     finally:
         loop.close()
+
+
+def _fd_targets():
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found.add(os.readlink(f"/proc/self/fd/{name}"))
+        except OSError:
+            pass
+    return found
+
+
+def test_closing_tokioloop_with_native_sockets_waiting_closes_them():
+    """tokioloop drops the pending Rust futures when it closes, on its thread: their native
+    sockets (a listener waiting to accept, a stream waiting to read) are deregistered and
+    closed. (On the fallback such futures stay pending on tokio's runtime: nothing to check.)"""
+    loop = tokioloop.new_event_loop()
+    # Never accepts: the kernel completes the client's connection in its backlog, and nothing
+    # ever answers the client's write.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        async def start():
+            before = _fd_targets()
+            _, serving = bridge_demo.tcp_echo_server()
+            waiting = bridge_demo.tcp_roundtrip("127.0.0.1", silent.getsockname()[1], 1, 8)
+            await asyncio.sleep(0.05)  # both are polled and wait for readiness by now
+            return before, serving, waiting
+
+        try:
+            before, serving, waiting = loop.run_until_complete(start())
+            assert not serving.done() and not waiting.done()
+        finally:
+            loop.close()
+        left = {target for target in _fd_targets() - before if target.startswith("socket:")}
+    assert left == set()
 
 
 # --- debug mode -----------------------------------------------------------------------------
