@@ -1,10 +1,12 @@
-//! TCP, UDP and Unix stream sockets that are native inside a future tokioloop polls (non-blocking sockets on the
-//! loop's own reactor, registered through the ABI's descriptor functions: no tokio reactor, no
-//! thread, the wake comes from the loop's turn) and `tokio::net`'s elsewhere. Both modes
-//! implement tokio's `AsyncRead`/`AsyncWrite`, so tokio's `io` helpers and codecs work on them.
+//! TCP, UDP and Unix stream sockets that are native inside a future tokioloop polls
+//! (non-blocking sockets on the loop's own reactor, registered through the ABI's descriptor
+//! functions: no tokio reactor, no thread, the wake comes from the loop's turn) and
+//! `tokio::net`'s elsewhere. The streams implement tokio's `AsyncRead`/`AsyncWrite` in both
+//! modes, so tokio's `io` helpers and codecs work on them.
 //!
-//! The mode is picked when a socket is made: `connect`/`bind` run at their future's first
-//! poll, so inside a natively polled task they make native sockets. A native socket must stay in
+//! The mode is picked when a socket is made: the async `connect`s and `bind`s run at their
+//! future's first poll, the synchronous `from_std`s and `UnixListener::bind` where they are
+//! called, so inside a natively polled task they make native sockets. A native socket must stay in
 //! the tokioloop tasks of its loop: polled anywhere else its I/O fails with an error naming the
 //! type; dropped anywhere else it is closed but its registration with the loop is leaked (see
 //! `registration`), so drop it where it was used.
