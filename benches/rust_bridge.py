@@ -16,12 +16,18 @@ uvloop; tokioloop-rs native on tokioloop. Workloads:
 * ``sleep``: ``await sleep_ms(1)`` in sequence; reports the p50/p99 lateness past 1 ms;
 * ``loaded``: ``await yield_once(i)`` in sequence while the loop also runs a chain of 200 us
   Python callbacks (one per turn); reports the p50/p99 latency of one await.
+* ``tcp``: 64-byte TCP round trips in sequence against an asyncio echo server on 127.0.0.1 in
+  the same process and loop. par_only's ``tcp_roundtrip((host, port), payload)`` makes one
+  connection per call, so each op here is connect + one 64-byte round trip + close, in both
+  extensions (bridge_demo's ``tcp_roundtrip(host, port, 1, 64)`` does the same, natively on
+  tokioloop's reactor); the echo server's Python work counts in every cell alike.
 
 Every (cell, workload, repeat) sample runs in a fresh child process pinned to one core; cells
 are interleaved within a repeat with the order rotated each repeat, so drift hits all alike.
 CPU is ``time.process_time()`` of the whole child, so work pushed to tokio's threads counts.
 The report gives medians per op and ratios to par on uvloop, the reference of issue 21's targets
-(ready: wall <= 0.2x, CPU <= 0.15x; yield_once <= 0.25x; par on tokioloop <= 1.1x par on uvloop).
+(ready: wall <= 0.2x, CPU <= 0.15x; yield_once <= 0.25x; tcp: wall <= 0.7x, CPU <= 0.5x; par on
+tokioloop <= 1.1x par on uvloop).
 This machine is shared and noisy: read ratios, not absolute times.
 
 Usage:
@@ -48,8 +54,12 @@ CELLS = (
     ("bridge_demo", "tokioloop"),
 )
 REFERENCE = ("par_only", "uvloop")
-WORKLOADS = {"ready": 20_000, "gather": 20, "yield_once": 20_000, "sleep": 300, "loaded": 1_000}
+WORKLOADS = {"ready": 20_000, "gather": 20, "yield_once": 20_000, "sleep": 300, "loaded": 1_000,
+             "tcp": 2_000}
 BUSY_CALLBACK = 200e-6  # seconds each callback of the ``loaded`` workload's chain spins
+TCP_PAYLOAD = 64
+# The in-process echo server of the ``tcp`` workload, started by ``child`` before the timing.
+_echo_address = None
 GATHER_WIDTH = 1000
 CHILD_TIMEOUT = 300.0
 
@@ -71,6 +81,26 @@ def _loop_factory(kind):
         import tokioloop
         return tokioloop.new_event_loop
     return asyncio.new_event_loop
+
+
+async def _echo(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+async def _tcp_round_trips(ext, n):
+    host, port = _echo_address
+    if ext.__name__ == "par_only":
+        payload = b"x" * TCP_PAYLOAD
+        for _ in range(n):
+            await ext.tcp_roundtrip((host, port), payload)
+    else:
+        for _ in range(n):
+            await ext.tcp_roundtrip(host, port, 1, TCP_PAYLOAD)
 
 
 async def _run_workload(ext, workload, n):
@@ -119,13 +149,21 @@ async def _run_workload(ext, workload, n):
         latency.sort()
         return n, {"lat_p50_ms": statistics.median(latency) * 1e3,
                    "lat_p99_ms": latency[int(0.99 * (len(latency) - 1))] * 1e3}
+    if workload == "tcp":
+        await _tcp_round_trips(ext, n)
+        return n, {}
     raise ValueError(workload)
 
 
 def child(module, loop_kind, workload, n):
+    global _echo_address
     ext = __import__(module)
     loop = _loop_factory(loop_kind)()
+    server = None
     try:
+        if workload == "tcp":
+            server = loop.run_until_complete(asyncio.start_server(_echo, "127.0.0.1", 0))
+            _echo_address = server.sockets[0].getsockname()[:2]
         if hasattr(ext, "mode"):
             # tokioloop-rs says what it would do on a running loop: checked, never assumed.
             async def which():
@@ -139,6 +177,9 @@ def child(module, loop_kind, workload, n):
         ops, extra = loop.run_until_complete(_run_workload(ext, workload, n))
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     finally:
+        if server is not None:
+            server.close()
+            loop.run_until_complete(server.wait_closed())
         loop.close()
     print(json.dumps({"ops": ops, "wall": wall, "cpu": cpu, **extra}))
 

@@ -13,6 +13,11 @@ check them: ``mode()`` itself, the thread a future runs on (the loop's natively,
 the fallback), the contextvars a future's poll sees (the caller's natively, the default on the
 fallback, as pyo3-async-runtimes documents), and that native awaits start no thread.
 
+TCP, UDP and Unix stream sockets go through ``tokioloop_rs::net``: natively they are registered with
+tokioloop's own reactor, on the fallback they are tokio's; the socket tests check the same
+results and exception types against Python's asyncio servers and clients on every loop, and
+natively that the sockets were native, on the loop's thread, with no thread started.
+
 Where the extension is not installed the module is skipped; nox's ``tests`` session installs it
 into every version's venv, and under CI (``CI`` set) a missing extension or uvloop is an error,
 never a skip.
@@ -22,6 +27,7 @@ import asyncio
 import contextvars
 import ctypes
 import os
+import socket
 import sys
 import threading
 import time
@@ -481,6 +487,317 @@ def test_loops_in_two_threads_each_get_their_own_results(loop, kind):
     assert not thread.is_alive()
     expected = (True, 2, "native", True) if native(kind) else (True, 2, "fallback", False)
     assert outcome == {"main": expected, "other": expected}
+
+
+# --- TCP, UDP and Unix sockets through tokioloop_rs::net ------------------------------------
+
+
+async def echo(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+async def echo_server():
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def free_port():
+    """A port that was free a moment ago and has no listener now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_tcp_round_trips_against_a_python_echo_server(loop, kind):
+    async def main():
+        server, port = await echo_server()
+        async with server:
+            sizes = [await wait(bridge_demo.tcp_roundtrip("127.0.0.1", port, n, size))
+                     for n, size in ((1, 1), (20, 64), (3, 1 << 20))]
+            data = os.urandom(300_000)
+            exchanged = await wait(bridge_demo.tcp_exchange("127.0.0.1", port, data))
+        return sizes, exchanged[:2] == (data, "native" if native(kind) else "fallback")
+
+    assert loop.run_until_complete(main()) == ([1, 20 * 64, 3 << 20], True)
+
+
+def test_a_rust_echo_server_with_a_python_client(loop, kind):
+    data = os.urandom(256 * 1024)
+
+    async def main():
+        port, serving = bridge_demo.tcp_echo_server()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(data)
+        writer.write_eof()
+        echoed = await wait(reader.read())
+        writer.close()
+        await writer.wait_closed()
+        return echoed == data, await wait(serving)
+
+    expected = (len(data), "native" if native(kind) else "fallback")
+    assert loop.run_until_complete(main()) == (True, expected)
+
+
+def test_a_rust_client_and_a_rust_server_on_the_same_loop(loop, kind):
+    async def main():
+        port, serving = bridge_demo.tcp_echo_server()
+        received, mode, _ = await wait(bridge_demo.tcp_exchange("127.0.0.1", port, b"both ends"))
+        return received, mode, await wait(serving)
+
+    mode = "native" if native(kind) else "fallback"
+    assert loop.run_until_complete(main()) == (b"both ends", mode, (9, mode))
+
+
+def test_a_refused_connection_raises_connection_refused_error(loop):
+    port = free_port()
+
+    async def main():
+        with pytest.raises(ConnectionRefusedError):
+            await wait(bridge_demo.tcp_roundtrip("127.0.0.1", port, 1, 64))
+        with pytest.raises(ConnectionRefusedError):
+            await wait(bridge_demo.tcp_exchange("127.0.0.1", port, b"hello"))
+
+    loop.run_until_complete(main())
+
+
+def test_a_host_that_is_not_an_ip_address_is_refused_at_the_call(loop):
+    async def main():
+        with pytest.raises(ValueError, match="host must be an IP address"):
+            bridge_demo.tcp_roundtrip("localhost", 1, 1, 1)
+
+    loop.run_until_complete(main())
+
+
+def test_eof_and_a_peer_that_closes_early(loop):
+    """The peer closes after half an echo: reading the rest meets EOF, an OSError (tokio's
+    read_exact's UnexpectedEof, as pyo3 maps it) on every loop; a peer that answers and closes
+    is read to its EOF."""
+    async def half_echo(reader, writer):
+        data = await reader.readexactly(8)
+        writer.write(data[:4])
+        writer.close()
+
+    async def answer_then_close(reader, writer):
+        received = await reader.read()  # until the client's EOF (its shutdown)
+        writer.write(b"got " + received)
+        writer.close()
+
+    async def main():
+        half = await asyncio.start_server(half_echo, "127.0.0.1", 0)
+        answering = await asyncio.start_server(answer_then_close, "127.0.0.1", 0)
+        async with half, answering:
+            with pytest.raises(OSError) as early:
+                await wait(bridge_demo.tcp_roundtrip("127.0.0.1", half.sockets[0].getsockname()[1],
+                                                     1, 8))
+            answered = await wait(bridge_demo.tcp_exchange(
+                "127.0.0.1", answering.sockets[0].getsockname()[1], b"hello"))
+        return type(early.value), answered[0]
+
+    assert loop.run_until_complete(main()) == (OSError, b"got hello")
+
+
+def test_a_large_write_waits_for_the_peer_to_read(loop):
+    """16 MiB is more than the kernel buffers hold while the peer reads slowly: the writer meets
+    EAGAIN and must be woken when the socket is writable again."""
+    size = 16 << 20
+
+    async def count_then_answer(reader, writer):
+        await asyncio.sleep(0.05)  # let the writer fill the buffers and wait
+        received = 0
+        while chunk := await reader.read(1 << 16):
+            received += len(chunk)
+        writer.write(b"%d" % received)
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(count_then_answer, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            received, _, _ = await wait(bridge_demo.tcp_exchange("127.0.0.1", port, bytes(size)))
+        return received
+
+    assert loop.run_until_complete(main()) == b"%d" % size
+
+
+def test_fifty_concurrent_connections(loop):
+    async def main():
+        server, port = await echo_server()
+        async with server:
+            clients = [bridge_demo.tcp_roundtrip("127.0.0.1", port, 5, 100 + i) for i in range(50)]
+            sizes = await wait(asyncio.gather(*clients))
+            servers = [bridge_demo.tcp_echo_server() for _ in range(50)]
+            exchanges = [bridge_demo.tcp_exchange("127.0.0.1", p, b"%d" % i * 100)
+                         for i, (p, _) in enumerate(servers)]
+            exchanged = await wait(asyncio.gather(*exchanges))
+            served = await wait(asyncio.gather(*(serving for _, serving in servers)))
+        return (sizes, [received for received, _, _ in exchanged], [n for n, _ in served])
+
+    sizes, exchanged, served = loop.run_until_complete(main())
+    assert sizes == [5 * (100 + i) for i in range(50)]
+    assert exchanged == [b"%d" % i * 100 for i in range(50)]
+    assert served == [len(b"%d" % i * 100) for i in range(50)]
+
+
+def test_unix_sockets_against_a_python_server_and_a_python_client(loop, kind, tmp_path):
+    # The client writes it all before reading its echo: it must fit in the two sockets' buffers
+    # and the server's transport buffer, or both ends would wait for each other.
+    data = os.urandom(100_000)
+    mode = "native" if native(kind) else "fallback"
+
+    async def main():
+        python_side = str(tmp_path / "python.sock")
+        server = await asyncio.start_unix_server(echo, python_side)
+        async with server:
+            exchanged = await wait(bridge_demo.unix_exchange(python_side, data))
+        rust_side = str(tmp_path / "rust.sock")
+        serving = bridge_demo.unix_echo_server(rust_side)
+        reader, writer = await asyncio.open_unix_connection(rust_side)
+        writer.write(data)
+        writer.write_eof()
+        echoed = await wait(reader.read())
+        writer.close()
+        await writer.wait_closed()
+        return exchanged == (data, mode), echoed == data, await wait(serving)
+
+    assert loop.run_until_complete(main()) == (True, True, (len(data), mode))
+
+
+def test_a_unix_socket_with_no_listener_is_refused_alike(loop, tmp_path):
+    """A path that does not exist is FileNotFoundError, one nobody listens at any more is
+    ConnectionRefusedError, on every loop."""
+    stale = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as bound:
+        bound.bind(str(stale))
+
+    async def main():
+        with pytest.raises(FileNotFoundError):
+            await wait(bridge_demo.unix_exchange(str(tmp_path / "missing.sock"), b"x"))
+        with pytest.raises(ConnectionRefusedError):
+            await wait(bridge_demo.unix_exchange(str(stale), b"x"))
+
+    loop.run_until_complete(main())
+
+
+class EchoDatagrams(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data, addr)
+
+
+class CollectDatagrams(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.received = asyncio.Queue()
+
+    def datagram_received(self, data, addr):
+        self.received.put_nowait(data)
+
+
+def test_udp_against_a_python_endpoint_both_ways(loop, kind):
+    # No empty datagram: asyncio's sendto drops one before 3.13.
+    datagrams = [b"x", os.urandom(1200), b"%d" % 7 * 1000]
+    mode = "native" if native(kind) else "fallback"
+
+    async def main():
+        echoing, _ = await loop.create_datagram_endpoint(EchoDatagrams,
+                                                         local_addr=("127.0.0.1", 0))
+        try:
+            port = echoing.get_extra_info("sockname")[1]
+            echoes = await wait(bridge_demo.udp_echo("127.0.0.1", port, datagrams))
+        finally:
+            echoing.close()
+        port, serving = bridge_demo.udp_echo_server(len(datagrams))
+        client, collecting = await loop.create_datagram_endpoint(
+            CollectDatagrams, remote_addr=("127.0.0.1", port))
+        try:
+            back = []
+            for datagram in datagrams:
+                client.sendto(datagram)
+                back.append(await wait(collecting.received.get()))
+        finally:
+            client.close()
+        return echoes, back, await wait(serving)
+
+    echoes, back, served = loop.run_until_complete(main())
+    assert echoes == (datagrams, mode)
+    assert back == datagrams
+    assert served == (sum(map(len, datagrams)), mode)
+
+
+def test_udp_to_a_closed_port_is_refused_alike(loop):
+    """A connected UDP socket learns of an ICMP port unreachable at its next receive:
+    ConnectionRefusedError on every loop."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def main():
+        with pytest.raises(ConnectionRefusedError):
+            await wait(bridge_demo.udp_echo("127.0.0.1", port, [b"anyone?"]))
+
+    loop.run_until_complete(main())
+
+
+def test_native_tcp_runs_on_the_loop_thread_and_starts_no_thread():
+    """On tokioloop the sockets are native (on the loop's reactor), the futures complete on the
+    loop's thread, and 200 round trips start no thread (tokio's net types would need its
+    reactor's threads, the fallback its blocking pool)."""
+    loop = tokioloop.new_event_loop()
+    try:
+        async def main():
+            assert bridge_demo.mode() == "native", "tokioloop did not offer its native bridge"
+            server, port = await echo_server()  # its address lookup may start threads: first
+            async with server:
+                before = _thread_ids()
+                for _ in range(200):
+                    assert await bridge_demo.tcp_roundtrip("127.0.0.1", port, 1, 64) == 64
+                received, mode, ran_on = await bridge_demo.tcp_exchange("127.0.0.1", port, b"x")
+                started = _thread_ids() - before
+            return received, mode, ran_on == threading.get_native_id(), started
+
+        assert loop.run_until_complete(main()) == (b"x", "native", True, set())
+    finally:
+        loop.close()
+
+
+def _fd_targets():
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found.add(os.readlink(f"/proc/self/fd/{name}"))
+        except OSError:
+            pass
+    return found
+
+
+def test_closing_tokioloop_with_native_sockets_waiting_closes_them():
+    """tokioloop drops the pending Rust futures when it closes, on its thread: their native
+    sockets (a listener waiting to accept, a stream waiting to read) are deregistered and
+    closed. (On the fallback such futures stay pending on tokio's runtime: nothing to check.)"""
+    loop = tokioloop.new_event_loop()
+    # Never accepts: the kernel completes the client's connection in its backlog, and nothing
+    # ever answers the client's write.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        async def start():
+            before = _fd_targets()
+            _, serving = bridge_demo.tcp_echo_server()
+            waiting = bridge_demo.tcp_roundtrip("127.0.0.1", silent.getsockname()[1], 1, 8)
+            await asyncio.sleep(0.05)  # both are polled and wait for readiness by now
+            return before, serving, waiting
+
+        try:
+            before, serving, waiting = loop.run_until_complete(start())
+            assert not serving.done() and not waiting.done()
+        finally:
+            loop.close()
+        left = {target for target in _fd_targets() - before if target.startswith("socket:")}
+    assert left == set()
 
 
 # --- debug mode -----------------------------------------------------------------------------

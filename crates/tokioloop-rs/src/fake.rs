@@ -1,6 +1,7 @@
 //! A stand-in for tokioloop's side of the ABI, for this crate's unit tests (no Python): an `Api`
-//! whose clock is a counter the test sets, whose timers are slots that record their waker, and
-//! C wakers that count what is done to them. Only the tests touch it.
+//! whose clock is a counter the test sets, whose timers and descriptors are slots that record
+//! their waker (a descriptor's readiness is set by the test), and C wakers that count what is
+//! done to them. Only the tests touch it.
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -76,21 +77,64 @@ unsafe extern "C" fn timer_free(timer: *mut ffi::Timer) {
     }
 }
 
-// This crate has no descriptor leaves yet: the fake's fd entries are never reached.
+/// A fake registration: per direction, whether it is ready and the waker its last pending
+/// poll kept. A test makes a direction ready with [`FakeFd::make_ready`].
+#[derive(Default)]
+pub(crate) struct FakeFd {
+    ready: Mutex<[bool; 2]>,
+    wakers: Mutex<[Option<ffi::Waker>; 2]>,
+}
+
+// The kept wakers are C wakers, which any thread may use.
+unsafe impl Send for FakeFd {}
+unsafe impl Sync for FakeFd {}
+
+impl FakeFd {
+    /// Marks `direction` ready and wakes the waker a pending poll left, as an edge would.
+    pub(crate) fn make_ready(&self, direction: u8) {
+        self.ready.lock().unwrap()[usize::from(direction)] = true;
+        let kept = self.wakers.lock().unwrap()[usize::from(direction)].take();
+        if let Some(waker) = kept {
+            unsafe { ((*waker.vtable).wake)(waker.data) }
+        }
+    }
+}
+
+pub(crate) static FDS_LIVE: AtomicUsize = AtomicUsize::new(0);
+/// The last registration `fd_new` made, for the test that made it.
+pub(crate) static LAST_FD: Mutex<usize> = Mutex::new(0);
+
 unsafe extern "C" fn fd_new(_lp: *const ffi::Loop, _fd: std::ffi::c_int) -> *mut ffi::Fd {
-    unreachable!("no descriptor leaves in this crate yet")
+    FDS_LIVE.fetch_add(1, Ordering::SeqCst);
+    let made = Box::into_raw(Box::<FakeFd>::default());
+    *LAST_FD.lock().unwrap() = made as usize;
+    made.cast()
 }
 
-unsafe extern "C" fn fd_poll(_fd: *mut ffi::Fd, _direction: u8, _waker: *const ffi::Waker) -> u8 {
-    unreachable!("no descriptor leaves in this crate yet")
+unsafe extern "C" fn fd_poll(fd: *mut ffi::Fd, direction: u8, waker: *const ffi::Waker) -> u8 {
+    let fd = &*fd.cast::<FakeFd>();
+    if fd.ready.lock().unwrap()[usize::from(direction)] {
+        return 1;
+    }
+    let kept = ((*(*waker).vtable).clone)((*waker).data);
+    if let Some(old) = fd.wakers.lock().unwrap()[usize::from(direction)].replace(kept) {
+        ((*old.vtable).drop)(old.data);
+    }
+    0
 }
 
-unsafe extern "C" fn fd_clear(_fd: *mut ffi::Fd, _direction: u8) -> u8 {
-    unreachable!("no descriptor leaves in this crate yet")
+unsafe extern "C" fn fd_clear(fd: *mut ffi::Fd, direction: u8) -> u8 {
+    let fd = &*fd.cast::<FakeFd>();
+    fd.ready.lock().unwrap()[usize::from(direction)] = false;
+    0
 }
 
-unsafe extern "C" fn fd_free(_fd: *mut ffi::Fd) {
-    unreachable!("no descriptor leaves in this crate yet")
+unsafe extern "C" fn fd_free(fd: *mut ffi::Fd) {
+    FDS_LIVE.fetch_sub(1, Ordering::SeqCst);
+    let fd = Box::from_raw(fd.cast::<FakeFd>());
+    for waker in fd.wakers.lock().unwrap().iter_mut().filter_map(Option::take) {
+        ((*waker.vtable).drop)(waker.data);
+    }
 }
 
 /// Counts of what was done to the C wakers of one [`CountingWaker`].

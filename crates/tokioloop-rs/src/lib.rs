@@ -12,12 +12,14 @@
 //! "tokioloop is polling a task of this loop here"), `task` (the C task around a boxed future),
 //! `waker` (C wakers as `std::task::Waker`s and back), `runtime` (the tokio runtime native polls
 //! enter), `fallback` (pyo3-async-runtimes) and its `catch_panic`, `panic` ([`RustPanic`]), [`time`] (sleeps that use
-//! the loop's own timer heap natively).
+//! the loop's own timer heap natively), [`net`] (TCP, UDP and Unix stream sockets on the loop's
+//! own reactor natively).
 
 mod bridge;
 #[cfg(any(test, feature = "pyo3-async-runtimes"))]
 mod catch_panic;
 mod fallback;
+pub mod net;
 mod panic;
 mod polling;
 mod runtime;

@@ -5,9 +5,11 @@
 //!
 //! Modules: `leaves` (futures that touch only Rust: ready, yield once, sleeps, errors, panics),
 //! `observe` (where and how a future ran: thread, mode, contextvars, `into_future`), `probes` (a drop probe and
-//! a gate the tests watch futures with).
+//! a gate the tests watch futures with), `net` (TCP, UDP and Unix clients and echo servers on
+//! `tokioloop_rs::net`).
 
 mod leaves;
+mod net;
 mod observe;
 mod probes;
 
@@ -50,6 +52,13 @@ fn bridge_demo(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(observe::context_get, module)?)?;
     module.add_function(wrap_pyfunction!(observe::call_coro, module)?)?;
     module.add_function(wrap_pyfunction!(probes::cancel_probe, module)?)?;
+    module.add_function(wrap_pyfunction!(net::tcp_roundtrip, module)?)?;
+    module.add_function(wrap_pyfunction!(net::tcp_exchange, module)?)?;
+    module.add_function(wrap_pyfunction!(net::tcp_echo_server, module)?)?;
+    module.add_function(wrap_pyfunction!(net::udp_echo, module)?)?;
+    module.add_function(wrap_pyfunction!(net::udp_echo_server, module)?)?;
+    module.add_function(wrap_pyfunction!(net::unix_exchange, module)?)?;
+    module.add_function(wrap_pyfunction!(net::unix_echo_server, module)?)?;
     module.add_class::<probes::DropProbe>()?;
     module.add_class::<probes::Gate>()?;
     // The exception a panicking future raises in both modes; its class lives in tokioloop_rs

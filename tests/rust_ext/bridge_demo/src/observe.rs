@@ -5,7 +5,7 @@
 use pyo3::prelude::*;
 use tokioloop_rs::{future_into_py, Mode};
 
-fn os_thread_id() -> i64 {
+pub(crate) fn os_thread_id() -> i64 {
     // SAFETY: gettid has no preconditions and cannot fail.
     i64::from(unsafe { libc::gettid() })
 }
