@@ -61,6 +61,7 @@ SIZES = {  # N for the full run; callgrind is ~50x slower than native
     "timer_cancel": 20_000,
     "gather": 10_000,
     "sleep0": 50_000,
+    "sleep_1ms": 500,
     "future_pingpong": 20_000,
     "threadsafe": 50_000,
     "tcp_pingpong": 10_000,

@@ -132,6 +132,17 @@ def bench_sleep0(loop, n):
     return loop.run_until_complete(main())
 
 
+def bench_sleep_1ms(loop, n):
+    """`await asyncio.sleep(0.001)` n times in sequence: ops/s shows how late a short timer
+    fires (1000/s would be exact), CPU/op what a park on a timer costs."""
+    async def main():
+        for _ in range(n):
+            await asyncio.sleep(0.001)
+        return n
+
+    return loop.run_until_complete(main())
+
+
 def bench_future_pingpong(loop, n):
     """Two tasks handing a fresh Future back and forth; n round trips.
 
@@ -275,6 +286,7 @@ BENCHMARKS = {  # name -> (function, N for the full run)
     "timer_cancel": (bench_timer_cancel, 100_000),
     "gather": (bench_gather, 100_000),
     "sleep0": (bench_sleep0, 200_000),
+    "sleep_1ms": (bench_sleep_1ms, 2_000),
     "future_pingpong": (bench_future_pingpong, 100_000),
     "threadsafe": (bench_threadsafe, 200_000),
     "tcp_pingpong": (bench_tcp_pingpong, 50_000),

@@ -31,6 +31,10 @@ impl LoopCore {
         let runtime = runtime::build().map_err(crate::errors::from_io)?;
         let io = IoDriver::new(wake.clone(), runtime.handle().clone());
         let io_pending = io.registry().pending_flag();
+        let park_timer = {
+            let _context = runtime.enter();
+            crate::io::ParkTimer::new().map_err(crate::errors::from_io)?
+        };
         Ok(LoopCore {
             timer_cancel_counter: timers.cancel_counter(),
             state: Mutex::new(State {
@@ -45,6 +49,7 @@ impl LoopCore {
             signal_noted: AtomicBool::new(false),
             io,
             bridge: crate::bridge::BridgeTasks::new(wake.clone()),
+            park_timer: Mutex::new(Some(park_timer)),
             wake,
             stopping: AtomicBool::new(false),
             running: AtomicBool::new(false),
@@ -126,6 +131,9 @@ impl LoopCore {
             target.release();
         }
         self.bridge.abandon();
+        // Registered in the epoll instance the parent shares: deregistering would end the
+        // parent's timer.
+        std::mem::forget(self.park_timer.lock().take());
     }
 
     /// `_close_native`: everything pending goes; io handles answer "closed" from now on.
@@ -149,6 +157,12 @@ impl LoopCore {
         }
         release_all(ready, timers, fd_handles);
         drop(lookups);
+        let park_timer = self.park_timer.lock().take();
+        if self.in_other_process() {
+            std::mem::forget(park_timer);
+        } else {
+            drop(park_timer);
+        }
         drop(self.pool.drain(py));
         // As asyncio's close() closes its selector: the reactor's descriptors go now, not when
         // the loop object is collected (a closed loop still referenced kept three fds).
@@ -250,12 +264,14 @@ impl Drop for LoopCore {
             if let Some(mut registry) = self.io.try_registry() {
                 std::mem::forget(registry.abandon());
             }
+            std::mem::forget(self.park_timer.get_mut().take());
             std::mem::forget(self.runtime.get_mut().take());
             return;
         }
         self.io.mark_closed();
         let fd_targets = self.io.registry().drain();
         drop(fd_targets);
+        drop(self.park_timer.get_mut().take());
         if let Some(runtime) = self.runtime.get_mut().take() {
             runtime.shutdown_background();
         }

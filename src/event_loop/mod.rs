@@ -137,6 +137,9 @@ pub struct LoopCore {
     stats: LoopStats,
     /// Rust extensions' futures polled in the turn (see `bridge`).
     bridge: crate::bridge::BridgeTasks,
+    /// The park's deadline (see `io::ParkTimer`): the loop's, like its reactor's descriptors,
+    /// so a run adds no descriptor; lent to the turn while it runs.
+    park_timer: Mutex<Option<crate::io::ParkTimer>>,
 }
 
 impl LoopCore {

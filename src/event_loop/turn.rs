@@ -21,21 +21,19 @@
 //! turn calls by name.
 
 use std::collections::VecDeque;
-use std::future::{poll_fn, Future};
-use std::pin::Pin;
+use std::future::poll_fn;
 use std::task::Poll;
 use std::time::Duration;
 
 use pyo3::intern;
 use pyo3::prelude::*;
 use tokio::runtime::Runtime;
-use tokio::time::Sleep;
 
 use super::ready::Ready;
 use super::LoopCore;
 use crate::clock;
 use crate::errors::is_fatal;
-use crate::io::{Direction, EngineRef};
+use crate::io::{Direction, EngineRef, ParkTimer};
 use crate::telemetry::{ticks, LoopStats, Tally};
 
 /// A busy loop lets other Python threads take the GIL every this many turns or this often.
@@ -49,10 +47,8 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
     let py = slf.py();
     let core = slf.get();
     // block_on's waker wakes the runtime's driver and stays valid across block_on calls.
-    let (waker, mut sleep) = runtime.block_on(async {
-        let waker = poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
-        (waker, Box::pin(tokio::time::sleep(Duration::from_secs(86_400))))
-    });
+    let waker = runtime.block_on(poll_fn(|cx| Poll::Ready(cx.waker().clone())));
+    let mut timer = TimerLease::take(&core.park_timer)?;
     core.wake.set_waker(Some(waker));
     let _run_clock = RunClock::start(&core.stats);
     let mut batch: VecDeque<Ready> = VecDeque::new();
@@ -97,7 +93,7 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
                 last_handoff = ticks();
             }
         } else {
-            park(py, core, runtime, &mut sleep)?;
+            park(py, core, runtime, &mut timer)?;
             busy_turns = 0;
             last_handoff = ticks();
         }
@@ -146,23 +142,61 @@ pub fn drive(slf: &Bound<'_, LoopCore>, runtime: &Runtime) -> PyResult<()> {
     }
 }
 
+/// The loop's park timer, lent to one run and given back when it ends, however it ends.
+struct TimerLease<'a> {
+    slot: &'a parking_lot::Mutex<Option<ParkTimer>>,
+    timer: Option<ParkTimer>,
+}
+
+impl<'a> TimerLease<'a> {
+    fn take(slot: &'a parking_lot::Mutex<Option<ParkTimer>>) -> PyResult<Self> {
+        let timer = slot.lock().take();
+        if timer.is_none() {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err("Event loop is closed"));
+        }
+        Ok(TimerLease { slot, timer })
+    }
+}
+
+impl std::ops::Deref for TimerLease<'_> {
+    type Target = ParkTimer;
+    fn deref(&self) -> &ParkTimer {
+        self.timer.as_ref().expect("lent until dropped")
+    }
+}
+
+impl std::ops::DerefMut for TimerLease<'_> {
+    fn deref_mut(&mut self) -> &mut ParkTimer {
+        self.timer.as_mut().expect("lent until dropped")
+    }
+}
+
+impl Drop for TimerLease<'_> {
+    fn drop(&mut self) {
+        *self.slot.lock() = self.timer.take();
+    }
+}
+
 /// Waits in the reactor until the earliest timer, an fd edge or a wake-up.
-fn park(py: Python<'_>, core: &LoopCore, runtime: &Runtime, sleep: &mut Pin<Box<Sleep>>) -> PyResult<()> {
+fn park(py: Python<'_>, core: &LoopCore, runtime: &Runtime, timer: &mut ParkTimer) -> PyResult<()> {
     let deadline = core.next_deadline(py);
+    // The timer is armed at an absolute time on the monotonic clock, which is the loop's clock
+    // unless `time` is patched on the instance (then the wait is the patched clock's distance).
+    // One microsecond of slack absorbs float rounding: a wake-up is never before the deadline.
     let wake_at = match deadline {
         Some(deadline) => Some(match core.patched_reading(py)? {
-            Some(reading) => clock::instant_at_reading(deadline, reading),
-            None => clock::instant_at(deadline),
+            Some(reading) => clock::now() + (deadline - reading).max(0.0) + 1e-6,
+            None => deadline + 1e-6,
         }),
         None => None,
     };
+    if let Some(at) = wake_at {
+        timer.arm(at).map_err(crate::errors::from_io)?;
+    }
     let park_began = core.stats.park_began();
     runtime.block_on(async {
-        if let Some(wake_at) = wake_at {
-            sleep.as_mut().reset(wake_at.into());
-        }
         poll_fn(|cx| {
-            if deadline.is_some() && sleep.as_mut().poll(cx).is_ready() {
+            if wake_at.is_some() && timer.poll_fired(cx).is_ready() {
                 return Poll::Ready(());
             }
             core.wake.set_idle(true);
