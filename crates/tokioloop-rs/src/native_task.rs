@@ -1,7 +1,9 @@
 //! The native mode's task: a user future boxed behind a `tokioloop_ffi::Task`, which tokioloop
 //! polls on the loop's thread with the GIL held, then completes (the value converted to a Python
 //! object) and drops. Every entry catches panics: nothing unwinds into tokioloop. Only
-//! `future_into_py` makes these.
+//! `future_into_py` and `LoopRef::spawn` make these; the const parameter `TOKIO` is the one
+//! thing they differ in (whether each poll and drop enters the extension's tokio runtime), so
+//! both share every line of the polling, completion and drop code.
 
 use std::ffi::c_void;
 use std::future::Future;
@@ -22,15 +24,22 @@ use crate::polling::PollingScope;
 use crate::runtime::runtime;
 use crate::waker::WakerCache;
 
-/// Hands `fut` to tokioloop; returns the asyncio future it completes.
-pub(crate) fn spawn<F, T>(py: Python<'_>, native: NativeLoop, fut: F) -> PyResult<Bound<'_, PyAny>>
+/// Hands `fut` to tokioloop; returns the asyncio future it completes. With `TOKIO` every poll
+/// and drop runs inside the extension's tokio runtime context (`future_into_py`, where tokio's
+/// leaves must keep working); without it tokio is never touched, so no tokio thread starts
+/// because of this task (`LoopRef::spawn`).
+pub(crate) fn spawn<F, T, const TOKIO: bool>(
+    py: Python<'_>,
+    native: NativeLoop,
+    fut: F,
+) -> PyResult<Bound<'_, PyAny>>
 where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'py> IntoPyObject<'py> + Send + 'static,
 {
     let task = ffi::Task {
-        data: Box::into_raw(Box::new(NativeTask::new(native, fut))).cast(),
-        vtable: &NativeTask::<F, T>::VTABLE,
+        data: Box::into_raw(Box::new(NativeTask::<F, T, TOKIO>::new(native, fut))).cast(),
+        vtable: &NativeTask::<F, T, TOKIO>::VTABLE,
     };
     // SAFETY: a compatible table and a loop it gave for this thread; spawn owns `task` from here.
     let future = unsafe { (native.api.spawn)(native.lp, task) };
@@ -38,14 +47,14 @@ where
     unsafe { Bound::from_owned_ptr_or_err(py, future.cast()) }
 }
 
-pub(crate) struct NativeTask<F, T> {
+pub(crate) struct NativeTask<F, T, const TOKIO: bool> {
     native: NativeLoop,
     future: PinnedFuture<F>,
     outcome: Option<PyResult<T>>,
     wakers: WakerCache,
 }
 
-impl<F, T> NativeTask<F, T>
+impl<F, T, const TOKIO: bool> NativeTask<F, T, TOKIO>
 where
     F: Future<Output = PyResult<T>>,
     T: for<'py> IntoPyObject<'py>,
@@ -66,10 +75,11 @@ where
     }
 
     /// Runs `body` the way every user-code call of a task runs: this loop marked as polling on
-    /// this thread (native leaves), and the extension's tokio runtime entered (tokio's leaves).
+    /// this thread (native leaves), and, with `TOKIO`, the extension's tokio runtime entered
+    /// (tokio's leaves; entering builds the runtime, and with it its threads, on first use).
     fn in_task_scope<R>(native: NativeLoop, body: impl FnOnce() -> R) -> R {
         let _polling = PollingScope::enter(native);
-        let _tokio = runtime().enter();
+        let _tokio = TOKIO.then(|| runtime().enter());
         body()
     }
 
@@ -213,15 +223,23 @@ mod tests {
         }
     }
 
-    /// A task's C face, as tokioloop sees it.
-    fn c_task<F>(fut: F) -> ffi::Task
+    /// A task's C face, as tokioloop sees it, entering tokio around its polls or not.
+    fn c_task_with<F, const TOKIO: bool>(fut: F) -> ffi::Task
     where
         F: Future<Output = PyResult<u32>> + Send + 'static,
     {
         ffi::Task {
-            data: Box::into_raw(Box::new(NativeTask::new(fake_loop(7), fut))).cast(),
-            vtable: &NativeTask::<F, u32>::VTABLE,
+            data: Box::into_raw(Box::new(NativeTask::<F, u32, TOKIO>::new(fake_loop(7), fut))).cast(),
+            vtable: &NativeTask::<F, u32, TOKIO>::VTABLE,
         }
+    }
+
+    /// `future_into_py`'s kind of task.
+    fn c_task<F>(fut: F) -> ffi::Task
+    where
+        F: Future<Output = PyResult<u32>> + Send + 'static,
+    {
+        c_task_with::<F, true>(fut)
     }
 
     fn poll(task: &ffi::Task, waker: &CountingWaker) -> u8 {
@@ -286,5 +304,21 @@ mod tests {
         assert!(dropped.load(Ordering::SeqCst));
         assert_eq!(poll(&task, &CountingWaker::new()), ffi::READY, "and stays ready");
         drop_task(task);
+    }
+
+    #[test]
+    fn a_task_without_tokio_polls_outside_any_runtime() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = DropFlag(Arc::clone(&dropped));
+        let task = c_task_with::<_, false>(async move {
+            let _flag = flag;
+            assert!(crate::polling::is_polling(fake_loop(7).lp));
+            assert!(tokio::runtime::Handle::try_current().is_err());
+            std::future::pending::<()>().await;
+            Ok(1)
+        });
+        assert_eq!(poll(&task, &CountingWaker::new()), ffi::PENDING);
+        drop_task(task);
+        assert!(dropped.load(Ordering::SeqCst));
     }
 }
