@@ -13,7 +13,7 @@
 //! future), `waker` (C wakers as `std::task::Waker`s and back), `runtime` (the tokio runtime native polls
 //! enter), `fallback` (pyo3-async-runtimes) and its `catch_panic`, `panic` ([`RustPanic`]), [`time`] (sleeps that use
 //! the loop's own timer heap natively), [`net`] (TCP, UDP and Unix stream sockets on the loop's
-//! own reactor natively).
+//! own reactor natively), [`task`] (`spawn_blocking` on the extension's tokio pool, `yield_now`).
 
 mod bridge;
 #[cfg(any(test, feature = "pyo3-async-runtimes"))]
@@ -24,6 +24,7 @@ pub mod net;
 mod panic;
 mod polling;
 mod runtime;
+pub mod task;
 pub mod time;
 mod waker;
 
@@ -34,6 +35,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
 pub use panic::RustPanic;
+pub use task::BlockingError;
 
 /// What [`future_into_py`] would do if called here and now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,7 +102,7 @@ impl LoopRef {
     /// entering the extension's tokio runtime around the polls: nothing here starts a tokio
     /// thread, and a tokio leaf inside `fut` (`tokio::time::sleep`, `tokio::spawn`) fails as it
     /// fails outside any runtime, a panic that becomes [`RustPanic`]. This crate's own leaves
-    /// ([`time`], [`net`]) work.
+    /// ([`time`], [`net`], [`task`]) work.
     ///
     /// Raises RuntimeError if this loop is no longer the one running on this thread.
     pub fn spawn<'py, F, T>(&self, py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
