@@ -531,6 +531,18 @@ def test_a_tokio_leaf_in_a_loop_spawned_future_raises_rust_panic():
         loop.close()
 
 
+def test_spawn_blocking_works_in_a_loop_spawned_future():
+    """No tokio context is entered there, but ``spawn_blocking`` goes to the runtime itself."""
+    loop = tokioloop.new_event_loop()
+    try:
+        async def main():
+            return await wait(bridge_demo.spawned_blocking_sum(1_000))
+
+        assert loop.run_until_complete(main()) == 499_500
+    finally:
+        loop.close()
+
+
 def test_10k_loop_spawned_futures_start_no_thread():
     """The same check as for native awaits: 10k ``LoopRef::spawn`` futures, in sequence and in a
     gather, and no thread appears."""

@@ -32,6 +32,19 @@ pub fn spawned_tokio_sleep_ms(py: Python<'_>, ms: u64) -> PyResult<Bound<'_, PyA
     })
 }
 
+/// `spawned_blocking_sum(n)`: `blocking_sum` through `LoopRef::spawn`: the crate's
+/// `spawn_blocking` reaches its runtime directly, so it works where no tokio context is entered.
+#[pyfunction]
+pub fn spawned_blocking_sum(py: Python<'_>, n: u64) -> PyResult<Bound<'_, PyAny>> {
+    let Some(running) = tokioloop_rs::current(py) else {
+        return Err(PyRuntimeError::new_err("no tokioloop loop running here"));
+    };
+    running.spawn(py, async move {
+        let sum = move || (0..n).map(u128::from).sum::<u128>();
+        Ok(tokioloop_rs::task::spawn_blocking(sum).await?)
+    })
+}
+
 /// `blocking_sum(n)`: the sum of 0..n, computed by a closure on the tokio blocking pool.
 #[pyfunction]
 pub fn blocking_sum(py: Python<'_>, n: u64) -> PyResult<Bound<'_, PyAny>> {

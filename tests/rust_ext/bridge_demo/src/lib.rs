@@ -63,6 +63,7 @@ fn bridge_demo(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(net::unix_echo_server, module)?)?;
     module.add_function(wrap_pyfunction!(extras::spawned_on_loop, module)?)?;
     module.add_function(wrap_pyfunction!(extras::spawned_tokio_sleep_ms, module)?)?;
+    module.add_function(wrap_pyfunction!(extras::spawned_blocking_sum, module)?)?;
     module.add_function(wrap_pyfunction!(extras::blocking_sum, module)?)?;
     module.add_function(wrap_pyfunction!(extras::blocking_panic, module)?)?;
     module.add_function(wrap_pyfunction!(extras::yield_now, module)?)?;
