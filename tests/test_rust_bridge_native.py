@@ -18,6 +18,11 @@ tokioloop's own reactor, on the fallback they are tokio's; the socket tests chec
 results and exception types against Python's asyncio servers and clients on every loop, and
 natively that the sockets were native, on the loop's thread, with no thread started.
 
+The crate's extras: ``task::spawn_blocking`` and ``task::yield_now`` give the same results on every
+loop; ``current()`` finds a loop only on tokioloop, where ``LoopRef::spawn`` runs futures natively
+without entering tokio (10k of them start no thread, a tokio leaf inside raises RustPanic) and
+elsewhere the demo raises RuntimeError.
+
 Where the extension is not installed the module is skipped; nox's ``tests`` session installs it
 into every version's venv, and under CI (``CI`` set) a missing extension or uvloop is an error,
 never a skip.
@@ -453,6 +458,103 @@ def test_native_awaits_start_no_thread():
                 await bridge_demo.ready(i)
                 await bridge_demo.yield_once(i)
             await bridge_demo.sleep_ms(1)
+            return _thread_ids() - before
+
+        assert loop.run_until_complete(main()) == set()
+    finally:
+        loop.close()
+
+
+# --- the crate's extras: current() and LoopRef::spawn, task::spawn_blocking, task::yield_now -----
+
+
+def test_blocking_sum_and_yield_now_give_their_results(loop):
+    """``spawn_blocking`` runs on the extension's tokio blocking pool in both modes (natively its
+    completion wakes the task through tokioloop's waker); ``yield_now`` is pending once."""
+    async def main():
+        return (await wait(bridge_demo.blocking_sum(1_000)),
+                await wait(bridge_demo.yield_now("yielded")),
+                await wait(asyncio.gather(*(bridge_demo.blocking_sum(n) for n in range(50)))))
+
+    assert loop.run_until_complete(main()) == (
+        499_500, "yielded", [n * (n - 1) // 2 for n in range(50)])
+
+
+def test_yield_now_lets_the_loop_run_a_ready_callback_first(loop):
+    async def main():
+        order = []
+        loop.call_soon(order.append, "callback")
+        order.append(await wait(bridge_demo.yield_now("rust")))
+        return order
+
+    assert loop.run_until_complete(main()) == ["callback", "rust"]
+
+
+def test_a_panic_in_a_blocking_closure_raises_rust_panic(loop):
+    async def main():
+        with pytest.raises(bridge_demo.RustPanic, match="^the blocking closure panicked$"):
+            await wait(bridge_demo.blocking_panic())
+
+    loop.run_until_complete(main())
+
+
+def test_spawned_on_loop_works_on_tokioloop_only(loop, kind):
+    """``current()`` is a loop exactly where the mode is native; elsewhere ``spawned_on_loop``
+    raises at the call, before any awaitable exists."""
+    async def main():
+        if native(kind):
+            assert bridge_demo.mode() == "native"
+            return await wait(bridge_demo.spawned_on_loop("spawned"))
+        with pytest.raises(RuntimeError, match="^no tokioloop loop running here$"):
+            bridge_demo.spawned_on_loop("spawned")
+        return None
+
+    assert loop.run_until_complete(main()) == ("spawned" if native(kind) else None)
+
+
+def test_spawned_on_loop_without_a_running_loop_raises():
+    with pytest.raises(RuntimeError, match="^no tokioloop loop running here$"):
+        bridge_demo.spawned_on_loop(1)
+
+
+def test_a_tokio_leaf_in_a_loop_spawned_future_raises_rust_panic():
+    """``LoopRef::spawn`` enters no tokio runtime: tokio's sleep panics as it does outside one,
+    and the panic is the future's, so it raises RustPanic."""
+    loop = tokioloop.new_event_loop()
+    try:
+        async def main():
+            with pytest.raises(bridge_demo.RustPanic, match="^rust future panicked: .*runtime"):
+                await wait(bridge_demo.spawned_tokio_sleep_ms(1))
+
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def test_spawn_blocking_works_in_a_loop_spawned_future():
+    """No tokio context is entered there, but ``spawn_blocking`` goes to the runtime itself."""
+    loop = tokioloop.new_event_loop()
+    try:
+        async def main():
+            return await wait(bridge_demo.spawned_blocking_sum(1_000))
+
+        assert loop.run_until_complete(main()) == 499_500
+    finally:
+        loop.close()
+
+
+def test_10k_loop_spawned_futures_start_no_thread():
+    """The same check as for native awaits: 10k ``LoopRef::spawn`` futures, in sequence and in a
+    gather, and no thread appears."""
+    loop = tokioloop.new_event_loop()
+    try:
+        async def main():
+            before = _thread_ids()
+            for i in range(5_000):
+                assert await bridge_demo.spawned_on_loop(i) == i
+            gathered = await wait(asyncio.gather(
+                *(bridge_demo.spawned_on_loop(i) for i in range(5_000))))
+            assert gathered == list(range(5_000))
             return _thread_ids() - before
 
         assert loop.run_until_complete(main()) == set()

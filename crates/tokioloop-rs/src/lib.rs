@@ -9,29 +9,33 @@
 //! items only; the modules are this crate's maintainers'.
 //!
 //! Modules: `bridge` (finding the running loop's ABI table), `polling` (the thread-local
-//! "tokioloop is polling a task of this loop here"), `task` (the C task around a boxed future),
-//! `waker` (C wakers as `std::task::Waker`s and back), `runtime` (the tokio runtime native polls
+//! "tokioloop is polling a task of this loop here"), `native_task` (the C task around a boxed
+//! future), `waker` (C wakers as `std::task::Waker`s and back), `runtime` (the tokio runtime native polls
 //! enter), `fallback` (pyo3-async-runtimes) and its `catch_panic`, `panic` ([`RustPanic`]), [`time`] (sleeps that use
 //! the loop's own timer heap natively), [`net`] (TCP, UDP and Unix stream sockets on the loop's
-//! own reactor natively).
+//! own reactor natively), [`task`] (`spawn_blocking` on the extension's tokio pool, `yield_now`).
 
 mod bridge;
 #[cfg(any(test, feature = "pyo3-async-runtimes"))]
 mod catch_panic;
 mod fallback;
+mod native_task;
 pub mod net;
 mod panic;
 mod polling;
 mod runtime;
-mod task;
+pub mod task;
 pub mod time;
 mod waker;
 
 use std::future::Future;
+use std::marker::PhantomData;
 
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
 pub use panic::RustPanic;
+pub use task::BlockingError;
 
 /// What [`future_into_py`] would do if called here and now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,8 +71,55 @@ where
     T: for<'py> IntoPyObject<'py> + Send + 'static,
 {
     match bridge::NativeLoop::running(py) {
-        Some(native) => task::spawn(py, native, fut),
+        Some(native) => native_task::spawn::<F, T, true>(py, native, fut),
         None => fallback::future_into_py(py, fut),
+    }
+}
+
+/// The tokioloop loop running on this thread, if its bridge is one this crate can use: exactly
+/// when [`mode`] is [`Mode::Native`].
+pub fn current(py: Python<'_>) -> Option<LoopRef> {
+    bridge::NativeLoop::running(py).map(|native| LoopRef {
+        native,
+        _this_thread: PhantomData,
+    })
+}
+
+/// A running tokioloop loop, from [`current`], for spawning futures on it natively only.
+///
+/// Bound to the thread it was found on (not `Send`): the loop only accepts work on its own
+/// thread. Keeping it does not keep the loop alive; [`LoopRef::spawn`] checks that the loop is
+/// still the one running here.
+#[derive(Clone)]
+pub struct LoopRef {
+    native: bridge::NativeLoop,
+    _this_thread: PhantomData<*const ()>,
+}
+
+impl LoopRef {
+    /// Like [`future_into_py`]'s native path (polled on the loop's thread in its turn, the
+    /// caller's context, dropped on cancel or close, a panic raises [`RustPanic`]) but without
+    /// entering the extension's tokio runtime around the polls: nothing here starts a tokio
+    /// thread, and a tokio leaf inside `fut` (`tokio::time::sleep`, `tokio::spawn`) fails as it
+    /// fails outside any runtime, a panic that becomes [`RustPanic`]. This crate's own leaves
+    /// ([`time`], [`net`], [`task`]) work.
+    ///
+    /// Raises RuntimeError if this loop is no longer the one running on this thread.
+    pub fn spawn<'py, F, T>(&self, py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
+    where
+        F: Future<Output = PyResult<T>> + Send + 'static,
+        T: for<'a> IntoPyObject<'a> + Send + 'static,
+    {
+        // The pointer is only handed back to tokioloop while it names the loop running here;
+        // a stopped or closed loop's pointer may dangle.
+        match bridge::NativeLoop::running(py) {
+            Some(now) if std::ptr::eq(now.lp, self.native.lp) => {
+                native_task::spawn::<F, T, false>(py, now, fut)
+            }
+            _ => Err(PyRuntimeError::new_err(
+                "tokioloop_rs: this LoopRef's loop is not running on this thread",
+            )),
+        }
     }
 }
 

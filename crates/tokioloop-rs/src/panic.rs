@@ -1,7 +1,7 @@
 //! Panics in user futures become Python exceptions: [`RustPanic`] with the message
 //! "rust future panicked: <message>", the same class and message in both modes (the fallback
 //! catches the panic before pyo3-async-runtimes sees it, so its own `RustPanic` class never
-//! shows). Used by `task` (native) and `catch_panic` (the fallback's wrapper).
+//! shows). Used by `native_task` and `catch_panic` (the fallback's wrapper).
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};

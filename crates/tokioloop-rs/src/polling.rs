@@ -1,7 +1,7 @@
 //! The thread-local that says "tokioloop is polling (or dropping) one of its tasks on this
 //! thread, for this loop": a task's poll sets it around the user's future, and leaves made while
-//! it is set (`time::sleep`) use the loop's own machinery instead of tokio's. Only `task` sets
-//! it; the leaves read it.
+//! it is set (`time::sleep`) use the loop's own machinery instead of tokio's. Only `native_task`
+//! sets it; the leaves read it.
 
 use std::cell::Cell;
 

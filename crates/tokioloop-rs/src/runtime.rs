@@ -1,7 +1,8 @@
 //! The tokio runtime a native poll enters, so that tokio's own leaves (`tokio::time::sleep`,
 //! `tokio::spawn`, tokio's net types) work inside futures that tokioloop polls: pyo3-async-
 //! runtimes' runtime when that feature is on (one runtime per extension, as on the fallback),
-//! else one this crate builds on first use. Only `task` enters it.
+//! else one this crate builds on first use. Only `native_task` enters
+//! it, and only for `future_into_py`'s tasks; `task::spawn_blocking` uses its blocking pool.
 
 use tokio::runtime::Runtime;
 

@@ -6,8 +6,10 @@
 //! Modules: `leaves` (futures that touch only Rust: ready, yield once, sleeps, errors, panics),
 //! `observe` (where and how a future ran: thread, mode, contextvars, `into_future`), `probes` (a drop probe and
 //! a gate the tests watch futures with), `net` (TCP, UDP and Unix clients and echo servers on
-//! `tokioloop_rs::net`).
+//! `tokioloop_rs::net`), `extras` (`current()`'s `LoopRef::spawn`, `task::spawn_blocking`,
+//! `task::yield_now`).
 
+mod extras;
 mod leaves;
 mod net;
 mod observe;
@@ -59,6 +61,12 @@ fn bridge_demo(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(net::udp_echo_server, module)?)?;
     module.add_function(wrap_pyfunction!(net::unix_exchange, module)?)?;
     module.add_function(wrap_pyfunction!(net::unix_echo_server, module)?)?;
+    module.add_function(wrap_pyfunction!(extras::spawned_on_loop, module)?)?;
+    module.add_function(wrap_pyfunction!(extras::spawned_tokio_sleep_ms, module)?)?;
+    module.add_function(wrap_pyfunction!(extras::spawned_blocking_sum, module)?)?;
+    module.add_function(wrap_pyfunction!(extras::blocking_sum, module)?)?;
+    module.add_function(wrap_pyfunction!(extras::blocking_panic, module)?)?;
+    module.add_function(wrap_pyfunction!(extras::yield_now, module)?)?;
     module.add_class::<probes::DropProbe>()?;
     module.add_class::<probes::Gate>()?;
     // The exception a panicking future raises in both modes; its class lives in tokioloop_rs
